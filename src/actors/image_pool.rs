@@ -1,0 +1,117 @@
+//! `image_pool` owns the reservoir sample of all images. It fills it from the store when
+//! it starts (so a restart rebuilds it), offers it every new upload, and publishes an
+//! immutable snapshot that `/v1/images/random` reads with no message round trip.
+//! Supervised by the root supervisor.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use crate::domain::reservoir::Reservoir;
+use crate::domain::{ImageId, ImageSummary};
+use crate::store::SharedStore;
+
+/// Rows read per page while filling the reservoir at start.
+const FILL_PAGE: usize = 1000;
+
+/// The published sample: a snapshot swapped whole on every change.
+#[derive(Clone, Default)]
+pub struct Sample(Arc<ArcSwap<Vec<Arc<ImageSummary>>>>);
+
+impl Sample {
+    /// Up to `count` distinct images, picked uniformly from the current snapshot.
+    pub fn pick(&self, count: usize) -> Vec<Arc<ImageSummary>> {
+        let snapshot = self.0.load();
+        let amount = count.min(snapshot.len());
+        rand::seq::index::sample(&mut rand::rng(), snapshot.len(), amount)
+            .into_iter()
+            .map(|i| snapshot[i].clone())
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.load().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn publish(&self, items: &[Arc<ImageSummary>]) {
+        self.0.store(Arc::new(items.to_vec()));
+        metrics::gauge!("corral_reservoir_size").set(items.len() as f64);
+    }
+}
+
+pub enum ImagePoolMsg {
+    /// A new image was stored: offer it to the sample.
+    Add(ImageSummary),
+    /// Fault injection for supervision tests and drills: the actor panics.
+    Crash,
+}
+
+pub struct ImagePool;
+
+pub struct ImagePoolArgs {
+    pub store: SharedStore,
+    pub capacity: usize,
+    pub sample: Sample,
+}
+
+pub struct ImagePoolState {
+    reservoir: Reservoir<Arc<ImageSummary>>,
+    sample: Sample,
+}
+
+impl Actor for ImagePool {
+    type Msg = ImagePoolMsg;
+    type State = ImagePoolState;
+    type Arguments = ImagePoolArgs;
+
+    #[tracing::instrument(name = "image_pool.start", skip_all)]
+    async fn pre_start(
+        &self,
+        _: ActorRef<Self::Msg>,
+        args: ImagePoolArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let mut reservoir = Reservoir::new(args.capacity);
+        let mut after: Option<ImageId> = None;
+        loop {
+            let page = args.store.scan_images(after, FILL_PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id);
+            let mut rng = rand::rng();
+            for image in &page {
+                reservoir.offer(Arc::new(image.summary()), &mut rng);
+            }
+        }
+        args.sample.publish(reservoir.items());
+        tracing::info!(
+            seen = reservoir.seen(),
+            sampled = reservoir.items().len(),
+            "image sample filled"
+        );
+        Ok(ImagePoolState {
+            reservoir,
+            sample: args.sample,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<Self::Msg>,
+        msg: ImagePoolMsg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ImagePoolMsg::Add(summary) => {
+                if state.reservoir.offer(Arc::new(summary), &mut rand::rng()) {
+                    state.sample.publish(state.reservoir.items());
+                }
+            }
+            ImagePoolMsg::Crash => panic!("image_pool was asked to crash"),
+        }
+        Ok(())
+    }
+}

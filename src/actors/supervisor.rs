@@ -1,0 +1,174 @@
+//! The root supervisor: starts every child linked to itself and restarts a child that
+//! panics or stops unexpectedly, with its state rebuilt from the store. ractor has no
+//! restart strategies of its own, so the budget lives here: more than `max_restarts`
+//! restarts of one child within `restart_window` and the supervisor stops trying and
+//! fails, which `/readyz` reports. Restarts are counted in `corral_actor_restarts_total`.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+
+use super::image_pool::{ImagePool, ImagePoolArgs};
+use super::uploads::{self, UploadDeps};
+use super::{ActorSlot, Actors};
+use crate::store::SharedStore;
+
+/// How long each child may take to stop when the supervisor stops.
+const CHILD_STOP_WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Child {
+    ImagePool,
+    Uploads,
+}
+
+impl Child {
+    const ALL: [Child; 2] = [Child::ImagePool, Child::Uploads];
+
+    fn name(self) -> &'static str {
+        match self {
+            Child::ImagePool => "image_pool",
+            Child::Uploads => "uploads",
+        }
+    }
+}
+
+/// How often a child may be restarted before the supervisor gives up.
+#[derive(Debug, Clone, Copy)]
+pub struct RestartBudget {
+    pub max_restarts: u32,
+    pub window: Duration,
+}
+
+/// Everything the children are built from; kept so a restart builds them the same way.
+pub struct SupervisorArgs {
+    pub store: SharedStore,
+    pub actors: Actors,
+    pub reservoir_capacity: usize,
+    pub upload_deps: UploadDeps,
+    pub upload_workers: usize,
+    pub budget: RestartBudget,
+}
+
+pub struct SupervisorState {
+    args: SupervisorArgs,
+    children: HashMap<ActorId, Child>,
+    restarts: HashMap<Child, VecDeque<Instant>>,
+}
+
+pub struct Supervisor;
+
+/// The supervisor has no messages of its own: it only reacts to its children.
+pub enum SupervisorMsg {}
+
+impl Actor for Supervisor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = SupervisorArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: SupervisorArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let mut state = SupervisorState {
+            args,
+            children: HashMap::new(),
+            restarts: HashMap::new(),
+        };
+        for child in Child::ALL {
+            start_child(&mut state, child, myself.get_cell()).await?;
+        }
+        Ok(state)
+    }
+
+    async fn post_stop(
+        &self,
+        _: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // Stop in reverse start order: uploads first, so no job tells a stopped pool.
+        let actors = &state.args.actors;
+        stop(&actors.uploads).await;
+        stop(&actors.image_pool).await;
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, why) = match event {
+            SupervisionEvent::ActorFailed(cell, err) => {
+                (cell, format!("panicked or failed: {err}"))
+            }
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, format!("stopped: {}", reason.unwrap_or_default()))
+            }
+            _ => return Ok(()),
+        };
+        let Some(child) = state.children.remove(&cell.get_id()) else {
+            return Ok(());
+        };
+        tracing::error!(actor = child.name(), "child {why}");
+        if !within_budget(state, child) {
+            return Err(format!("{} exceeded its restart budget", child.name()).into());
+        }
+        metrics::counter!("corral_actor_restarts_total", "actor" => child.name()).increment(1);
+        start_child(state, child, myself.get_cell()).await?;
+        tracing::warn!(actor = child.name(), "child restarted");
+        Ok(())
+    }
+}
+
+/// Records a restart and says whether it is still within the budget.
+fn within_budget(state: &mut SupervisorState, child: Child) -> bool {
+    let budget = state.args.budget;
+    let now = Instant::now();
+    let history = state.restarts.entry(child).or_default();
+    while history
+        .front()
+        .is_some_and(|t| now.duration_since(*t) > budget.window)
+    {
+        history.pop_front();
+    }
+    history.push_back(now);
+    history.len() <= budget.max_restarts as usize
+}
+
+async fn start_child(
+    state: &mut SupervisorState,
+    child: Child,
+    me: ActorCell,
+) -> Result<(), ActorProcessingErr> {
+    let args = &state.args;
+    let cell = match child {
+        Child::ImagePool => {
+            let pool_args = ImagePoolArgs {
+                store: args.store.clone(),
+                capacity: args.reservoir_capacity,
+                sample: args.actors.sample.clone(),
+            };
+            let (pool, _) = Actor::spawn_linked(None, ImagePool, pool_args, me).await?;
+            args.actors.image_pool.set(Some(pool.clone()));
+            pool.get_cell()
+        }
+        Child::Uploads => {
+            let factory = uploads::spawn(args.upload_deps.clone(), args.upload_workers, me).await?;
+            args.actors.uploads.set(Some(factory.clone()));
+            factory.get_cell()
+        }
+    };
+    state.children.insert(cell.get_id(), child);
+    Ok(())
+}
+
+async fn stop<M: ractor::Message>(slot: &ActorSlot<M>) {
+    if let Some(actor) = slot.get() {
+        let _ = actor.stop_and_wait(None, Some(CHILD_STOP_WAIT)).await;
+    }
+    slot.set(None);
+}

@@ -1,0 +1,163 @@
+//! `uploads` is a ractor factory of upload workers. A worker takes a staged upload (already
+//! streamed to a temp file by the HTTP handler), inspects it under decode limits, commits
+//! the file under its sha1 name, records the metadata and tells `image_pool`.
+//!
+//! Jobs are routed by sha1, so uploads of identical content run on one worker one after
+//! another: the "file already there?" check and the undo of a failed commit never race.
+//! CPU work is bounded by the worker count; the number of jobs in flight is bounded by the
+//! HTTP layer's admission semaphore. Supervised by the root supervisor; the factory itself
+//! replaces a worker that panics.
+
+use ractor::factory::{
+    Factory, FactoryArguments, FactoryMessage, Job, Worker, WorkerId, queues, routing,
+    worker_builder,
+};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr};
+
+use super::{ActorSlot, ImagePoolMsg};
+use crate::domain::{Image, ImageId, ImageName, Tags};
+use crate::media::{DecodeLimits, MediaError, MediaRoot, StagedUpload, inspect};
+use crate::store::{SharedStore, StoreError};
+
+/// Jobs are keyed by the content's sha1.
+pub type UploadKey = [u8; 20];
+pub type UploadsMsg = FactoryMessage<UploadKey, UploadMsg>;
+pub type UploadsRef = ActorRef<UploadsMsg>;
+
+/// Why a staged upload was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    Media(#[from] MediaError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the inspection task failed: {0}")]
+    Task(String),
+}
+
+/// A stored upload, and whether its bytes were new or already on disk.
+#[derive(Debug)]
+pub struct Ingested {
+    pub image: Image,
+    pub new_file: bool,
+}
+
+pub enum UploadMsg {
+    /// Check, store and record one staged upload.
+    Ingest {
+        staged: StagedUpload,
+        tags: Tags,
+        reply: RpcReplyPort<Result<Ingested, IngestError>>,
+    },
+}
+
+/// What every worker needs; cloned into each.
+#[derive(Clone)]
+pub struct UploadDeps {
+    pub store: SharedStore,
+    pub media: MediaRoot,
+    pub limits: DecodeLimits,
+    pub image_pool: ActorSlot<ImagePoolMsg>,
+}
+
+pub struct UploadWorker;
+
+impl Worker for UploadWorker {
+    type Key = UploadKey;
+    type Message = UploadMsg;
+    type Arguments = UploadDeps;
+    type State = UploadDeps;
+
+    async fn pre_start(
+        &self,
+        _: WorkerId,
+        _: &ActorRef<UploadsMsg>,
+        deps: UploadDeps,
+    ) -> Result<UploadDeps, ActorProcessingErr> {
+        Ok(deps)
+    }
+
+    async fn handle(
+        &self,
+        _: WorkerId,
+        _: &ActorRef<UploadsMsg>,
+        Job { msg, key, .. }: Job<UploadKey, UploadMsg>,
+        deps: &mut UploadDeps,
+    ) -> Result<UploadKey, ActorProcessingErr> {
+        let UploadMsg::Ingest {
+            staged,
+            tags,
+            reply,
+        } = msg;
+        let result = ingest(deps, staged, tags).await;
+        if let (Ok(done), Some(pool)) = (&result, deps.image_pool.get()) {
+            let _ = pool.cast(ImagePoolMsg::Add(done.image.summary()));
+        }
+        // The caller may have timed out and gone; nothing more to do then.
+        let _ = reply.send(result);
+        Ok(key)
+    }
+}
+
+#[tracing::instrument(name = "uploads.ingest", skip_all, fields(bytes = staged.bytes))]
+async fn ingest(
+    deps: &UploadDeps,
+    staged: StagedUpload,
+    tags: Tags,
+) -> Result<Ingested, IngestError> {
+    let (media, limits, bytes) = (deps.media.clone(), deps.limits, staged.bytes);
+    let (inspected, name, new_file) = tokio::task::spawn_blocking(move || {
+        let inspected = inspect(&staged.path, limits)?;
+        let name = ImageName::new(staged.sha1, inspected.format);
+        let new_file = media.commit(staged.path, &name)?;
+        Ok::<_, MediaError>((inspected, name, new_file))
+    })
+    .await
+    .map_err(|e| IngestError::Task(e.to_string()))??;
+
+    let image = Image {
+        id: ImageId::new(),
+        name: name.to_string(),
+        sha1: name.sha1().to_owned(),
+        format: inspected.format,
+        width: inspected.width,
+        height: inspected.height,
+        bytes,
+        tags,
+        created_at: chrono::Utc::now(),
+    };
+    if let Err(e) = deps.store.insert_image(&image).await {
+        if new_file {
+            // Leave nothing half-written: a file no record points to is removed again.
+            let _ = deps.media.remove(&name);
+        }
+        return Err(e.into());
+    }
+    Ok(Ingested { image, new_file })
+}
+
+/// Spawns the factory linked to `supervisor`.
+pub async fn spawn(
+    deps: UploadDeps,
+    workers: usize,
+    supervisor: ActorCell,
+) -> Result<UploadsRef, SpawnErr> {
+    let factory = Factory::<
+        UploadKey,
+        UploadMsg,
+        UploadDeps,
+        UploadWorker,
+        routing::KeyPersistentRouting<UploadKey, UploadMsg>,
+        queues::DefaultQueue<UploadKey, UploadMsg>,
+    >::default();
+    let args = FactoryArguments::builder()
+        .worker_builder(Box::new(worker_builder(move |_| {
+            (UploadWorker, deps.clone())
+        })))
+        .queue(Default::default())
+        .router(Default::default())
+        .num_initial_workers(workers)
+        .build();
+    let (factory, _) = Actor::spawn_linked(None, factory, args, supervisor).await?;
+    Ok(factory)
+}

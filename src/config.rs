@@ -1,0 +1,240 @@
+//! Typed settings: `config/default.toml` (compiled in) < `--config FILE` < environment
+//! (`CORRAL_SECTION__KEY`) < command-line flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// The defaults, documented key by key.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Why settings could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("configuration key `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub http: HttpSettings,
+    pub storage: StorageSettings,
+    pub scylla: ScyllaSettings,
+    pub uploads: UploadSettings,
+    pub images: ImageSettings,
+    pub actors: ActorSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    pub bind: SocketAddr,
+    pub public_url: String,
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Embedded,
+    Scylla,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSettings {
+    pub backend: Backend,
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScyllaSettings {
+    #[serde(deserialize_with = "list_or_csv")]
+    pub nodes: Vec<String>,
+    pub keyspace: String,
+    pub replication_factor: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadSettings {
+    pub max_bytes: u64,
+    pub max_width: u32,
+    pub max_height: u32,
+    pub max_pixels: u64,
+    pub max_decode_bytes: u64,
+    pub max_in_flight: usize,
+    pub workers: usize,
+    pub process_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageSettings {
+    pub reservoir_capacity: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActorSettings {
+    pub max_restarts: u32,
+    pub restart_window_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub filter: String,
+}
+
+/// Values given as command-line flags; they win over every other layer.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub bind: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Settings {
+    /// Loads every layer and validates the result.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment = figment.merge(Env::prefixed("CORRAL_").split("__"));
+        if let Some(bind) = overrides.bind {
+            figment = figment.merge(("http.bind", bind.to_string()));
+        }
+        if let Some(dir) = &overrides.data_dir {
+            figment = figment.merge(("storage.data_dir", dir));
+        }
+        let settings: Settings = figment.extract().map_err(Box::new)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let u = &self.uploads;
+        positive("uploads.max_bytes", u.max_bytes)?;
+        positive("uploads.max_width", u64::from(u.max_width))?;
+        positive("uploads.max_height", u64::from(u.max_height))?;
+        positive("uploads.max_pixels", u.max_pixels)?;
+        positive("uploads.max_decode_bytes", u.max_decode_bytes)?;
+        positive("uploads.max_in_flight", u.max_in_flight as u64)?;
+        positive("uploads.process_timeout_secs", u.process_timeout_secs)?;
+        positive(
+            "images.reservoir_capacity",
+            self.images.reservoir_capacity as u64,
+        )?;
+        positive(
+            "actors.restart_window_secs",
+            self.actors.restart_window_secs,
+        )?;
+        let ks = &self.scylla.keyspace;
+        let ks_ok = !ks.is_empty()
+            && ks.len() <= 48
+            && ks.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !ks_ok {
+            return Err(ConfigError::Invalid {
+                key: "scylla.keyspace",
+                reason: "use 1 to 48 letters, digits or '_'".into(),
+            });
+        }
+        if self.storage.backend == Backend::Scylla && self.scylla.nodes.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "scylla.nodes",
+                reason: "the scylla backend needs at least one node".into(),
+            });
+        }
+        let url = &self.http.public_url;
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(ConfigError::Invalid {
+                key: "http.public_url",
+                reason: "must be empty or start with http:// or https://".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Upload workers to run: the configured number, or cores less one (at least one).
+    pub fn upload_workers(&self) -> usize {
+        match self.uploads.workers {
+            0 => {
+                std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
+            }
+            n => n,
+        }
+    }
+}
+
+fn positive(key: &'static str, value: u64) -> Result<(), ConfigError> {
+    if value == 0 {
+        return Err(ConfigError::Invalid {
+            key,
+            reason: "must be greater than 0".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Accepts `["a", "b"]` from a file or `"a,b"` from the environment.
+fn list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Nodes {
+        List(Vec<String>),
+        Csv(String),
+    }
+    Ok(match Nodes::deserialize(d)? {
+        Nodes::List(list) => list,
+        Nodes::Csv(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_compiled_in_defaults_load_and_validate() {
+        let settings: Settings = Figment::from(Toml::string(DEFAULT_TOML)).extract().unwrap();
+        settings.validate().unwrap();
+        assert_eq!(settings.storage.backend, Backend::Embedded);
+    }
+
+    #[test]
+    fn a_bad_value_names_its_key() {
+        let toml = format!("{DEFAULT_TOML}\n[extra]\n");
+        let bad = Figment::from(Toml::string(DEFAULT_TOML))
+            .merge(Toml::string("[uploads]\nmax_bytes = \"lots\""))
+            .extract::<Settings>()
+            .unwrap_err();
+        assert!(bad.to_string().contains("max_bytes"), "{bad}");
+        assert!(
+            Figment::from(Toml::string(&toml))
+                .extract::<Settings>()
+                .is_err()
+        );
+        let mut zero: Settings = Figment::from(Toml::string(DEFAULT_TOML)).extract().unwrap();
+        zero.uploads.max_in_flight = 0;
+        assert!(
+            zero.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("uploads.max_in_flight")
+        );
+    }
+}

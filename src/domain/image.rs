@@ -1,0 +1,273 @@
+//! The image record, its content-addressed name, and the rules its fields obey.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Most tags one image may carry.
+pub const MAX_TAGS: usize = 32;
+/// Longest tag, in bytes.
+pub const MAX_TAG_LEN: usize = 64;
+
+/// Why a domain value was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DomainError {
+    #[error("too many tags: at most {MAX_TAGS} are allowed")]
+    TooManyTags,
+    #[error(
+        "tag {0:?} is invalid: tags are 1 to {MAX_TAG_LEN} characters of a-z, 0-9, '-', '_' or '.'"
+    )]
+    BadTag(String),
+}
+
+/// An image's identity: a UUID v7, so ids sort by creation time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ImageId(pub Uuid);
+
+impl ImageId {
+    pub fn new() -> Self {
+        Self(Uuid::now_v7())
+    }
+}
+
+impl Default for ImageId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for ImageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for ImageId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(Self)
+    }
+}
+
+/// The formats Corral accepts; everything else is refused at upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageFormat {
+    Jpeg,
+    Png,
+    Gif,
+    Webp,
+}
+
+impl ImageFormat {
+    /// The file extension used in names and on disk.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Self::Jpeg => "jpg",
+            Self::Png => "png",
+            Self::Gif => "gif",
+            Self::Webp => "webp",
+        }
+    }
+
+    pub fn from_extension(ext: &str) -> Option<Self> {
+        match ext {
+            "jpg" => Some(Self::Jpeg),
+            "png" => Some(Self::Png),
+            "gif" => Some(Self::Gif),
+            "webp" => Some(Self::Webp),
+            _ => None,
+        }
+    }
+
+    pub fn mime(self) -> &'static str {
+        match self {
+            Self::Jpeg => "image/jpeg",
+            Self::Png => "image/png",
+            Self::Gif => "image/gif",
+            Self::Webp => "image/webp",
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Jpeg => "jpeg",
+            Self::Png => "png",
+            Self::Gif => "gif",
+            Self::Webp => "webp",
+        }
+    }
+}
+
+impl FromStr for ImageFormat {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "jpeg" => Ok(Self::Jpeg),
+            "png" => Ok(Self::Png),
+            "gif" => Ok(Self::Gif),
+            "webp" => Ok(Self::Webp),
+            _ => Err(()),
+        }
+    }
+}
+
+/// A stored file's public name: `<40 lowercase hex sha1>.<extension>`.
+///
+/// Parsing is the only way to get one, so a name can never carry a path separator,
+/// a dot segment or anything else that could escape the image directory.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ImageName {
+    sha1: String,
+    format: ImageFormat,
+}
+
+impl ImageName {
+    pub fn new(sha1: [u8; 20], format: ImageFormat) -> Self {
+        Self {
+            sha1: hex::encode(sha1),
+            format,
+        }
+    }
+
+    /// Accepts exactly `<40 lowercase hex>.<jpg|png|gif|webp>`; anything else is `None`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let (sha1, ext) = s.split_once('.')?;
+        let hex_ok =
+            sha1.len() == 40 && sha1.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        let format = ImageFormat::from_extension(ext)?;
+        hex_ok.then(|| Self {
+            sha1: sha1.to_owned(),
+            format,
+        })
+    }
+
+    /// The content hash, lowercase hex.
+    pub fn sha1(&self) -> &str {
+        &self.sha1
+    }
+
+    pub fn format(&self) -> ImageFormat {
+        self.format
+    }
+
+    /// The two shard directories (`ab`, `cd`) this file lives under.
+    pub fn shards(&self) -> (&str, &str) {
+        (&self.sha1[0..2], &self.sha1[2..4])
+    }
+}
+
+impl fmt::Display for ImageName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.sha1, self.format.extension())
+    }
+}
+
+/// A validated, de-duplicated, sorted set of tags.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Tags(Vec<String>);
+
+impl Tags {
+    /// Parses a comma-separated list (`"llama, cute"`); tags are lowercased.
+    pub fn parse_csv(s: &str) -> Result<Self, DomainError> {
+        Self::parse(s.split(',').map(str::trim).filter(|t| !t.is_empty()))
+    }
+
+    pub fn parse<'a>(tags: impl IntoIterator<Item = &'a str>) -> Result<Self, DomainError> {
+        let mut out = Vec::new();
+        for tag in tags {
+            let tag = tag.to_lowercase();
+            let ok = !tag.is_empty()
+                && tag.len() <= MAX_TAG_LEN
+                && tag
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+            if !ok {
+                return Err(DomainError::BadTag(tag));
+            }
+            out.push(tag);
+        }
+        out.sort();
+        out.dedup();
+        if out.len() > MAX_TAGS {
+            return Err(DomainError::TooManyTags);
+        }
+        Ok(Self(out))
+    }
+
+    pub fn as_slice(&self) -> &[String] {
+        &self.0
+    }
+}
+
+/// An uploaded image's metadata. The bytes live on disk under [`ImageName`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Image {
+    pub id: ImageId,
+    pub name: String,
+    pub sha1: String,
+    pub format: ImageFormat,
+    pub width: u32,
+    pub height: u32,
+    pub bytes: u64,
+    pub tags: Tags,
+    pub created_at: DateTime<Utc>,
+}
+
+impl Image {
+    pub fn summary(&self) -> ImageSummary {
+        ImageSummary {
+            id: self.id,
+            name: self.name.clone(),
+            width: self.width,
+            height: self.height,
+        }
+    }
+}
+
+/// What the random sample keeps of an image: enough to answer `/random` without the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ImageSummary {
+    pub id: ImageId,
+    pub name: String,
+    pub width: u32,
+    pub height: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_only_in_their_exact_shape() {
+        let good = "0123456789abcdef0123456789abcdef01234567.png";
+        assert_eq!(
+            ImageName::parse(good).map(|n| n.to_string()).as_deref(),
+            Some(good)
+        );
+        for bad in [
+            "../etc/passwd",
+            "0123456789abcdef0123456789abcdef01234567.png/..",
+            "0123456789ABCDEF0123456789abcdef01234567.png",
+            "0123456789abcdef0123456789abcdef0123456.png",
+            "0123456789abcdef0123456789abcdef01234567.bmp",
+            "0123456789abcdef0123456789abcdef01234567.png.png",
+            "",
+        ] {
+            assert!(ImageName::parse(bad).is_none(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn tags_are_lowercased_sorted_and_deduplicated() {
+        let tags = Tags::parse_csv("Llama, cute,llama,,").unwrap();
+        assert_eq!(tags.as_slice(), ["cute", "llama"]);
+        assert!(Tags::parse_csv("no spaces please").is_err());
+        assert!(Tags::parse_csv("a/b").is_err());
+    }
+}

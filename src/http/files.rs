@@ -1,0 +1,126 @@
+//! Image bytes by name: `GET /i/{name}`. Names are content addresses, so a response never
+//! changes: strong ETag (the sha1), immutable caching, 304 on a match, single byte ranges.
+//! Served straight from disk; the store is not consulted.
+
+use std::io::SeekFrom;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio_util::io::ReaderStream;
+
+use super::{ApiError, AppState};
+use crate::domain::ImageName;
+
+/// Read size when streaming a file out.
+const CHUNK: usize = 64 * 1024;
+const IMMUTABLE: &str = "public, max-age=31536000, immutable";
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/i/{name}", get(serve_file))
+}
+
+async fn serve_file(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let missing = || ApiError::not_found(format!("no image named {raw:?}"));
+    let name = ImageName::parse(&raw).ok_or_else(missing)?;
+    let etag = format!("\"{}\"", name.sha1());
+    let mut file = match tokio::fs::File::open(state.media.path_of(&name)).await {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(missing()),
+        Err(e) => return Err(ApiError::Internal(format!("opening {name}: {e}"))),
+    };
+    let common = [
+        (header::ETAG, etag.clone()),
+        (header::CACHE_CONTROL, IMMUTABLE.to_owned()),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_owned()),
+        (header::ACCEPT_RANGES, "bytes".to_owned()),
+    ];
+    if etag_matches(&headers, &etag) {
+        return Ok((StatusCode::NOT_MODIFIED, common).into_response());
+    }
+    let length = file
+        .metadata()
+        .await
+        .map_err(|e| ApiError::Internal(format!("stat {name}: {e}")))?
+        .len();
+    let (status, start, count) = match requested_range(&headers, length)? {
+        Some((start, end)) => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
+        None => (StatusCode::OK, 0, length),
+    };
+    if start > 0 {
+        file.seek(SeekFrom::Start(start))
+            .await
+            .map_err(|e| ApiError::Internal(format!("seek {name}: {e}")))?;
+    }
+    let body = Body::from_stream(ReaderStream::with_capacity(file.take(count), CHUNK));
+    let mut response = (status, common, body).into_response();
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(name.format().mime()),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
+    if status == StatusCode::PARTIAL_CONTENT {
+        let range = format!("bytes {start}-{}/{length}", start + count - 1);
+        h.insert(
+            header::CONTENT_RANGE,
+            HeaderValue::from_str(&range).map_err(|e| ApiError::Internal(e.to_string()))?,
+        );
+    }
+    Ok(response)
+}
+
+/// `If-None-Match` holds `*` or our ETag (weak comparison, as RFC 9110 asks for GET).
+fn etag_matches(headers: &HeaderMap, etag: &str) -> bool {
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().trim_start_matches("W/"))
+        .any(|t| t == "*" || t == etag)
+}
+
+/// One satisfiable byte range `(first, last)`, inclusive. Several ranges or a malformed
+/// header are ignored (the whole file is served, as RFC 9110 allows); a range starting
+/// past the end is refused with 416.
+fn requested_range(headers: &HeaderMap, length: u64) -> Result<Option<(u64, u64)>, ApiError> {
+    let Some(spec) = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("bytes="))
+    else {
+        return Ok(None);
+    };
+    if spec.contains(',') {
+        return Ok(None);
+    }
+    let Some((first, last)) = spec.trim().split_once('-') else {
+        return Ok(None);
+    };
+    let unsatisfiable = || ApiError::RangeNotSatisfiable {
+        detail: format!("the range {spec:?} is outside the file's {length} bytes"),
+        length,
+    };
+    let range = match (first.parse::<u64>(), last.parse::<u64>()) {
+        (Ok(a), Ok(b)) if a <= b => (a, b.min(length.saturating_sub(1))),
+        (Ok(a), Err(_)) if last.is_empty() => (a, length.saturating_sub(1)),
+        (Err(_), Ok(n)) if first.is_empty() && n > 0 => {
+            (length.saturating_sub(n), length.saturating_sub(1))
+        }
+        (Err(_), Ok(0)) if first.is_empty() => return Err(unsatisfiable()),
+        _ => return Ok(None),
+    };
+    if range.0 >= length {
+        return Err(unsatisfiable());
+    }
+    Ok(Some(range))
+}

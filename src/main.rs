@@ -1,0 +1,106 @@
+//! The `corral` command: parse flags, load settings, hand over to the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use corral::config::{Overrides, Settings};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Corral: images, events and reminders from one supervised server"
+)]
+struct Cli {
+    /// A TOML file layered over the built-in defaults (see config/default.toml).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Where the database and image files live (storage.data_dir).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP API (the default).
+    Serve {
+        /// Address to listen on (http.bind).
+        #[arg(long)]
+        bind: Option<SocketAddr>,
+    },
+    /// Apply schema/*.cql, in order, to the Scylla cluster in [scylla].
+    Migrate,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let bind = match &cli.command {
+        Some(Command::Serve { bind }) => *bind,
+        _ => None,
+    };
+    let overrides = Overrides {
+        bind,
+        data_dir: cli.data_dir.clone(),
+    };
+    let settings = match Settings::load(cli.config.as_deref(), &overrides) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("corral: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    corral::telemetry::init_tracing(&settings.log.filter);
+    let result = match cli.command.unwrap_or(Command::Serve { bind: None }) {
+        Command::Serve { .. } => serve(settings).await,
+        Command::Migrate => migrate(settings).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("corral: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(settings.http.bind).await?;
+    tracing::info!(addr = %listener.local_addr()?, data_dir = %settings.storage.data_dir.display(), "corral listening");
+    corral::run(settings, listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn migrate(settings: Settings) -> anyhow::Result<()> {
+    let applied = corral::store::scylla::migrate(&corral::scylla_target(&settings)).await?;
+    println!(
+        "applied {} to keyspace {}",
+        applied.join(", "),
+        settings.scylla.keyspace
+    );
+    Ok(())
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { () = ctrl_c => {}, () = term => {} }
+    tracing::info!("shutdown requested");
+}

@@ -1,0 +1,195 @@
+//! The test harness: a real Corral on a random port with a fresh data dir, and a real
+//! HTTP client. Every test binary includes this module and uses what it needs.
+#![allow(dead_code)]
+
+use std::io::Cursor;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use corral::App;
+use corral::actors::Actors;
+use corral::config::{Overrides, Settings};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    pub actors: Actors,
+    pub data_dir: TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), corral::AppError>>>,
+}
+
+impl TestApp {
+    /// A server with the default settings on a fresh data dir.
+    pub async fn spawn() -> Self {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// A server whose settings `tweak` adjusts first.
+    pub async fn spawn_with(tweak: impl FnOnce(&mut Settings)) -> Self {
+        Self::spawn_in(TempDir::new().expect("temp dir"), tweak).await
+    }
+
+    /// A server on an existing data dir (to show what survives a restart).
+    pub async fn spawn_in(data_dir: TempDir, tweak: impl FnOnce(&mut Settings)) -> Self {
+        let overrides = Overrides {
+            bind: Some("127.0.0.1:0".parse().unwrap()),
+            data_dir: Some(data_dir.path().to_owned()),
+        };
+        let mut settings = Settings::load(None, &overrides).expect("default settings load");
+        tweak(&mut settings);
+        let listener = tokio::net::TcpListener::bind(settings.http.bind)
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let app = App::start(settings).await.expect("app starts");
+        let actors = app.actors().clone();
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(app.serve(listener, async {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            client: reqwest::Client::new(),
+            actors,
+            data_dir,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Shuts the server down in order and hands back its data dir.
+    pub async fn stop(mut self) -> TempDir {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task").expect("clean shutdown");
+        }
+        let dir = TempDir::new().unwrap();
+        std::mem::replace(&mut self.data_dir, dir)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// Uploads `bytes` as a raw body with the given content type.
+    pub async fn upload_raw(&self, bytes: Vec<u8>, content_type: &str) -> reqwest::Response {
+        self.client
+            .post(self.url("/v1/images"))
+            .header("content-type", content_type)
+            .body(bytes)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// Uploads a PNG and returns the created image's JSON.
+    pub async fn upload_png(&self, bytes: Vec<u8>) -> serde_json::Value {
+        let response = self.upload_raw(bytes, "image/png").await;
+        assert_eq!(
+            response.status(),
+            201,
+            "upload refused: {}",
+            response.text().await.unwrap()
+        );
+        response.json().await.unwrap()
+    }
+
+    /// Every regular file below `<data>/<sub>`.
+    pub fn files_under(&self, sub: &str) -> Vec<PathBuf> {
+        files_under(&self.data_dir.path().join(sub))
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// A real PNG whose pixels depend on `seed`, so different seeds give different content.
+pub fn png(width: u32, height: u32, seed: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(width, height, |x, y| {
+        let v = seed
+            .wrapping_mul(2_654_435_761)
+            .wrapping_add(x * 31 + y * 17);
+        image::Rgb([v as u8, (v >> 8) as u8, (v >> 16) as u8])
+    });
+    let mut out = Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png)
+        .expect("encode png");
+    out.into_inner()
+}
+
+/// A real JPEG.
+pub fn jpeg(width: u32, height: u32, seed: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(width, height, |x, y| {
+        image::Rgb([(x + seed) as u8, y as u8, seed as u8])
+    });
+    let mut out = Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Jpeg)
+        .expect("encode jpeg");
+    out.into_inner()
+}
+
+/// A PNG chunk: length, type, data, CRC.
+pub fn png_chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
+    let mut out = (data.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(kind);
+    out.extend_from_slice(data);
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(kind);
+    crc.update(data);
+    out.extend_from_slice(&crc.finalize().to_be_bytes());
+    out
+}
+
+/// A small valid PNG whose IHDR is rewritten to claim `width` x `height` (a decompression
+/// bomb's header: tiny file, huge canvas).
+pub fn png_claiming(width: u32, height: u32) -> Vec<u8> {
+    let real = png(1, 1, 7);
+    // Signature (8) + IHDR length (4) + type (4) + data (13) + CRC (4).
+    let mut ihdr = real[16..29].to_vec();
+    ihdr[0..4].copy_from_slice(&width.to_be_bytes());
+    ihdr[4..8].copy_from_slice(&height.to_be_bytes());
+    let mut out = real[..8].to_vec();
+    out.extend(png_chunk(b"IHDR", &ihdr));
+    out.extend_from_slice(&real[33..]);
+    out
+}
+
+pub fn sha1_hex(bytes: &[u8]) -> String {
+    use sha1::Digest;
+    hex::encode(sha1::Sha1::digest(bytes))
+}

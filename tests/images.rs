@@ -1,0 +1,447 @@
+//! Uploads, reads, caching and the random sample, through a real server and client.
+
+mod common;
+
+use std::collections::HashSet;
+
+use common::{TestApp, png, png_claiming, sha1_hex};
+use serde_json::Value;
+
+async fn problem(response: reqwest::Response, status: u16) -> Value {
+    assert_eq!(response.status(), status);
+    let ct = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(ct, "application/problem+json");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], status);
+    assert!(
+        body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+        "{body}"
+    );
+    body
+}
+
+#[tokio::test]
+async fn a_raw_upload_round_trips_byte_for_byte_under_its_sha1_name() {
+    let app = TestApp::spawn().await;
+    let bytes = png(64, 48, 1);
+    let response = app.upload_raw(bytes.clone(), "image/png").await;
+    assert_eq!(response.status(), 201);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    let image: Value = response.json().await.unwrap();
+    let sha1 = sha1_hex(&bytes);
+    assert_eq!(image["sha1"], sha1);
+    assert_eq!(image["name"], format!("{sha1}.png"));
+    assert_eq!(image["format"], "png");
+    assert_eq!(
+        (image["width"].as_u64(), image["height"].as_u64()),
+        (Some(64), Some(48))
+    );
+    assert_eq!(image["bytes"], bytes.len());
+    assert_eq!(
+        location,
+        format!("/v1/images/{}", image["id"].as_str().unwrap())
+    );
+
+    // The file sits in its shard directories.
+    let on_disk =
+        app.data_dir
+            .path()
+            .join(format!("images/{}/{}/{sha1}.png", &sha1[..2], &sha1[2..4]));
+    assert_eq!(std::fs::read(on_disk).unwrap(), bytes);
+
+    let served = app.get(image["url"].as_str().unwrap()).await;
+    assert_eq!(served.status(), 200);
+    assert_eq!(served.headers()["content-type"], "image/png");
+    assert_eq!(served.headers()["etag"], format!("\"{sha1}\""));
+    assert_eq!(
+        served.headers()["cache-control"],
+        "public, max-age=31536000, immutable"
+    );
+    assert_eq!(served.headers()["x-content-type-options"], "nosniff");
+    assert_eq!(served.bytes().await.unwrap(), bytes);
+
+    let by_id: Value = app.get(&location).await.json().await.unwrap();
+    assert_eq!(by_id, image);
+}
+
+#[tokio::test]
+async fn a_multipart_upload_round_trips_with_its_tags() {
+    let app = TestApp::spawn().await;
+    let bytes = common::jpeg(40, 30, 2);
+    let form = reqwest::multipart::Form::new()
+        .text("tags", "Llama, cute")
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(bytes.clone())
+                .file_name("llama.jpg")
+                .mime_str("image/jpeg")
+                .unwrap(),
+        );
+    let response = app
+        .client
+        .post(app.url("/v1/images"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let image: Value = response.json().await.unwrap();
+    assert_eq!(image["format"], "jpeg");
+    assert_eq!(image["name"], format!("{}.jpg", sha1_hex(&bytes)));
+    assert_eq!(image["tags"], serde_json::json!(["cute", "llama"]));
+    let served = app.get(image["url"].as_str().unwrap()).await;
+    assert_eq!(served.headers()["content-type"], "image/jpeg");
+    assert_eq!(served.bytes().await.unwrap(), bytes);
+}
+
+#[tokio::test]
+async fn identical_content_is_stored_once_and_recorded_twice() {
+    let app = TestApp::spawn().await;
+    let bytes = png(20, 20, 3);
+    let first = app.upload_png(bytes.clone()).await;
+    let second = app.upload_png(bytes).await;
+    assert_eq!(first["name"], second["name"]);
+    assert_ne!(first["id"], second["id"]);
+    assert_eq!(app.files_under("images").len(), 1);
+    assert!(app.files_under("tmp").is_empty());
+}
+
+#[tokio::test]
+async fn one_byte_over_the_limit_is_rejected_with_413_and_leaves_no_file() {
+    let limit = 4096;
+    let app = TestApp::spawn_with(|s| s.uploads.max_bytes = limit).await;
+    let mut bytes = png(8, 8, 4);
+    bytes.resize(limit as usize + 1, 0);
+    problem(app.upload_raw(bytes.clone(), "image/png").await, 413).await;
+
+    // Streamed without a Content-Length, the limit is enforced as bytes arrive.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        bytes.chunks(1000).map(|c| Ok(c.to_vec())).collect();
+    let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
+    let response = app
+        .client
+        .post(app.url("/v1/images"))
+        .header("content-type", "image/png")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    problem(response, 413).await;
+    assert!(app.files_under("images").is_empty());
+    assert!(app.files_under("tmp").is_empty());
+
+    // Exactly at the limit is fine (a PNG with trailing bytes still decodes).
+    bytes.truncate(limit as usize);
+    assert_eq!(app.upload_raw(bytes, "image/png").await.status(), 201);
+}
+
+#[tokio::test]
+async fn content_that_is_not_an_accepted_image_gets_415_whatever_its_content_type() {
+    let app = TestApp::spawn().await;
+    let pdf =
+        b"%PDF-1.7\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF".to_vec();
+    problem(app.upload_raw(pdf, "image/png").await, 415).await;
+    let svg = b"<svg xmlns=\"http://www.w3.org/2000/svg\"><script>alert(1)</script></svg>".to_vec();
+    problem(app.upload_raw(svg, "image/svg+xml").await, 415).await;
+    problem(
+        app.upload_raw(b"<html></html>".to_vec(), "image/png").await,
+        415,
+    )
+    .await;
+    problem(app.upload_raw(Vec::new(), "image/png").await, 415).await;
+    problem(app.upload_raw(png(4, 4, 5), "text/plain").await, 415).await;
+    assert!(app.files_under("images").is_empty());
+    assert!(app.files_under("tmp").is_empty());
+}
+
+#[tokio::test]
+async fn truncated_files_and_decompression_bombs_get_422_and_leave_nothing() {
+    let app = TestApp::spawn().await;
+    let whole = png(200, 200, 6);
+    let truncated = whole[..whole.len() / 2].to_vec();
+    let body = problem(app.upload_raw(truncated, "image/png").await, 422).await;
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("corrupt or truncated"),
+        "{body}"
+    );
+
+    let bomb = png_claiming(100_000, 100_000);
+    assert!(bomb.len() < 200, "the bomb is a tiny file");
+    problem(app.upload_raw(bomb, "image/png").await, 422).await;
+    assert!(app.files_under("images").is_empty());
+    assert!(app.files_under("tmp").is_empty());
+}
+
+#[tokio::test]
+async fn traversal_and_malformed_names_are_404() {
+    let app = TestApp::spawn().await;
+    let image = app.upload_png(png(5, 5, 8)).await;
+    let name = image["name"].as_str().unwrap();
+    for path in [
+        "/i/..%2F..%2Fcorral.redb".to_owned(),
+        "/i/%2e%2e%2fcorral.redb".to_owned(),
+        "/i/..%252Fcorral.redb".to_owned(),
+        "/i/corral.redb".to_owned(),
+        format!("/i/{}", name.to_uppercase()),
+        format!("/i/{name}.png"),
+        format!("/i/{}.gif", &name[..40]),
+        "/i/0000000000000000000000000000000000000000.png".to_owned(),
+        "/v1/images/not-a-uuid".to_owned(),
+        "/v1/images/0190b6a0-0000-7000-8000-000000000000".to_owned(),
+    ] {
+        problem(app.get(&path).await, 404).await;
+    }
+    // The raw, unnormalised form too, straight over TCP.
+    let raw = raw_get(app.addr, "/i/../../corral.redb").await;
+    assert!(raw.starts_with("HTTP/1.1 404"), "{raw}");
+}
+
+async fn raw_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}
+
+#[tokio::test]
+async fn a_matching_if_none_match_gets_304_and_ranges_get_206() {
+    let app = TestApp::spawn().await;
+    let bytes = png(30, 30, 9);
+    let image = app.upload_png(bytes.clone()).await;
+    let url = app.url(image["url"].as_str().unwrap());
+    let etag = format!("\"{}\"", image["sha1"].as_str().unwrap());
+
+    let cached = app
+        .client
+        .get(&url)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cached.status(), 304);
+    assert_eq!(cached.headers()["etag"], etag.as_str());
+    assert!(cached.bytes().await.unwrap().is_empty());
+    let other = app
+        .client
+        .get(&url)
+        .header("if-none-match", "\"nope\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 200);
+
+    let part = app
+        .client
+        .get(&url)
+        .header("range", "bytes=10-19")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(part.status(), 206);
+    assert_eq!(
+        part.headers()["content-range"],
+        format!("bytes 10-19/{}", bytes.len())
+    );
+    assert_eq!(part.bytes().await.unwrap(), bytes[10..20]);
+    let tail = app
+        .client
+        .get(&url)
+        .header("range", "bytes=-5")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tail.bytes().await.unwrap(), bytes[bytes.len() - 5..]);
+    let past = app
+        .client
+        .get(&url)
+        .header("range", format!("bytes={}-", bytes.len()))
+        .send()
+        .await
+        .unwrap();
+    problem(past, 416).await;
+}
+
+#[tokio::test]
+async fn random_returns_distinct_images_within_the_count_bounds() {
+    let app = TestApp::spawn().await;
+    let empty: Value = app
+        .get("/v1/images/random?count=5")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(empty["images"], serde_json::json!([]));
+
+    let mut ids = HashSet::new();
+    for seed in 0..12 {
+        ids.insert(
+            app.upload_png(png(6, 6, 100 + seed)).await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let response = app.get("/v1/images/random?count=10").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    let body: Value = response.json().await.unwrap();
+    let picked: Vec<&str> = body["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(picked.len(), 10);
+    assert_eq!(
+        picked.iter().collect::<HashSet<_>>().len(),
+        10,
+        "duplicates in {picked:?}"
+    );
+    assert!(picked.iter().all(|id| ids.contains(*id)));
+
+    // More than exist: all of them, once each.
+    let all: Value = app
+        .get("/v1/images/random?count=100")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(all["images"].as_array().unwrap().len(), 12);
+    let one: Value = app.get("/v1/images/random").await.json().await.unwrap();
+    assert_eq!(one["images"].as_array().unwrap().len(), 1);
+    let url = one["images"][0]["url"].as_str().unwrap();
+    assert_eq!(app.get(url).await.status(), 200);
+
+    for bad in ["0", "101", "-1", "ten", "1.5", ""] {
+        problem(
+            app.get(&format!("/v1/images/random?count={bad}")).await,
+            400,
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn a_restart_on_the_same_data_dir_brings_images_and_the_sample_back() {
+    let app = TestApp::spawn().await;
+    let mut names = HashSet::new();
+    for seed in 0..5 {
+        names.insert(
+            app.upload_png(png(7, 7, 200 + seed)).await["name"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let first: Value = app
+        .get("/v1/images/random?count=1")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = first["images"][0]["id"].as_str().unwrap().to_owned();
+    let dir = app.stop().await;
+
+    let app = TestApp::spawn_in(dir, |_| {}).await;
+    let again: Value = app
+        .get("/v1/images/random?count=100")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let back: HashSet<String> = again["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(back, names);
+    let image: Value = app
+        .get(&format!("/v1/images/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(image["id"], id.as_str());
+    assert_eq!(app.get(image["url"].as_str().unwrap()).await.status(), 200);
+}
+
+#[tokio::test]
+async fn the_upload_pool_answers_503_with_retry_after_when_full() {
+    let app = TestApp::spawn_with(|s| s.uploads.max_in_flight = 1).await;
+    // Hold the only slot with a body that never finishes.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    tx.send(Ok(png(4, 4, 10)[..20].to_vec())).await.unwrap();
+    let rx = futures_util::stream::unfold(rx, |mut rx| async {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    });
+    let held = app
+        .client
+        .post(app.url("/v1/images"))
+        .header("content-type", "image/png")
+        .body(reqwest::Body::wrap_stream(rx))
+        .send();
+    let held = tokio::spawn(held);
+    // Wait until the server holds the slot (its temp file exists).
+    for _ in 0..100 {
+        if !app.files_under("tmp").is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let refused = app.upload_raw(png(4, 4, 11), "image/png").await;
+    assert_eq!(refused.headers()["retry-after"], "1");
+    problem(refused, 503).await;
+    drop(tx);
+    let _ = held.await;
+    // With the slot free again, uploads go through.
+    assert_eq!(
+        app.upload_raw(png(4, 4, 12), "image/png").await.status(),
+        201
+    );
+}
+
+#[tokio::test]
+async fn bad_requests_get_problem_json() {
+    let app = TestApp::spawn().await;
+    problem(app.get("/no/such/route").await, 404).await;
+    problem(
+        app.client
+            .delete(app.url("/v1/images/random"))
+            .send()
+            .await
+            .unwrap(),
+        405,
+    )
+    .await;
+    let form = reqwest::multipart::Form::new().text("tags", "x");
+    problem(
+        app.client
+            .post(app.url("/v1/images"))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap(),
+        400,
+    )
+    .await;
+    let bad_tags = app
+        .client
+        .post(app.url("/v1/images?tags=no%20spaces"))
+        .header("content-type", "image/png")
+        .body(png(4, 4, 13))
+        .send()
+        .await
+        .unwrap();
+    problem(bad_tags, 400).await;
+    assert!(app.files_under("images").is_empty());
+}
