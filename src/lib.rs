@@ -97,6 +97,11 @@ impl App {
         &self.state.actors
     }
 
+    /// The store the app uses (for tests and tools).
+    pub fn store(&self) -> SharedStore {
+        self.state.store.clone()
+    }
+
     /// Serves HTTP on `listener` until `shutdown` completes, then shuts down in order:
     /// stop accepting, let in-flight requests finish (bounded by `shutdown_grace_secs`),
     /// stop the actors, close the store.

@@ -78,6 +78,8 @@ impl Actor for Supervisor {
             restarts: HashMap::new(),
         };
         for child in Child::ALL {
+            // Export the series at 0 so dashboards see it before the first restart.
+            metrics::counter!("corral_actor_restarts_total", "actor" => child.name()).increment(0);
             start_child(&mut state, child, myself.get_cell()).await?;
         }
         Ok(state)

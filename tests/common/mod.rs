@@ -17,6 +17,7 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub client: reqwest::Client,
     pub actors: Actors,
+    pub store: corral::store::SharedStore,
     pub data_dir: TempDir,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), corral::AppError>>>,
@@ -47,6 +48,7 @@ impl TestApp {
         let addr = listener.local_addr().unwrap();
         let app = App::start(settings).await.expect("app starts");
         let actors = app.actors().clone();
+        let store = app.store();
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(app.serve(listener, async {
             let _ = stopped.await;
@@ -55,6 +57,7 @@ impl TestApp {
             addr,
             client: reqwest::Client::new(),
             actors,
+            store,
             data_dir,
             stop: Some(stop),
             task: Some(task),

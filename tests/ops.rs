@@ -1,0 +1,169 @@
+//! Supervision, metrics, health and readiness, through a real server.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use common::{TestApp, png};
+use corral::actors::ImagePoolMsg;
+use corral::domain::{Image, ImageFormat, ImageId, Tags};
+use prometheus_parse::{Scrape, Value};
+
+async fn scrape(app: &TestApp) -> Scrape {
+    let response = app.get("/metrics").await;
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("valid Prometheus text exposition")
+}
+
+fn value(scrape: &Scrape, metric: &str, label: (&str, &str)) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == metric && s.labels.get(label.0) == Some(label.1))
+        .find_map(|s| match s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => Some(v),
+            _ => None,
+        })
+}
+
+#[tokio::test]
+async fn a_panicking_image_pool_is_restarted_with_its_sample_rebuilt_from_the_store() {
+    let app = TestApp::spawn().await;
+    for seed in 0..3 {
+        app.upload_png(png(5, 5, 300 + seed)).await;
+    }
+    // A row the pool never heard of, as if another node had written it.
+    let foreign = Image {
+        id: ImageId::new(),
+        name: format!("{}.png", "f".repeat(40)),
+        sha1: "f".repeat(40),
+        format: ImageFormat::Png,
+        width: 1,
+        height: 1,
+        bytes: 1,
+        tags: Tags::default(),
+        created_at: Utc::now(),
+    };
+    app.store.insert_image(&foreign).await.unwrap();
+    let restarts_before = value(
+        &scrape(&app).await,
+        "corral_actor_restarts_total",
+        ("actor", "image_pool"),
+    )
+    .unwrap_or(0.0);
+
+    let old = app.actors.image_pool.get().expect("image_pool runs");
+    old.cast(ImagePoolMsg::Crash).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let new = loop {
+        match app.actors.image_pool.get() {
+            Some(new) if new.get_id() != old.get_id() => break new,
+            _ if Instant::now() > deadline => panic!("image_pool was not restarted"),
+            _ => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    };
+    assert_eq!(
+        app.actors.sample.len(),
+        4,
+        "the rebuilt sample holds every stored image"
+    );
+    let all: serde_json::Value = app
+        .get("/v1/images/random?count=100")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        all["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["id"] == foreign.id.to_string())
+    );
+
+    // The new actor keeps working, and the restart was counted.
+    app.upload_png(png(5, 5, 399)).await;
+    assert_eq!(app.actors.sample.len(), 5);
+    assert!(
+        app.actors
+            .image_pool
+            .get()
+            .is_some_and(|r| r.get_id() == new.get_id())
+    );
+    let restarts = value(
+        &scrape(&app).await,
+        "corral_actor_restarts_total",
+        ("actor", "image_pool"),
+    )
+    .unwrap();
+    assert_eq!(restarts, restarts_before + 1.0);
+    assert_eq!(app.get("/readyz").await.status(), 200);
+}
+
+#[tokio::test]
+async fn metrics_are_valid_prometheus_text_with_the_server_s_series() {
+    let app = TestApp::spawn().await;
+    app.upload_png(png(9, 9, 400)).await;
+    assert_eq!(
+        app.upload_raw(b"%PDF-1.4".to_vec(), "image/png")
+            .await
+            .status(),
+        415
+    );
+    app.get("/v1/images/random?count=3").await;
+    let scrape = scrape(&app).await;
+
+    let requests = value(
+        &scrape,
+        "corral_http_requests_total",
+        ("route", "/v1/images/random"),
+    )
+    .unwrap();
+    assert!(requests >= 1.0);
+    assert!(
+        scrape
+            .samples
+            .iter()
+            .any(|s| s.metric == "corral_http_requests_total"
+                && s.labels.get("route") == Some("/v1/images")
+                && s.labels.get("status") == Some("201"))
+    );
+    let histogram = scrape
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == "corral_http_request_duration_seconds"
+                && s.labels.get("route") == Some("/v1/images/random")
+        })
+        .expect("latency histogram");
+    assert!(
+        matches!(histogram.value, Value::Histogram(_)),
+        "{:?}",
+        histogram.value
+    );
+    assert!(value(&scrape, "corral_uploads_total", ("outcome", "created")).unwrap() >= 1.0);
+    assert!(value(&scrape, "corral_uploads_total", ("outcome", "unsupported")).unwrap() >= 1.0);
+    assert!(
+        scrape
+            .samples
+            .iter()
+            .any(|s| s.metric == "corral_upload_bytes_total")
+    );
+    assert!(
+        scrape
+            .samples
+            .iter()
+            .any(|s| s.metric == "corral_reservoir_size")
+    );
+    assert!(value(&scrape, "corral_actor_restarts_total", ("actor", "uploads")).is_some());
+}
+
+#[tokio::test]
+async fn health_and_readiness_answer() {
+    let app = TestApp::spawn().await;
+    assert_eq!(app.get("/healthz").await.status(), 200);
+    let ready: serde_json::Value = app.get("/readyz").await.json().await.unwrap();
+    assert_eq!(ready["status"], "ready");
+}
