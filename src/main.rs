@@ -10,7 +10,7 @@ use corral::config::{Overrides, Settings};
 #[derive(Parser)]
 #[command(
     version,
-    about = "Corral: images, events and reminders from one supervised server"
+    about = "Corral: an image server (uploads, files, random samples) built from supervised actors"
 )]
 struct Cli {
     /// A TOML file layered over the built-in defaults (see config/default.toml).

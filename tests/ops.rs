@@ -17,6 +17,10 @@ async fn scrape(app: &TestApp) -> Scrape {
     Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("valid Prometheus text exposition")
 }
 
+/// The metrics recorder is global to this process, so tests that crash actors take turns:
+/// each then sees exactly its own restarts in `corral_actor_restarts_total`.
+static CRASH_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn value(scrape: &Scrape, metric: &str, label: (&str, &str)) -> Option<f64> {
     scrape
         .samples
@@ -30,6 +34,7 @@ fn value(scrape: &Scrape, metric: &str, label: (&str, &str)) -> Option<f64> {
 
 #[tokio::test]
 async fn a_panicking_image_pool_is_restarted_with_its_sample_rebuilt_from_the_store() {
+    let _turn = CRASH_TURN.lock().await;
     let app = TestApp::spawn().await;
     for seed in 0..3 {
         app.upload_png(png(5, 5, 300 + seed)).await;
@@ -166,4 +171,68 @@ async fn health_and_readiness_answer() {
     assert_eq!(app.get("/healthz").await.status(), 200);
     let ready: serde_json::Value = app.get("/readyz").await.json().await.unwrap();
     assert_eq!(ready["status"], "ready");
+}
+
+#[tokio::test]
+async fn a_child_that_exhausts_its_restart_budget_stays_down_and_readiness_says_so() {
+    let _turn = CRASH_TURN.lock().await;
+    let app = TestApp::spawn_with(|s| s.actors.max_restarts = 1).await;
+    for round in 0..2 {
+        let old = app.actors.image_pool.get().expect("image_pool runs");
+        old.cast(ImagePoolMsg::Crash).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let current = app.actors.image_pool.get();
+            let restarted = current.as_ref().is_some_and(|r| r.get_id() != old.get_id());
+            if (round == 0 && restarted) || (round == 1 && current.is_none()) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "round {round}: unexpected state");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let response = app.get("/readyz").await;
+    assert_eq!(response.status(), 503);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    // Liveness is about the process, which still answers.
+    assert_eq!(app.get("/healthz").await.status(), 200);
+}
+
+#[tokio::test]
+async fn shutdown_lets_an_in_flight_upload_finish_and_then_closes_the_store() {
+    let mut app = TestApp::spawn().await;
+    let bytes = png(16, 16, 500);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    tx.send(Ok(bytes[..10].to_vec())).await.unwrap();
+    let body =
+        futures_util::stream::unfold(rx, |mut rx| async { rx.recv().await.map(|c| (c, rx)) });
+    let upload = app
+        .client
+        .post(app.url("/v1/images"))
+        .header("content-type", "image/png")
+        .body(reqwest::Body::wrap_stream(body))
+        .send();
+    let upload = tokio::spawn(upload);
+    while app.files_under("tmp").is_empty() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    app.request_stop();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // New connections are refused once shutdown starts...
+    assert!(tokio::net::TcpStream::connect(app.addr).await.is_err());
+    // ...but the upload already under way completes.
+    tx.send(Ok(bytes[10..].to_vec())).await.unwrap();
+    drop(tx);
+    let response = upload.await.unwrap().unwrap();
+    assert_eq!(response.status(), 201);
+    let dir = app.stop().await;
+
+    // The store was closed cleanly: it reopens with the upload in it.
+    let store = corral::store::EmbeddedStore::open(dir.path()).unwrap();
+    use corral::store::ImageStore;
+    assert_eq!(store.scan_images(None, 10).await.unwrap().len(), 1);
 }

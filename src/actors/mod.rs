@@ -13,7 +13,7 @@ pub mod uploads;
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
-use ractor::{ActorRef, ActorStatus, Message};
+use ractor::{ACTIVE_STATES, ActorRef, Message};
 
 pub use image_pool::{ImagePoolMsg, Sample};
 pub use supervisor::Supervisor;
@@ -36,12 +36,12 @@ impl<M> Default for ActorSlot<M> {
 }
 
 impl<M: Message> ActorSlot<M> {
-    /// The live actor, if it is running.
+    /// The live actor, if it is starting or running (a starting actor queues messages).
     pub fn get(&self) -> Option<ActorRef<M>> {
         self.0
             .load_full()
             .map(|r| ActorRef::clone(&r))
-            .filter(|r| r.get_status() == ActorStatus::Running)
+            .filter(|r| ACTIVE_STATES.contains(&r.get_status()))
     }
 
     pub(crate) fn set(&self, actor: Option<ActorRef<M>>) {

@@ -89,6 +89,12 @@ impl Worker for UploadWorker {
             tags,
             reply,
         } = msg;
+        if reply.is_closed() {
+            // The caller timed out while the job waited and was told 503: store nothing.
+            // Dropping `staged` deletes its temp file.
+            tracing::warn!("upload abandoned by its caller before a worker took it");
+            return Ok(key);
+        }
         let result = ingest(deps, staged, tags).await;
         if let (Ok(done), Some(pool)) = (&result, deps.image_pool.get()) {
             let _ = pool.cast(ImagePoolMsg::Add(done.image.summary()));

@@ -69,10 +69,15 @@ impl TestApp {
     }
 
     /// Shuts the server down in order and hands back its data dir.
-    pub async fn stop(mut self) -> TempDir {
+    /// Signals shutdown (as SIGTERM would) without waiting for it.
+    pub fn request_stop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+    }
+
+    pub async fn stop(mut self) -> TempDir {
+        self.request_stop();
         if let Some(task) = self.task.take() {
             task.await.expect("server task").expect("clean shutdown");
         }
