@@ -121,14 +121,7 @@ async fn one_byte_over_the_limit_is_rejected_with_413_and_leaves_no_file() {
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
         bytes.chunks(1000).map(|c| Ok(c.to_vec())).collect();
     let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
-    let response = app
-        .client
-        .post(app.url("/v1/images"))
-        .header("content-type", "image/png")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let response = app.upload_body(body).await;
     problem(response, 413).await;
     assert!(app.files_under("images").is_empty());
     assert!(app.files_under("tmp").is_empty());
@@ -378,30 +371,12 @@ async fn a_restart_on_the_same_data_dir_brings_images_and_the_sample_back() {
 #[tokio::test]
 async fn the_upload_pool_answers_503_with_retry_after_when_full() {
     let app = TestApp::spawn_with(|s| s.uploads.max_in_flight = 1).await;
-    // Hold the only slot with a body that never finishes.
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
-    tx.send(Ok(png(4, 4, 10)[..20].to_vec())).await.unwrap();
-    let rx = futures_util::stream::unfold(rx, |mut rx| async {
-        rx.recv().await.map(|chunk| (chunk, rx))
-    });
-    let held = app
-        .client
-        .post(app.url("/v1/images"))
-        .header("content-type", "image/png")
-        .body(reqwest::Body::wrap_stream(rx))
-        .send();
-    let held = tokio::spawn(held);
-    // Wait until the server holds the slot (its temp file exists).
-    for _ in 0..100 {
-        if !app.files_under("tmp").is_empty() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    // Hold the only slot with a body that does not finish yet.
+    let (held_body, held) = app.start_held_upload(png(4, 4, 10)[..20].to_vec()).await;
     let refused = app.upload_raw(png(4, 4, 11), "image/png").await;
     assert_eq!(refused.headers()["retry-after"], "1");
     problem(refused, 503).await;
-    drop(tx);
+    drop(held_body);
     let _ = held.await;
     // With the slot free again, uploads go through.
     assert_eq!(

@@ -205,20 +205,7 @@ async fn a_child_that_exhausts_its_restart_budget_stays_down_and_readiness_says_
 async fn shutdown_lets_an_in_flight_upload_finish_and_then_closes_the_store() {
     let mut app = TestApp::spawn().await;
     let bytes = png(16, 16, 500);
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
-    tx.send(Ok(bytes[..10].to_vec())).await.unwrap();
-    let body =
-        futures_util::stream::unfold(rx, |mut rx| async { rx.recv().await.map(|c| (c, rx)) });
-    let upload = app
-        .client
-        .post(app.url("/v1/images"))
-        .header("content-type", "image/png")
-        .body(reqwest::Body::wrap_stream(body))
-        .send();
-    let upload = tokio::spawn(upload);
-    while app.files_under("tmp").is_empty() {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let (tx, upload) = app.start_held_upload(bytes[..10].to_vec()).await;
 
     app.request_stop();
     tokio::time::sleep(Duration::from_millis(200)).await;

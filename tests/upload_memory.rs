@@ -71,14 +71,7 @@ async fn a_64_mib_upload_never_buffers_more_than_a_fixed_chunk() {
     } else {
         status_kib("VmHWM:")
     };
-    let response = app
-        .client
-        .post(app.url("/v1/images"))
-        .header("content-type", "image/png")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let response = app.upload_body(body).await;
     assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
     let image: serde_json::Value = response.json().await.unwrap();
     assert_eq!(image["bytes"], total);

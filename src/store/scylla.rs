@@ -257,3 +257,38 @@ impl Store for ScyllaStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_schema_file_is_embedded_in_order() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/schema");
+        let mut on_disk: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".cql"))
+            .collect();
+        on_disk.sort();
+        let embedded: Vec<&str> = SCHEMA.iter().map(|(name, _)| *name).collect();
+        assert_eq!(embedded, on_disk);
+    }
+
+    #[test]
+    fn statements_are_split_and_placeholders_filled() {
+        let target = ScyllaTarget {
+            nodes: vec![],
+            keyspace: "ks1".into(),
+            replication_factor: 3,
+        };
+        let all: Vec<String> = SCHEMA
+            .iter()
+            .flat_map(|(_, cql)| statements(cql, &target))
+            .collect();
+        assert!(all[0].starts_with("CREATE KEYSPACE IF NOT EXISTS ks1"));
+        assert!(all[0].contains("'replication_factor': 3"));
+        assert!(all.iter().all(|s| !s.contains("${") && !s.contains(';')));
+        assert!(all.iter().any(|s| s.contains("ks1.images_by_sha1")));
+    }
+}

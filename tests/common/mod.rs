@@ -13,6 +13,9 @@ use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+/// The feeding end of a held upload's body.
+pub type HeldBody = tokio::sync::mpsc::Sender<std::io::Result<Vec<u8>>>;
+
 pub struct TestApp {
     pub addr: SocketAddr,
     pub client: reqwest::Client,
@@ -102,6 +105,40 @@ impl TestApp {
             .send()
             .await
             .expect("request")
+    }
+
+    /// Uploads a streamed PNG body (no Content-Length).
+    pub async fn upload_body(&self, body: reqwest::Body) -> reqwest::Response {
+        self.client
+            .post(self.url("/v1/images"))
+            .header("content-type", "image/png")
+            .body(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// Starts a PNG upload whose body is fed by hand: send chunks on the returned sender,
+    /// drop it to end the body. Returns once the server is streaming it to a temp file.
+    pub async fn start_held_upload(
+        &self,
+        first: Vec<u8>,
+    ) -> (HeldBody, JoinHandle<reqwest::Result<reqwest::Response>>) {
+        let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(1);
+        tx.send(Ok(first)).await.expect("first chunk");
+        let body =
+            futures_util::stream::unfold(rx, |mut rx| async { rx.recv().await.map(|c| (c, rx)) });
+        let request = self
+            .client
+            .post(self.url("/v1/images"))
+            .header("content-type", "image/png")
+            .body(reqwest::Body::wrap_stream(body))
+            .send();
+        let upload = tokio::spawn(request);
+        while self.files_under("tmp").is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        (tx, upload)
     }
 
     /// Uploads a PNG and returns the created image's JSON.
