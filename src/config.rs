@@ -29,6 +29,8 @@ pub struct Settings {
     pub uploads: UploadSettings,
     pub images: ImageSettings,
     pub actors: ActorSettings,
+    pub accounts: AccountSettings,
+    pub rate_limits: RateLimitSettings,
     pub log: LogSettings,
 }
 
@@ -38,6 +40,9 @@ pub struct HttpSettings {
     pub bind: SocketAddr,
     pub public_url: String,
     pub shutdown_grace_secs: u64,
+    pub request_timeout_secs: u64,
+    pub max_json_bytes: usize,
+    pub cors_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +79,8 @@ pub struct UploadSettings {
     pub max_in_flight: usize,
     pub workers: usize,
     pub process_timeout_secs: u64,
+    pub max_duration_secs: u64,
+    pub allow_anonymous: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -91,8 +98,42 @@ pub struct ActorSettings {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct AccountSettings {
+    pub session_ttl_secs: u64,
+    pub cache_ttl_secs: u64,
+    pub max_secondary_emails: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSettings {
+    pub enabled: bool,
+    pub reads: Bucket,
+    pub writes: Bucket,
+    pub uploads: Bucket,
+    pub auth: Bucket,
+}
+
+/// A token bucket: refills `per_minute` tokens a minute, holds at most `burst`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bucket {
+    pub per_minute: u32,
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LogSettings {
     pub filter: String,
+    pub format: LogFormat,
 }
 
 /// Values given as command-line flags; they win over every other layer.

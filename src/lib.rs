@@ -4,6 +4,7 @@
 //! disk), `store` (metadata backends behind query-shaped traits), `actors` (the supervised
 //! workers), `http` (the API). [`App`] wires them together; `main.rs` only parses flags.
 
+pub mod accounts;
 pub mod actors;
 pub mod config;
 pub mod domain;
@@ -20,6 +21,7 @@ use ractor::{Actor, ActorRef};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use accounts::{AccountRules, Accounts};
 use actors::supervisor::{RestartBudget, SupervisorArgs, SupervisorMsg};
 use actors::uploads::UploadDeps;
 use actors::{Actors, Supervisor};
@@ -42,6 +44,8 @@ pub enum AppError {
     Actors(String),
     #[error("http server: {0}")]
     Serve(std::io::Error),
+    #[error(transparent)]
+    Accounts(#[from] accounts::AccountsError),
 }
 
 /// A started application: store open, actors running, ready to serve.
@@ -81,7 +85,17 @@ impl App {
         let (supervisor, _) = Actor::spawn(None, Supervisor, args)
             .await
             .map_err(|e| AppError::Actors(e.to_string()))?;
+        let accounts = Accounts::new(
+            store.clone(),
+            AccountRules {
+                session_ttl: Duration::from_secs(settings.accounts.session_ttl_secs),
+                cache_ttl: Duration::from_secs(settings.accounts.cache_ttl_secs),
+                max_secondary_emails: settings.accounts.max_secondary_emails,
+            },
+        );
         let state = http::AppState {
+            accounts,
+            limits: http::RateLimits::new(&settings.rate_limits),
             upload_slots: Arc::new(Semaphore::new(settings.uploads.max_in_flight)),
             settings: Arc::new(settings),
             store,
@@ -95,6 +109,11 @@ impl App {
     /// Handles to the actors (for tests and tools).
     pub fn actors(&self) -> &Actors {
         &self.state.actors
+    }
+
+    /// The accounts module (for tools such as `corral admin create`).
+    pub fn accounts(&self) -> &Accounts {
+        &self.state.accounts
     }
 
     /// The store the app uses (for tests and tools).
@@ -113,7 +132,8 @@ impl App {
         let grace = Duration::from_secs(self.state.settings.http.shutdown_grace_secs);
         let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
         let router = http::router(self.state.clone());
-        let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+        let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        let server = axum::serve(listener, service).with_graceful_shutdown(async move {
             shutdown.await;
             let _ = stopping_tx.send(true);
         });
@@ -129,6 +149,12 @@ impl App {
             }
         };
         tracing::info!("http stopped; stopping actors");
+        self.shutdown().await?;
+        served
+    }
+
+    /// Stops the actors and closes the store (the second half of an ordered shutdown).
+    pub async fn shutdown(self) -> Result<(), AppError> {
         let _ = self
             .supervisor
             .stop_and_wait(None, Some(ACTOR_STOP_WAIT))
@@ -137,7 +163,7 @@ impl App {
         drop(self.state);
         store.close().await?;
         tracing::info!("store closed");
-        served
+        Ok(())
     }
 }
 

@@ -33,6 +33,26 @@ enum Command {
     },
     /// Apply schema/*.cql, in order, to the Scylla cluster in [scylla].
     Migrate,
+    /// Manage accounts.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Create an admin account, or promote the existing user with that username.
+    Create {
+        #[arg(long)]
+        username: String,
+        #[arg(long)]
+        email: String,
+        /// The password (8 to 128 characters). Prefer the CORRAL_ADMIN_PASSWORD variable,
+        /// which does not show in the process list.
+        #[arg(long, env = "CORRAL_ADMIN_PASSWORD", hide_env_values = true)]
+        password: String,
+    },
 }
 
 #[tokio::main]
@@ -53,10 +73,11 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    corral::telemetry::init_tracing(&settings.log.filter);
+    corral::telemetry::init_tracing(&settings.log.filter, settings.log.format);
     let result = match cli.command.unwrap_or(Command::Serve { bind: None }) {
         Command::Serve { .. } => serve(settings).await,
         Command::Migrate => migrate(settings).await,
+        Command::Admin { command } => admin(settings, command).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -82,6 +103,28 @@ async fn migrate(settings: Settings) -> anyhow::Result<()> {
         applied.join(", "),
         settings.scylla.keyspace
     );
+    Ok(())
+}
+
+async fn admin(settings: Settings, command: AdminCommand) -> anyhow::Result<()> {
+    use corral::domain::{Email, Password, Username};
+    let AdminCommand::Create {
+        username,
+        email,
+        password,
+    } = command;
+    let username = Username::parse(&username)?;
+    let email = Email::parse(&email)?;
+    let password = Password::parse(password)?;
+    // The same store, config and data dir as `serve`; the server must not be running on an
+    // embedded store (its file is locked while open).
+    let app = corral::App::start(settings).await?;
+    let user = app
+        .accounts()
+        .create_or_promote_admin(username, email, password)
+        .await?;
+    println!("{} ({}) is an admin", user.username.as_str(), user.id);
+    app.shutdown().await?;
     Ok(())
 }
 

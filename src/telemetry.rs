@@ -37,9 +37,14 @@ fn unreachable_buckets(e: metrics_exporter_prometheus::BuildError) -> Prometheus
     panic!("latency buckets rejected: {e}")
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` if set, else by `filter`.
-pub fn init_tracing(filter: &str) {
+/// Logs to stderr, filtered by `RUST_LOG` if set, else by `filter`; one JSON object a
+/// line when `format` is JSON.
+pub fn init_tracing(filter: &str, format: crate::config::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = match format {
+        crate::config::LogFormat::Human => builder.try_init(),
+        crate::config::LogFormat::Json => builder.json().try_init(),
+    };
 }

@@ -81,8 +81,7 @@ async fn a_multipart_upload_round_trips_with_its_tags() {
                 .unwrap(),
         );
     let response = app
-        .client
-        .post(app.url("/v1/images"))
+        .authed(reqwest::Method::POST, "/v1/images")
         .multipart(form)
         .send()
         .await
@@ -400,8 +399,7 @@ async fn bad_requests_get_problem_json() {
     .await;
     let form = reqwest::multipart::Form::new().text("tags", "x");
     problem(
-        app.client
-            .post(app.url("/v1/images"))
+        app.authed(reqwest::Method::POST, "/v1/images")
             .multipart(form)
             .send()
             .await
@@ -410,8 +408,7 @@ async fn bad_requests_get_problem_json() {
     )
     .await;
     let bad_tags = app
-        .client
-        .post(app.url("/v1/images?tags=no%20spaces"))
+        .authed(reqwest::Method::POST, "/v1/images?tags=no%20spaces")
         .header("content-type", "image/png")
         .body(png(4, 4, 13))
         .send()

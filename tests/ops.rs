@@ -49,6 +49,7 @@ async fn a_panicking_image_pool_is_restarted_with_its_sample_rebuilt_from_the_st
         height: 1,
         bytes: 1,
         tags: Tags::default(),
+        owner: None,
         created_at: Utc::now(),
     };
     app.store.insert_image(&foreign).await.unwrap();

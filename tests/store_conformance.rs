@@ -5,11 +5,13 @@ use std::collections::HashSet;
 use std::io::Write;
 
 use chrono::{TimeZone, Utc};
-use corral::domain::{Image, ImageFormat, ImageId, Tags};
+use corral::domain::{
+    Email, Image, ImageFormat, ImageId, Session, Tags, TokenHash, User, UserId, Username,
+};
 use corral::store::scylla::{ScyllaTarget, migrate};
-use corral::store::{EmbeddedStore, ImageStore, ScyllaStore, Store};
+use corral::store::{EmbeddedStore, ImageStore, ScyllaStore, Store, StoreError};
 
-fn image(sha1: &str, n: u32) -> Image {
+fn image(sha1: &str, n: u32, owner: Option<UserId>) -> Image {
     Image {
         id: ImageId::new(),
         name: format!("{sha1}.png"),
@@ -19,6 +21,7 @@ fn image(sha1: &str, n: u32) -> Image {
         height: 20 + n,
         bytes: 1000 + u64::from(n),
         tags: Tags::parse_csv("llama,test").unwrap(),
+        owner,
         // Millisecond precision: what both backends keep.
         created_at: Utc
             .timestamp_millis_opt(1_700_000_000_000 + i64::from(n))
@@ -28,15 +31,21 @@ fn image(sha1: &str, n: u32) -> Image {
 
 async fn conformance(store: &dyn Store) {
     store.ping().await.expect("ping");
+    images(store).await;
+    accounts(store).await;
+}
+
+async fn images(store: &dyn Store) {
     let shared = "a".repeat(40);
+    let owner = UserId::new();
     let mut written = Vec::new();
     for n in 0..25 {
         let sha1 = if n < 3 {
             shared.clone()
         } else {
-            format!("{:040x}", n)
+            format!("{n:040x}")
         };
-        let img = image(&sha1, n);
+        let img = image(&sha1, n, (n % 2 == 0).then_some(owner));
         store.insert_image(&img).await.expect("insert");
         written.push(img);
     }
@@ -74,6 +83,190 @@ async fn conformance(store: &dyn Store) {
         store.count_images_with_sha1(&"0".repeat(40)).await.unwrap(),
         0
     );
+
+    // An owner's images come newest first, paged without repeats or gaps.
+    let mut mine: Vec<ImageId> = written
+        .iter()
+        .filter(|i| i.owner == Some(owner))
+        .map(|i| i.id)
+        .collect();
+    mine.reverse();
+    let mut listed = Vec::new();
+    let mut before = None;
+    loop {
+        let page = store.images_by_owner(owner, before, 4).await.unwrap();
+        let Some(last) = page.last() else { break };
+        before = Some(last.id);
+        listed.extend(page.iter().map(|i| i.id));
+    }
+    assert_eq!(listed, mine);
+    assert!(
+        store
+            .images_by_owner(UserId::new(), None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Re-tagging replaces the tags; deleting removes the row and every index row.
+    let target = &written[0];
+    let tags = Tags::parse_csv("new").unwrap();
+    let retagged = store
+        .set_image_tags(target.id, &tags)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(retagged.tags, tags);
+    assert_eq!(
+        store.get_image(target.id).await.unwrap().unwrap().tags,
+        tags
+    );
+    assert_eq!(
+        store.set_image_tags(ImageId::new(), &tags).await.unwrap(),
+        None
+    );
+    let removed = store.delete_image(target.id).await.unwrap().unwrap();
+    assert_eq!(removed.id, target.id);
+    assert_eq!(store.get_image(target.id).await.unwrap(), None);
+    assert_eq!(store.count_images_with_sha1(&shared).await.unwrap(), 2);
+    let left = store.images_by_owner(owner, None, 100).await.unwrap();
+    assert!(!left.iter().any(|i| i.id == target.id));
+    assert_eq!(store.delete_image(target.id).await.unwrap(), None);
+}
+
+fn user(name: &str) -> User {
+    User {
+        id: UserId::new(),
+        username: Username::parse(name).unwrap(),
+        email: Email::parse(&format!("{name}@example.com")).unwrap(),
+        secondary_emails: vec![],
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+        admin: false,
+        created_at: Utc.timestamp_millis_opt(1_700_000_000_000).unwrap(),
+    }
+}
+
+async fn accounts(store: &dyn Store) {
+    let ann = user("ann");
+    store.create_user(&ann).await.unwrap();
+    assert_eq!(store.get_user(ann.id).await.unwrap().as_ref(), Some(&ann));
+    assert_eq!(store.find_user("ANN").await.unwrap().as_ref(), Some(&ann));
+    assert_eq!(
+        store.find_user("ann@example.com").await.unwrap().as_ref(),
+        Some(&ann)
+    );
+    assert_eq!(store.find_user("nobody").await.unwrap(), None);
+
+    // Usernames and addresses are unique, and a refused sign-up leaves nothing behind.
+    let mut clash = user("ann");
+    clash.email = Email::parse("other@example.com").unwrap();
+    assert!(matches!(
+        store.create_user(&clash).await,
+        Err(StoreError::Conflict("username"))
+    ));
+    assert_eq!(store.find_user("other@example.com").await.unwrap(), None);
+    let mut clash = user("bob");
+    clash.email = ann.email.clone();
+    assert!(matches!(
+        store.create_user(&clash).await,
+        Err(StoreError::Conflict("email"))
+    ));
+    assert_eq!(store.find_user("bob").await.unwrap(), None);
+    let bob = user("bob");
+    store.create_user(&bob).await.unwrap();
+
+    // Addresses move with an update; another account's address is refused.
+    let mut ann2 = ann.clone();
+    ann2.email = Email::parse("ann@new.example.com").unwrap();
+    ann2.secondary_emails = vec![ann.email.clone()];
+    store.update_user(&ann, &ann2).await.unwrap();
+    assert_eq!(
+        store
+            .find_user("ann@new.example.com")
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        ann.id
+    );
+    let mut ann3 = ann2.clone();
+    ann3.secondary_emails = vec![bob.email.clone()];
+    assert!(matches!(
+        store.update_user(&ann2, &ann3).await,
+        Err(StoreError::Conflict("email"))
+    ));
+    assert_eq!(
+        store
+            .find_user("bob@example.com")
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        bob.id
+    );
+    let mut ann4 = ann2.clone();
+    ann4.secondary_emails.clear();
+    store.update_user(&ann2, &ann4).await.unwrap();
+    assert_eq!(store.find_user("ann@example.com").await.unwrap(), None);
+
+    // Sessions: stored by hash; expired ones are not returned.
+    let now = Utc::now();
+    let live = Session {
+        user_id: ann.id,
+        token_hash: TokenHash([1; 32]),
+        created_at: now,
+        expires_at: now + chrono::Duration::hours(1),
+    };
+    let dead = Session {
+        user_id: ann.id,
+        token_hash: TokenHash([2; 32]),
+        created_at: now,
+        expires_at: now - chrono::Duration::seconds(1),
+    };
+    store.create_session(&live).await.unwrap();
+    let _ = store.create_session(&dead).await;
+    let found = store
+        .get_session(ann.id, live.token_hash)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((found.user_id, found.token_hash), (ann.id, live.token_hash));
+    assert_eq!(
+        store.get_session(ann.id, dead.token_hash).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.get_session(bob.id, live.token_hash).await.unwrap(),
+        None
+    );
+    store.delete_session(ann.id, live.token_hash).await.unwrap();
+    assert_eq!(
+        store.get_session(ann.id, live.token_hash).await.unwrap(),
+        None
+    );
+
+    // Listing pages through every user once.
+    let mut ids = HashSet::new();
+    let mut after = None;
+    loop {
+        let page = store.list_users(after, 1).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last.id);
+        ids.extend(page.iter().map(|u| u.id));
+    }
+    assert_eq!(ids, HashSet::from([ann.id, bob.id]));
+
+    // Deleting a user removes its lookups and sessions, and frees its name.
+    store.create_session(&live).await.unwrap();
+    store.delete_user(&ann4).await.unwrap();
+    assert_eq!(store.get_user(ann.id).await.unwrap(), None);
+    assert_eq!(store.find_user("ann").await.unwrap(), None);
+    assert_eq!(store.find_user("ann@new.example.com").await.unwrap(), None);
+    assert_eq!(
+        store.get_session(ann.id, live.token_hash).await.unwrap(),
+        None
+    );
+    store.create_user(&user("ann")).await.unwrap();
 }
 
 #[tokio::test]

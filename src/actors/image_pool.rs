@@ -47,6 +47,8 @@ impl Sample {
 pub enum ImagePoolMsg {
     /// A new image was stored: offer it to the sample.
     Add(ImageSummary),
+    /// An image was deleted: drop it from the sample if it is there.
+    Remove(ImageId),
     /// Fault injection for supervision tests and drills: the actor panics.
     Crash,
 }
@@ -107,6 +109,11 @@ impl Actor for ImagePool {
         match msg {
             ImagePoolMsg::Add(summary) => {
                 if state.reservoir.offer(Arc::new(summary), &mut rand::rng()) {
+                    state.sample.publish(state.reservoir.items());
+                }
+            }
+            ImagePoolMsg::Remove(id) => {
+                if state.reservoir.remove_where(|s| s.id == id) {
                     state.sample.publish(state.reservoir.items());
                 }
             }

@@ -15,7 +15,7 @@ use ractor::factory::{
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr};
 
 use super::{ActorSlot, ImagePoolMsg};
-use crate::domain::{Image, ImageId, ImageName, Tags};
+use crate::domain::{Image, ImageId, ImageName, Tags, UserId};
 use crate::media::{DecodeLimits, MediaError, MediaRoot, StagedUpload, inspect};
 use crate::store::{SharedStore, StoreError};
 
@@ -47,7 +47,14 @@ pub enum UploadMsg {
     Ingest {
         staged: StagedUpload,
         tags: Tags,
+        owner: Option<UserId>,
         reply: RpcReplyPort<Result<Ingested, IngestError>>,
+    },
+    /// Remove an image's record, and its file once no record shares it. Keyed by the
+    /// image's sha1 like ingests, so it never races an upload of the same content.
+    Delete {
+        id: ImageId,
+        reply: RpcReplyPort<Result<Option<Image>, IngestError>>,
     },
 }
 
@@ -84,23 +91,34 @@ impl Worker for UploadWorker {
         Job { msg, key, .. }: Job<UploadKey, UploadMsg>,
         deps: &mut UploadDeps,
     ) -> Result<UploadKey, ActorProcessingErr> {
-        let UploadMsg::Ingest {
-            staged,
-            tags,
-            reply,
-        } = msg;
-        if reply.is_closed() {
-            // The caller timed out while the job waited and was told 503: store nothing.
-            // Dropping `staged` deletes its temp file.
-            tracing::warn!("upload abandoned by its caller before a worker took it");
-            return Ok(key);
+        match msg {
+            UploadMsg::Ingest {
+                staged,
+                tags,
+                owner,
+                reply,
+            } => {
+                if reply.is_closed() {
+                    // The caller timed out while the job waited and was told 503: store
+                    // nothing. Dropping `staged` deletes its temp file.
+                    tracing::warn!("upload abandoned by its caller before a worker took it");
+                    return Ok(key);
+                }
+                let result = ingest(deps, staged, tags, owner).await;
+                if let (Ok(done), Some(pool)) = (&result, deps.image_pool.get()) {
+                    let _ = pool.cast(ImagePoolMsg::Add(done.image.summary()));
+                }
+                // The caller may have timed out and gone; nothing more to do then.
+                let _ = reply.send(result);
+            }
+            UploadMsg::Delete { id, reply } => {
+                let result = delete(deps, id).await;
+                if let (Ok(Some(_)), Some(pool)) = (&result, deps.image_pool.get()) {
+                    let _ = pool.cast(ImagePoolMsg::Remove(id));
+                }
+                let _ = reply.send(result);
+            }
         }
-        let result = ingest(deps, staged, tags).await;
-        if let (Ok(done), Some(pool)) = (&result, deps.image_pool.get()) {
-            let _ = pool.cast(ImagePoolMsg::Add(done.image.summary()));
-        }
-        // The caller may have timed out and gone; nothing more to do then.
-        let _ = reply.send(result);
         Ok(key)
     }
 }
@@ -110,6 +128,7 @@ async fn ingest(
     deps: &UploadDeps,
     staged: StagedUpload,
     tags: Tags,
+    owner: Option<UserId>,
 ) -> Result<Ingested, IngestError> {
     let (media, limits, bytes) = (deps.media.clone(), deps.limits, staged.bytes);
     let (inspected, name, new_file) = tokio::task::spawn_blocking(move || {
@@ -130,6 +149,7 @@ async fn ingest(
         height: inspected.height,
         bytes,
         tags,
+        owner,
         created_at: chrono::Utc::now(),
     };
     if let Err(e) = deps.store.insert_image(&image).await {
@@ -140,6 +160,26 @@ async fn ingest(
         return Err(e.into());
     }
     Ok(Ingested { image, new_file })
+}
+
+#[tracing::instrument(name = "uploads.delete", skip(deps))]
+async fn delete(deps: &UploadDeps, id: ImageId) -> Result<Option<Image>, IngestError> {
+    let Some(image) = deps.store.delete_image(id).await? else {
+        return Ok(None);
+    };
+    let unshared = deps.store.count_images_with_sha1(&image.sha1).await? == 0;
+    if let (true, Some(name)) = (unshared, ImageName::parse(&image.name)) {
+        deps.media.remove(&name).map_err(MediaError::from)?;
+    }
+    Ok(Some(image))
+}
+
+/// The job key of an existing image: its content hash.
+pub fn key_of(image: &Image) -> UploadKey {
+    let mut key = [0u8; 20];
+    // A stored sha1 is always 40 hex digits; a corrupt one routes to worker 0's key.
+    let _ = hex::decode_to_slice(&image.sha1, &mut key);
+    key
 }
 
 /// Spawns the factory linked to `supervisor`.

@@ -216,6 +216,9 @@ pub struct Image {
     pub height: u32,
     pub bytes: u64,
     pub tags: Tags,
+    /// The account that uploaded it; `None` for anonymous uploads.
+    #[serde(default)]
+    pub owner: Option<crate::domain::UserId>,
     pub created_at: DateTime<Utc>,
 }
 

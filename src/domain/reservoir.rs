@@ -37,6 +37,14 @@ impl<T> Reservoir<T> {
         }
     }
 
+    /// Drops the items matching `pred` (deleted images); returns whether any was dropped.
+    /// The slot frees up for later offers; `seen` is unchanged.
+    pub fn remove_where(&mut self, pred: impl Fn(&T) -> bool) -> bool {
+        let before = self.items.len();
+        self.items.retain(|item| !pred(item));
+        self.items.len() != before
+    }
+
     pub fn items(&self) -> &[T] {
         &self.items
     }

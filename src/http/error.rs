@@ -5,6 +5,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::accounts::AccountsError;
 use crate::actors::uploads::IngestError;
 use crate::domain::image::DomainError;
 use crate::media::MediaError;
@@ -14,10 +15,17 @@ use crate::store::StoreError;
 pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
+    /// No valid session; the client should sign in.
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
     MethodNotAllowed(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error("{0}")]
     PayloadTooLarge(String),
     #[error("{0}")]
@@ -32,11 +40,31 @@ pub enum ApiError {
         detail: String,
         retry_after_secs: u32,
     },
+    /// Over a rate limit; retry after the given seconds.
+    #[error("{detail}")]
+    TooManyRequests {
+        detail: String,
+        retry_after_secs: u32,
+    },
     #[error("{0}")]
     Unavailable(String),
     /// Anything unexpected. The text is logged, never shown.
     #[error("{0}")]
     Internal(String),
+}
+
+/// An RFC 9457 problem document, the body of every error response.
+#[derive(utoipa::ToSchema)]
+#[schema(as = Problem)]
+#[allow(dead_code)]
+pub struct ProblemDoc {
+    /// Always `about:blank`: the status says what kind of problem it is.
+    r#type: String,
+    /// The status's reason phrase.
+    title: String,
+    status: u16,
+    /// What went wrong, for a person to read.
+    detail: String,
 }
 
 #[derive(Serialize)]
@@ -55,7 +83,11 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -95,6 +127,9 @@ impl IntoResponse for ApiError {
                 retry_after_secs, ..
             } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            }
+            Self::Unauthorized(_) => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             Self::RangeNotSatisfiable { length, .. } => {
                 if let Ok(v) = HeaderValue::from_str(&format!("bytes */{length}")) {
@@ -140,5 +175,19 @@ impl From<IngestError> for ApiError {
 impl From<DomainError> for ApiError {
     fn from(e: DomainError) -> Self {
         Self::BadRequest(e.to_string())
+    }
+}
+
+impl From<AccountsError> for ApiError {
+    fn from(e: AccountsError) -> Self {
+        match e {
+            AccountsError::Invalid(e) => Self::BadRequest(e.to_string()),
+            AccountsError::Taken(_) | AccountsError::Conflict(_) => Self::Conflict(e.to_string()),
+            AccountsError::BadCredentials => Self::Unauthorized(e.to_string()),
+            AccountsError::TooManyEmails(_) => Self::Conflict(e.to_string()),
+            AccountsError::NotFound(d) => Self::NotFound(d),
+            AccountsError::Store(e) => e.into(),
+            AccountsError::Hash(e) => Self::Internal(e),
+        }
     }
 }

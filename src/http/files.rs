@@ -4,14 +4,14 @@
 
 use std::io::SeekFrom;
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{ApiError, AppState};
 use crate::domain::ImageName;
@@ -20,10 +20,29 @@ use crate::domain::ImageName;
 const CHUNK: usize = 64 * 1024;
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/i/{name}", get(serve_file))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(serve_file))
 }
 
+/// An image's bytes by name.
+///
+/// Strong `ETag` (the sha1), `Cache-Control: immutable`, `304` on `If-None-Match`, and
+/// single byte ranges.
+#[utoipa::path(
+    get, path = "/i/{name}", tag = "images",
+    params(
+        ("name" = String, Path, description = "`<sha1>.<jpg|png|gif|webp>`"),
+        ("if-none-match" = Option<String>, Header, description = "A previously seen ETag"),
+        ("range" = Option<String>, Header, description = "One byte range, e.g. `bytes=0-1023`"),
+    ),
+    responses(
+        (status = 200, description = "The bytes", content_type = "image/*", body = Vec<u8>),
+        (status = 206, description = "The requested range", content_type = "image/*", body = Vec<u8>),
+        (status = 304, description = "Not modified"),
+        (status = 404, description = "No such file", body = super::error::ProblemDoc, content_type = "application/problem+json"),
+        (status = 416, description = "Range outside the file", body = super::error::ProblemDoc, content_type = "application/problem+json"),
+    ),
+)]
 async fn serve_file(
     State(state): State<AppState>,
     Path(raw): Path<String>,

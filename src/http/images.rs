@@ -1,51 +1,60 @@
-//! Image metadata and uploads: `POST /v1/images`, `GET /v1/images/random`,
-//! `GET /v1/images/{id}`.
+//! Image metadata and uploads: upload, random sample, read, re-tag, delete, and the
+//! signed-in user's own images.
 
 use std::time::Duration;
 
+use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use ractor::rpc::CallResult;
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
+use super::extract::{ApiJson, CurrentUser, MaybeUser};
 use super::{ApiError, AppState};
+use crate::actors::uploads::key_of;
 use crate::actors::{Ingested, UploadMsg};
-use crate::domain::{Image, ImageFormat, ImageId, Tags};
+use crate::domain::{Image, ImageFormat, ImageId, Tags, User, UserId};
 use crate::media::{MediaError, StagedUpload, stage};
 
 /// Most images one `/random` call returns.
 const MAX_RANDOM: usize = 100;
+/// Largest page of a listing.
+const MAX_PAGE: usize = 100;
 /// Largest `tags` form field accepted in a multipart upload.
 const MAX_TAGS_FIELD: usize = 4096;
 /// Seconds a client is told to wait when the upload pool is full.
 const RETRY_AFTER_SECS: u32 = 1;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
         // The body limit is enforced while streaming, so axum's buffered limit is off here.
-        .route(
-            "/v1/images",
-            post(upload).layer(DefaultBodyLimit::disable()),
-        )
-        .route("/v1/images/random", get(random))
-        .route("/v1/images/{id}", get(get_image))
+        .routes(routes!(upload).map(|r| r.layer(DefaultBodyLimit::disable())))
+        .routes(routes!(random))
+        .routes(routes!(get_image, retag_image, delete_image))
+        .routes(routes!(my_images))
 }
 
 /// An image as the API shows it.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct ImageView {
+    #[schema(value_type = String, format = Uuid)]
     id: ImageId,
+    /// `<sha1>.<ext>`: the file's permanent name.
     name: String,
+    /// Where the bytes are: `/i/{name}`, prefixed by `http.public_url` when set.
     url: String,
     sha1: String,
+    #[schema(value_type = String, example = "png")]
     format: ImageFormat,
     width: u32,
     height: u32,
     bytes: u64,
+    #[schema(value_type = Vec<String>)]
     tags: Tags,
     created_at: chrono::DateTime<chrono::Utc>,
 }
@@ -71,20 +80,62 @@ fn file_url(public_url: &str, name: &str) -> String {
     format!("{}/i/{name}", public_url.trim_end_matches('/'))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 struct UploadQuery {
+    /// Comma-separated tags for a raw-body upload (`llama,cute`).
     tags: Option<String>,
 }
 
+/// The multipart form of an upload.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct UploadForm {
+    /// The image: JPEG, PNG, GIF or WebP.
+    #[schema(format = Binary, content_media_type = "application/octet-stream")]
+    file: String,
+    /// Comma-separated tags.
+    tags: Option<String>,
+}
+
+/// Upload an image.
+///
+/// Send the bytes as the raw body (`Content-Type: image/*`) or as `multipart/form-data`
+/// with a `file` part. The body is streamed to disk; the content is checked by its magic
+/// bytes and a decode under limits, whatever its declared type.
+#[utoipa::path(
+    post, path = "/v1/images", tag = "images",
+    params(UploadQuery),
+    request_body(content(
+        (Vec<u8> = "image/*"),
+        (UploadForm = "multipart/form-data"),
+    )),
+    responses(
+        (status = 201, description = "Stored", body = ImageView,
+            headers(("location" = String, description = "The new image's metadata URL"))),
+        (status = 400, description = "Malformed form or tags", body = super::error::ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Sign in first (unless anonymous uploads are on)", body = super::error::ProblemDoc, content_type = "application/problem+json"),
+        (status = 413, description = "Larger than `uploads.max_bytes`", body = super::error::ProblemDoc, content_type = "application/problem+json"),
+        (status = 415, description = "Not JPEG, PNG, GIF or WebP", body = super::error::ProblemDoc, content_type = "application/problem+json"),
+        (status = 422, description = "Corrupt, truncated, or over the dimension limits", body = super::error::ProblemDoc, content_type = "application/problem+json"),
+        (status = 503, description = "The upload pool is full; see Retry-After", body = super::error::ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security((), ("bearer" = [])),
+)]
 #[tracing::instrument(name = "images.upload", skip_all)]
 async fn upload(
     State(state): State<AppState>,
+    MaybeUser(user): MaybeUser,
     query: Result<Query<UploadQuery>, QueryRejection>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let result = match query {
-        Ok(Query(query)) => stage_and_ingest(&state, query, request).await,
-        Err(e) => Err(bad_query(e)),
+    let result = match (query, user) {
+        (Err(e), _) => Err(bad_query(e)),
+        (Ok(_), None) if !state.settings.uploads.allow_anonymous => Err(ApiError::Unauthorized(
+            "sign in to upload: send Authorization: Bearer <token>".into(),
+        )),
+        (Ok(Query(query)), user) => {
+            stage_and_ingest(&state, query, user.map(|u| u.id), request).await
+        }
     };
     let outcome = match &result {
         Ok(done) if done.new_file => "created",
@@ -93,7 +144,7 @@ async fn upload(
             StatusCode::PAYLOAD_TOO_LARGE => "too_large",
             StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported",
             StatusCode::UNPROCESSABLE_ENTITY => "invalid",
-            StatusCode::BAD_REQUEST => "bad_request",
+            StatusCode::BAD_REQUEST | StatusCode::UNAUTHORIZED => "bad_request",
             StatusCode::SERVICE_UNAVAILABLE => "overloaded",
             _ => "failed",
         },
@@ -114,6 +165,7 @@ async fn upload(
 async fn stage_and_ingest(
     state: &AppState,
     query: UploadQuery,
+    owner: Option<UserId>,
     request: Request,
 ) -> Result<Ingested, ApiError> {
     let _permit = state
@@ -143,28 +195,35 @@ async fn stage_and_ingest(
             ));
         }
     };
-    ingest(state, staged, tags).await
+    let key = staged.sha1;
+    upload_job(state, key, |reply| UploadMsg::Ingest {
+        staged,
+        tags,
+        owner,
+        reply,
+    })
+    .await
 }
 
-/// Hands the staged file to the upload workers and waits (bounded) for the outcome.
-async fn ingest(state: &AppState, staged: StagedUpload, tags: Tags) -> Result<Ingested, ApiError> {
+/// Runs one job on the upload workers and waits (bounded) for its outcome.
+async fn upload_job<T, E>(
+    state: &AppState,
+    key: [u8; 20],
+    job: impl FnOnce(ractor::RpcReplyPort<Result<T, E>>) -> UploadMsg,
+) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    E: Send + 'static,
+    ApiError: From<E>,
+{
     let busy = || ApiError::Overloaded {
         detail: "the upload workers are busy or restarting; retry shortly".into(),
         retry_after_secs: RETRY_AFTER_SECS,
     };
     let uploads = state.actors.uploads.get().ok_or_else(busy)?;
     let timeout = Duration::from_secs(state.settings.uploads.process_timeout_secs);
-    let key = staged.sha1;
     let reply = uploads
-        .call_job(
-            key,
-            |reply| UploadMsg::Ingest {
-                staged,
-                tags,
-                reply,
-            },
-            Some(timeout),
-        )
+        .call_job(key, job, Some(timeout))
         .await
         .map_err(|_| busy())?;
     match reply {
@@ -248,13 +307,15 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 struct RandomQuery {
+    /// How many distinct images, 1 to 100 (default 1).
     count: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct RandomImage {
+    #[schema(value_type = String, format = Uuid)]
     id: ImageId,
     name: String,
     url: String,
@@ -262,6 +323,23 @@ struct RandomImage {
     height: u32,
 }
 
+#[derive(Serialize, ToSchema)]
+struct RandomImages {
+    images: Vec<RandomImage>,
+}
+
+/// Random images.
+///
+/// Up to `count` distinct images drawn from the in-memory sample (fewer when fewer exist).
+/// Never cached; the files the URLs point to are cached forever.
+#[utoipa::path(
+    get, path = "/v1/images/random", tag = "images",
+    params(RandomQuery),
+    responses(
+        (status = 200, description = "A random pick", body = RandomImages),
+        (status = 400, description = "count is not 1 to 100", body = super::error::ProblemDoc, content_type = "application/problem+json"),
+    ),
+)]
 async fn random(
     State(state): State<AppState>,
     query: Result<Query<RandomQuery>, QueryRejection>,
@@ -280,7 +358,7 @@ async fn random(
             })?,
     };
     let public_url = &state.settings.http.public_url;
-    let images: Vec<RandomImage> = state
+    let images = state
         .actors
         .sample
         .pick(count)
@@ -296,17 +374,168 @@ async fn random(
     // A random pick must never be cached; the files it points to are cached forever.
     Ok((
         [(header::CACHE_CONTROL, "no-store")],
-        Json(serde_json::json!({ "images": images })),
+        Json(RandomImages { images }),
     )
         .into_response())
 }
 
+/// An image's metadata.
+#[utoipa::path(
+    get, path = "/v1/images/{id}", tag = "images",
+    params(("id" = String, Path, description = "The image id")),
+    responses(
+        (status = 200, description = "The image", body = ImageView),
+        (status = 404, description = "No such image", body = super::error::ProblemDoc, content_type = "application/problem+json"),
+    ),
+)]
 async fn get_image(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<ImageView>, ApiError> {
+    let image = find_image(&state, &id).await?;
+    Ok(Json(ImageView::new(image, &state.settings.http.public_url)))
+}
+
+async fn find_image(state: &AppState, id: &str) -> Result<Image, ApiError> {
     let missing = || ApiError::not_found(format!("no image with id {id:?}"));
     let parsed: ImageId = id.parse().map_err(|_| missing())?;
-    let image = state.store.get_image(parsed).await?.ok_or_else(missing)?;
+    state.store.get_image(parsed).await?.ok_or_else(missing)
+}
+
+/// An image the caller may change: their own, or any for an admin. Others' are 404.
+async fn find_own_image(state: &AppState, id: &str, user: &User) -> Result<Image, ApiError> {
+    let image = find_image(state, id).await?;
+    if user.admin || image.owner == Some(user.id) {
+        Ok(image)
+    } else {
+        Err(ApiError::not_found(format!("no image with id {id:?}")))
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct Retag {
+    /// The new tags, replacing the old ones.
+    tags: Vec<String>,
+}
+
+/// Replace an image's tags (owner or admin).
+#[utoipa::path(
+    patch, path = "/v1/images/{id}", tag = "images",
+    params(("id" = String, Path, description = "The image id")),
+    request_body = Retag,
+    responses(
+        (status = 200, description = "Re-tagged", body = ImageView),
+        (status = 400, description = "Bad tags", body = super::error::ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Not signed in", body = super::error::ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No such image of yours", body = super::error::ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
+async fn retag_image(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<Retag>,
+) -> Result<Json<ImageView>, ApiError> {
+    let image = find_own_image(&state, &id, &user).await?;
+    let tags = Tags::parse(body.tags.iter().map(String::as_str))?;
+    let image = state
+        .store
+        .set_image_tags(image.id, &tags)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no image with id {id:?}")))?;
     Ok(Json(ImageView::new(image, &state.settings.http.public_url)))
+}
+
+/// Delete an image (owner or admin). Its file goes once no other upload shares it.
+#[utoipa::path(
+    delete, path = "/v1/images/{id}", tag = "images",
+    params(("id" = String, Path, description = "The image id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "Not signed in", body = super::error::ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No such image of yours", body = super::error::ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
+async fn delete_image(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let image = find_own_image(&state, &id, &user).await?;
+    remove_image(&state, &image).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deletes an image through the upload workers (so it never races an upload of the
+/// same content).
+pub async fn remove_image(state: &AppState, image: &Image) -> Result<(), ApiError> {
+    let id = image.id;
+    upload_job(state, key_of(image), |reply| UploadMsg::Delete {
+        id,
+        reply,
+    })
+    .await?;
+    Ok(())
+}
+
+#[derive(Deserialize, IntoParams)]
+struct PageQuery {
+    /// Page size, 1 to 100 (default 50).
+    limit: Option<usize>,
+    /// The `next` value of the previous page.
+    cursor: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct ImagePage {
+    images: Vec<ImageView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    next: Option<String>,
+}
+
+/// The signed-in user's images, newest first.
+#[utoipa::path(
+    get, path = "/v1/users/me/images", tag = "images",
+    params(PageQuery),
+    responses(
+        (status = 200, description = "A page of your images", body = ImagePage),
+        (status = 400, description = "Bad limit or cursor", body = super::error::ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Not signed in", body = super::error::ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
+async fn my_images(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    query: Result<Query<PageQuery>, QueryRejection>,
+) -> Result<Json<ImagePage>, ApiError> {
+    let Query(query) = query.map_err(bad_query)?;
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be from 1 to {MAX_PAGE}"
+        )));
+    }
+    let before = match query.cursor.as_deref() {
+        None => None,
+        Some(c) => Some(
+            c.parse::<ImageId>()
+                .map_err(|_| ApiError::BadRequest(format!("unknown cursor {c:?}")))?,
+        ),
+    };
+    let images = state.store.images_by_owner(user.id, before, limit).await?;
+    let next = (images.len() == limit)
+        .then(|| images.last().map(|i| i.id.to_string()))
+        .flatten();
+    let public_url = &state.settings.http.public_url;
+    Ok(Json(ImagePage {
+        images: images
+            .into_iter()
+            .map(|i| ImageView::new(i, public_url))
+            .collect(),
+        next,
+    }))
 }

@@ -1,24 +1,33 @@
-//! The HTTP API: one router per resource, merged here, with metrics and problem+json
-//! fallbacks around them.
+//! The HTTP API: one router per resource (documented with utoipa, so every route is in
+//! the OpenAPI document by construction), merged here and wrapped by the gateway layers.
 
+mod admin;
 pub mod error;
+mod extract;
 mod files;
+pub mod gateway;
 mod images;
+mod openapi;
 mod ops;
+mod sessions;
+mod users;
 
 use std::sync::Arc;
 
-use axum::Router;
-use axum::middleware;
+use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Semaphore;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_swagger_ui::SwaggerUi;
 
+use crate::accounts::Accounts;
 use crate::actors::Actors;
 use crate::config::Settings;
 use crate::media::MediaRoot;
 use crate::store::SharedStore;
 
 pub use error::ApiError;
+pub use gateway::RateLimits;
 
 /// What every handler can reach. Cheap to clone.
 #[derive(Clone)]
@@ -27,21 +36,39 @@ pub struct AppState {
     pub store: SharedStore,
     pub media: MediaRoot,
     pub actors: Actors,
+    pub accounts: Accounts,
+    pub limits: Arc<RateLimits>,
     /// Admission control for uploads: one permit per upload in flight.
     pub upload_slots: Arc<Semaphore>,
     pub metrics: PrometheusHandle,
 }
 
-/// The whole application's routes.
-pub fn router(state: AppState) -> Router {
-    Router::new()
+/// The documented routes and their OpenAPI document.
+pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let (routes, doc) = OpenApiRouter::with_openapi(openapi::base())
         .merge(images::router())
         .merge(files::router())
+        .merge(users::router())
+        .merge(sessions::router())
+        .merge(admin::router())
         .merge(ops::router())
+        .split_for_parts();
+    (routes, openapi::finish(doc))
+}
+
+/// The whole application.
+pub fn router(state: AppState) -> Router {
+    let (routes, doc) = api();
+    let doc = Arc::new(doc);
+    let routes = routes
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || async move { Json(doc.as_ref().clone()) }),
+        )
+        .merge(SwaggerUi::new("/docs").url("/docs/openapi.json", openapi::finish(api().1)))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::MethodNotAllowed("method not allowed on this route".into())
-        })
-        .layer(middleware::from_fn(ops::track_metrics))
-        .with_state(state)
+        });
+    gateway::wrap(routes, state)
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::domain::{Image, ImageId};
+use crate::domain::{Image, ImageId, Session, Tags, TokenHash, User, UserId};
 
 pub use embedded::EmbeddedStore;
 pub use scylla::ScyllaStore;
@@ -29,6 +29,9 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the store is closed")]
     Closed,
+    /// A unique value (`"username"` or `"email"`) is taken already.
+    #[error("{0} is taken")]
+    Conflict(&'static str),
 }
 
 /// Image metadata, shaped by the queries the server asks.
@@ -50,11 +53,62 @@ pub trait ImageStore: Send + Sync {
 
     /// How many images share this content (sha1, lowercase hex).
     async fn count_images_with_sha1(&self, sha1: &str) -> Result<u64, StoreError>;
+
+    /// One page of an owner's images, newest first; pass the last id seen as `before`.
+    async fn images_by_owner(
+        &self,
+        owner: UserId,
+        before: Option<ImageId>,
+        limit: usize,
+    ) -> Result<Vec<Image>, StoreError>;
+
+    /// Replaces an image's tags; returns the updated image, `None` if it does not exist.
+    async fn set_image_tags(&self, id: ImageId, tags: &Tags) -> Result<Option<Image>, StoreError>;
+
+    /// Removes an image row and its index rows; returns what was removed.
+    async fn delete_image(&self, id: ImageId) -> Result<Option<Image>, StoreError>;
+}
+
+/// Accounts and sessions.
+#[async_trait]
+pub trait AccountStore: Send + Sync {
+    /// Stores a new user; [`StoreError::Conflict`] if its username or an email is taken.
+    async fn create_user(&self, user: &User) -> Result<(), StoreError>;
+
+    async fn get_user(&self, id: UserId) -> Result<Option<User>, StoreError>;
+
+    /// The user whose username, or any of whose email addresses, is `login` (lowercased).
+    async fn find_user(&self, login: &str) -> Result<Option<User>, StoreError>;
+
+    /// Writes `after` over `before`, moving email index rows; [`StoreError::Conflict`]
+    /// if a newly added address belongs to another account.
+    async fn update_user(&self, before: &User, after: &User) -> Result<(), StoreError>;
+
+    /// Removes the user, its index rows and all its sessions.
+    async fn delete_user(&self, user: &User) -> Result<(), StoreError>;
+
+    /// One page of all users in id order, for admins.
+    async fn list_users(
+        &self,
+        after: Option<UserId>,
+        limit: usize,
+    ) -> Result<Vec<User>, StoreError>;
+
+    async fn create_session(&self, session: &Session) -> Result<(), StoreError>;
+
+    /// The session, if it exists and has not expired.
+    async fn get_session(
+        &self,
+        user: UserId,
+        hash: TokenHash,
+    ) -> Result<Option<Session>, StoreError>;
+
+    async fn delete_session(&self, user: UserId, hash: TokenHash) -> Result<(), StoreError>;
 }
 
 /// Everything a backend provides.
 #[async_trait]
-pub trait Store: ImageStore {
+pub trait Store: ImageStore + AccountStore {
     /// Cheap round trip proving the store answers (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;
 

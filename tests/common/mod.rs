@@ -22,6 +22,8 @@ pub struct TestApp {
     pub actors: Actors,
     pub store: corral::store::SharedStore,
     pub data_dir: TempDir,
+    /// A session of the user every app signs up at start (`tester`).
+    pub token: String,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), corral::AppError>>>,
 }
@@ -56,15 +58,64 @@ impl TestApp {
         let task = tokio::spawn(app.serve(listener, async {
             let _ = stopped.await;
         }));
-        Self {
+        let mut app = Self {
             addr,
             client: reqwest::Client::new(),
             actors,
             store,
             data_dir,
+            token: String::new(),
             stop: Some(stop),
             task: Some(task),
-        }
+        };
+        // On a reused data dir the user exists already; signing up then answers 409.
+        app.sign_up("tester").await;
+        app.token = app.log_in("tester").await;
+        app
+    }
+
+    /// Signs up `<name>` with email `<name>@example.com` and password `password-<name>`.
+    pub async fn sign_up(&self, name: &str) -> reqwest::Response {
+        let body = serde_json::json!({"username": name, "email": format!("{name}@example.com"), "password": format!("password-{name}")});
+        self.client
+            .post(self.url("/v1/users"))
+            .json(&body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// Logs `<name>` in (see `sign_up`) and returns the bearer token.
+    pub async fn log_in(&self, name: &str) -> String {
+        let body = serde_json::json!({"login": name, "password": format!("password-{name}")});
+        let response = self
+            .client
+            .post(self.url("/v1/sessions"))
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(
+            response.status(),
+            201,
+            "log in as {name}: {}",
+            response.text().await.unwrap()
+        );
+        let session: serde_json::Value = response.json().await.unwrap();
+        session["token"].as_str().expect("token").to_owned()
+    }
+
+    /// Signs a new user up and returns its token.
+    pub async fn new_user(&self, name: &str) -> String {
+        assert_eq!(self.sign_up(name).await.status(), 201);
+        self.log_in(name).await
+    }
+
+    /// A request builder carrying the `tester` session.
+    pub fn authed(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, self.url(path))
+            .bearer_auth(&self.token)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -98,8 +149,7 @@ impl TestApp {
 
     /// Uploads `bytes` as a raw body with the given content type.
     pub async fn upload_raw(&self, bytes: Vec<u8>, content_type: &str) -> reqwest::Response {
-        self.client
-            .post(self.url("/v1/images"))
+        self.authed(reqwest::Method::POST, "/v1/images")
             .header("content-type", content_type)
             .body(bytes)
             .send()
@@ -109,8 +159,7 @@ impl TestApp {
 
     /// Uploads a streamed PNG body (no Content-Length).
     pub async fn upload_body(&self, body: reqwest::Body) -> reqwest::Response {
-        self.client
-            .post(self.url("/v1/images"))
+        self.authed(reqwest::Method::POST, "/v1/images")
             .header("content-type", "image/png")
             .body(body)
             .send()
@@ -129,8 +178,7 @@ impl TestApp {
         let body =
             futures_util::stream::unfold(rx, |mut rx| async { rx.recv().await.map(|c| (c, rx)) });
         let request = self
-            .client
-            .post(self.url("/v1/images"))
+            .authed(reqwest::Method::POST, "/v1/images")
             .header("content-type", "image/png")
             .body(reqwest::Body::wrap_stream(body))
             .send();

@@ -1,7 +1,11 @@
 //! The embedded backend: one redb file under the data dir, tables laid out like Scylla's.
 //!
 //! redb is synchronous, so every call runs on a blocking thread. Writes commit with
-//! redb's default durability (fsync before the commit returns).
+//! redb's default durability (fsync before the commit returns), and each call's writes
+//! (a row and its index rows) commit in one transaction.
+
+mod accounts;
+mod images;
 
 use std::path::Path;
 use std::sync::{Arc, RwLock};
@@ -9,26 +13,31 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, TableDefinition};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
-use super::{ImageStore, Store, StoreError};
-use crate::domain::{Image, ImageId};
+use super::{Store, StoreError};
 
 /// `images`: id -> JSON record.
 const IMAGES: TableDefinition<u128, &[u8]> = TableDefinition::new("images");
 /// `images_by_sha1`: (sha1 hex, id) -> (). Counts the records that share one file.
 const IMAGES_BY_SHA1: TableDefinition<(&str, u128), ()> = TableDefinition::new("images_by_sha1");
+/// `images_by_owner`: (owner, id) -> ().
+const IMAGES_BY_OWNER: TableDefinition<(u128, u128), ()> = TableDefinition::new("images_by_owner");
+/// `users`: id -> JSON record.
+const USERS: TableDefinition<u128, &[u8]> = TableDefinition::new("users");
+/// `users_by_username`: username -> user id.
+const USERS_BY_USERNAME: TableDefinition<&str, u128> = TableDefinition::new("users_by_username");
+/// `users_by_email`: every address of every account -> user id.
+const USERS_BY_EMAIL: TableDefinition<&str, u128> = TableDefinition::new("users_by_email");
+/// `sessions`: (user id, token hash) -> JSON record.
+const SESSIONS: TableDefinition<(u128, [u8; 32]), &[u8]> = TableDefinition::new("sessions");
 
 /// How long `close` waits for in-flight calls to release the database.
 const CLOSE_WAIT: Duration = Duration::from_secs(10);
 
 pub struct EmbeddedStore {
     db: RwLock<Option<Arc<Database>>>,
-}
-
-impl From<redb::Error> for StoreError {
-    fn from(e: redb::Error) -> Self {
-        StoreError::Embedded(e.to_string())
-    }
 }
 
 macro_rules! redb_errors {
@@ -39,6 +48,7 @@ macro_rules! redb_errors {
     )*};
 }
 redb_errors!(
+    redb::Error,
     redb::DatabaseError,
     redb::TransactionError,
     redb::TableError,
@@ -54,6 +64,11 @@ impl EmbeddedStore {
         let tx = db.begin_write()?;
         tx.open_table(IMAGES)?;
         tx.open_table(IMAGES_BY_SHA1)?;
+        tx.open_table(IMAGES_BY_OWNER)?;
+        tx.open_table(USERS)?;
+        tx.open_table(USERS_BY_USERNAME)?;
+        tx.open_table(USERS_BY_EMAIL)?;
+        tx.open_table(SESSIONS)?;
         tx.commit()?;
         Ok(Self {
             db: RwLock::new(Some(Arc::new(db))),
@@ -78,67 +93,12 @@ impl EmbeddedStore {
     }
 }
 
-fn decode(bytes: &[u8]) -> Result<Image, StoreError> {
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
-#[async_trait]
-impl ImageStore for EmbeddedStore {
-    async fn insert_image(&self, image: &Image) -> Result<(), StoreError> {
-        let record = serde_json::to_vec(image).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let (id, sha1) = (image.id.0.as_u128(), image.sha1.clone());
-        self.with_db(move |db| {
-            let tx = db.begin_write()?;
-            tx.open_table(IMAGES)?.insert(id, record.as_slice())?;
-            tx.open_table(IMAGES_BY_SHA1)?
-                .insert((sha1.as_str(), id), ())?;
-            tx.commit()?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn get_image(&self, id: ImageId) -> Result<Option<Image>, StoreError> {
-        self.with_db(move |db| {
-            let table = db.begin_read()?.open_table(IMAGES)?;
-            let row = table.get(id.0.as_u128())?;
-            row.map(|v| decode(v.value())).transpose()
-        })
-        .await
-    }
-
-    async fn scan_images(
-        &self,
-        after: Option<ImageId>,
-        limit: usize,
-    ) -> Result<Vec<Image>, StoreError> {
-        self.with_db(move |db| {
-            let table = db.begin_read()?.open_table(IMAGES)?;
-            let rows = match after {
-                Some(id) => table.range((
-                    std::ops::Bound::Excluded(id.0.as_u128()),
-                    std::ops::Bound::Unbounded,
-                ))?,
-                None => table.range::<u128>(..)?,
-            };
-            rows.take(limit).map(|row| decode(row?.1.value())).collect()
-        })
-        .await
-    }
-
-    async fn count_images_with_sha1(&self, sha1: &str) -> Result<u64, StoreError> {
-        let sha1 = sha1.to_owned();
-        self.with_db(move |db| {
-            let table = db.begin_read()?.open_table(IMAGES_BY_SHA1)?;
-            let mut n = 0;
-            for row in table.range((sha1.as_str(), 0u128)..=(sha1.as_str(), u128::MAX))? {
-                row?;
-                n += 1;
-            }
-            Ok(n)
-        })
-        .await
-    }
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 #[async_trait]

@@ -1,0 +1,202 @@
+//! What stands in front of every route: request ids, tracing, CORS, compression, metrics,
+//! timeouts and rate limits.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::http::{HeaderName, HeaderValue, Method, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota};
+use tower_http::compression::CompressionLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use super::extract::bearer;
+use super::{ApiError, AppState, ops};
+use crate::config::{Bucket, RateLimitSettings, Settings};
+use crate::domain::UserId;
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// Every this many requests, idle rate-limit buckets are dropped, bounding their memory.
+const PRUNE_EVERY: u64 = 4096;
+
+/// Wraps the routes in every cross-cutting layer.
+pub fn wrap(routes: Router<AppState>, state: AppState) -> Router {
+    let settings = &state.settings;
+    let mut router = routes
+        .layer(middleware::from_fn_with_state(state.clone(), rate_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), timeout))
+        .layer(middleware::from_fn(ops::track_metrics))
+        .layer(DefaultBodyLimit::max(settings.http.max_json_bytes))
+        .layer(CompressionLayer::new());
+    if let Some(cors) = cors(settings) {
+        router = router.layer(cors);
+    }
+    router
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
+            tracing::info_span!("request", method = %req.method(), uri = %req.uri(), request_id = %id)
+        }))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .with_state(state)
+}
+
+fn cors(settings: &Settings) -> Option<CorsLayer> {
+    let origins = &settings.http.cors_origins;
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+            .expose_headers([header::LOCATION, header::RETRY_AFTER, REQUEST_ID]),
+    )
+}
+
+/// Ends a request that runs past its time with 503.
+async fn timeout(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let s = &state.settings;
+    let secs = if is_upload(&request) {
+        s.uploads.max_duration_secs
+    } else {
+        s.http.request_timeout_secs
+    };
+    match tokio::time::timeout(Duration::from_secs(secs), next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            ApiError::Unavailable(format!("the request took longer than {secs} s")).into_response()
+        }
+    }
+}
+
+fn is_upload(request: &Request) -> bool {
+    request.method() == Method::POST && request.uri().path() == "/v1/images"
+}
+
+/// Which bucket a request draws from.
+#[derive(Clone, Copy)]
+enum Class {
+    Reads,
+    Writes,
+    Uploads,
+    Auth,
+}
+
+fn classify(request: &Request) -> Class {
+    let (method, path) = (request.method(), request.uri().path());
+    if method == Method::GET || method == Method::HEAD || method == Method::OPTIONS {
+        Class::Reads
+    } else if is_upload(request) {
+        Class::Uploads
+    } else if method == Method::POST && (path == "/v1/sessions" || path == "/v1/users") {
+        Class::Auth
+    } else {
+        Class::Writes
+    }
+}
+
+/// Who is asking: the signed-in user, or else the client's address.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Client {
+    User(UserId),
+    Ip(IpAddr),
+}
+
+/// One keyed token bucket per request class.
+pub struct RateLimits {
+    enabled: bool,
+    reads: DefaultKeyedRateLimiter<Client>,
+    writes: DefaultKeyedRateLimiter<Client>,
+    uploads: DefaultKeyedRateLimiter<Client>,
+    auth: DefaultKeyedRateLimiter<Client>,
+    seen: AtomicU64,
+}
+
+impl RateLimits {
+    pub fn new(settings: &RateLimitSettings) -> Arc<Self> {
+        let keyed = |b: Bucket| {
+            let per_minute = NonZeroU32::new(b.per_minute).unwrap_or(NonZeroU32::MIN);
+            let burst = NonZeroU32::new(b.burst).unwrap_or(NonZeroU32::MIN);
+            DefaultKeyedRateLimiter::keyed(Quota::per_minute(per_minute).allow_burst(burst))
+        };
+        Arc::new(Self {
+            enabled: settings.enabled,
+            reads: keyed(settings.reads),
+            writes: keyed(settings.writes),
+            uploads: keyed(settings.uploads),
+            auth: keyed(settings.auth),
+            seen: AtomicU64::new(0),
+        })
+    }
+
+    /// `Err(seconds to wait)` when the client's bucket for `class` is empty.
+    fn check(&self, class: Class, client: &Client) -> Result<(), u32> {
+        let limiter = match class {
+            Class::Reads => &self.reads,
+            Class::Writes => &self.writes,
+            Class::Uploads => &self.uploads,
+            Class::Auth => &self.auth,
+        };
+        if self.seen.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1 {
+            for l in [&self.reads, &self.writes, &self.uploads, &self.auth] {
+                l.retain_recent();
+            }
+        }
+        limiter.check_key(client).map_err(|not_until| {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            u32::try_from(wait.as_secs() + 1).unwrap_or(u32::MAX)
+        })
+    }
+}
+
+async fn rate_limit(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if !state.limits.enabled {
+        return Ok(next.run(request).await);
+    }
+    let user = match bearer(request.headers()) {
+        // An invalid token is the handler's to refuse; here it only means "anonymous".
+        Some(token) => state.accounts.authenticate(token).await.ok().flatten(),
+        None => None,
+    };
+    let client = match &user {
+        Some(user) => Client::User(user.id),
+        None => Client::Ip(
+            request
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip()),
+        ),
+    };
+    if let Some(user) = user {
+        request.extensions_mut().insert(user);
+    }
+    let class = classify(&request);
+    if let Err(retry_after_secs) = state.limits.check(class, &client) {
+        metrics::counter!("corral_rate_limited_total").increment(1);
+        return Err(ApiError::TooManyRequests {
+            detail: "too many requests; slow down".into(),
+            retry_after_secs,
+        });
+    }
+    Ok(next.run(request).await)
+}

@@ -1,0 +1,213 @@
+//! Accounts: sign up, read and change your account, manage its addresses, delete it.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::error::ProblemDoc;
+use super::extract::{ApiJson, CurrentUser};
+use super::{ApiError, AppState, images};
+use crate::domain::{Email, Password, User, Username};
+
+/// Images deleted per page while removing an account.
+const DELETE_PAGE: usize = 100;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(sign_up))
+        .routes(routes!(me, update_me, delete_me))
+        .routes(routes!(add_email))
+        .routes(routes!(remove_email))
+}
+
+/// An account as its owner (or an admin) sees it.
+#[derive(Serialize, ToSchema)]
+pub struct UserView {
+    #[schema(value_type = String, format = Uuid)]
+    id: crate::domain::UserId,
+    #[schema(value_type = String)]
+    username: Username,
+    #[schema(value_type = String)]
+    email: Email,
+    #[schema(value_type = Vec<String>)]
+    secondary_emails: Vec<Email>,
+    admin: bool,
+    created_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl From<&User> for UserView {
+    fn from(u: &User) -> Self {
+        Self {
+            id: u.id,
+            username: u.username.clone(),
+            email: u.email.clone(),
+            secondary_emails: u.secondary_emails.clone(),
+            admin: u.admin,
+            created_at: u.created_at,
+        }
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct SignUp {
+    /// 3 to 32 characters of a-z, 0-9, `_`, `-`, `.`; case-insensitive.
+    username: String,
+    email: String,
+    /// 8 to 128 characters.
+    #[schema(format = Password)]
+    password: String,
+}
+
+/// Create an account.
+#[utoipa::path(
+    post, path = "/v1/users", tag = "accounts",
+    request_body = SignUp,
+    responses(
+        (status = 201, description = "Created", body = UserView),
+        (status = 400, description = "Bad username, email or password", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "Username or email taken", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = ProblemDoc, content_type = "application/problem+json"),
+    ),
+)]
+async fn sign_up(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<SignUp>,
+) -> Result<impl IntoResponse, ApiError> {
+    let username =
+        Username::parse(&body.username).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let email = Email::parse(&body.email).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let password =
+        Password::parse(body.password).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let user = state.accounts.sign_up(username, email, password).await?;
+    Ok((StatusCode::CREATED, Json(UserView::from(&user))))
+}
+
+/// Your account.
+#[utoipa::path(
+    get, path = "/v1/users/me", tag = "accounts",
+    responses(
+        (status = 200, description = "Your account", body = UserView),
+        (status = 401, description = "Not signed in", body = ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
+async fn me(CurrentUser(user): CurrentUser) -> Json<UserView> {
+    Json(UserView::from(user.as_ref()))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct UpdateMe {
+    /// The new primary address; the old one stays on the account as a secondary one.
+    email: String,
+}
+
+/// Change your primary email.
+#[utoipa::path(
+    patch, path = "/v1/users/me", tag = "accounts",
+    request_body = UpdateMe,
+    responses(
+        (status = 200, description = "Updated", body = UserView),
+        (status = 400, description = "Bad email", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Not signed in", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "Email taken by another account", body = ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
+async fn update_me(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    ApiJson(body): ApiJson<UpdateMe>,
+) -> Result<Json<UserView>, ApiError> {
+    let email = Email::parse(&body.email).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let user = state.accounts.set_primary_email(user.id, email).await?;
+    Ok(Json(UserView::from(&user)))
+}
+
+/// Delete your account, its addresses, sessions and images.
+#[utoipa::path(
+    delete, path = "/v1/users/me", tag = "accounts",
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "Not signed in", body = ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
+async fn delete_me(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+) -> Result<StatusCode, ApiError> {
+    // Images first: if this stops half-way, the account still exists and can retry.
+    loop {
+        let page = state
+            .store
+            .images_by_owner(user.id, None, DELETE_PAGE)
+            .await?;
+        if page.is_empty() {
+            break;
+        }
+        for image in &page {
+            images::remove_image(&state, image).await?;
+        }
+    }
+    state.accounts.delete(&user).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct AddEmail {
+    email: String,
+}
+
+/// Add a secondary email address.
+#[utoipa::path(
+    post, path = "/v1/users/me/emails", tag = "accounts",
+    request_body = AddEmail,
+    responses(
+        (status = 201, description = "Added", body = UserView),
+        (status = 400, description = "Bad email", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Not signed in", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "Taken, already yours, or too many addresses", body = ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
+async fn add_email(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    ApiJson(body): ApiJson<AddEmail>,
+) -> Result<impl IntoResponse, ApiError> {
+    let email = Email::parse(&body.email).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let user = state.accounts.add_email(user.id, email).await?;
+    Ok((StatusCode::CREATED, Json(UserView::from(&user))))
+}
+
+/// Remove a secondary email address.
+#[utoipa::path(
+    delete, path = "/v1/users/me/emails/{email}", tag = "accounts",
+    params(("email" = String, Path, description = "The address to remove")),
+    responses(
+        (status = 200, description = "Removed", body = UserView),
+        (status = 401, description = "Not signed in", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "Not on the account", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "It is the primary address", body = ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
+async fn remove_email(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    Path(email): Path<String>,
+) -> Result<Json<UserView>, ApiError> {
+    let email = Email::parse(&email)
+        .map_err(|_| ApiError::not_found(format!("{email:?} is not on the account")))?;
+    let user = state.accounts.remove_email(user.id, email).await?;
+    Ok(Json(UserView::from(&user)))
+}
