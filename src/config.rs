@@ -150,7 +150,12 @@ impl Settings {
         if let Some(file) = file {
             figment = figment.merge(Toml::file_exact(file));
         }
-        figment = figment.merge(Env::prefixed("CORRAL_").split("__"));
+        // CORRAL_ADMIN_PASSWORD belongs to `corral admin create`, not to the settings.
+        figment = figment.merge(
+            Env::prefixed("CORRAL_")
+                .split("__")
+                .ignore(&["admin_password"]),
+        );
         if let Some(bind) = overrides.bind {
             figment = figment.merge(("http.bind", bind.to_string()));
         }

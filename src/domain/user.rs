@@ -99,7 +99,10 @@ impl Email {
     pub fn parse(s: &str) -> Result<Self, AccountError> {
         let s = s.trim();
         let bad = || AccountError::BadEmail(s.chars().take(64).collect());
-        if s.len() > MAX_EMAIL_LEN {
+        // Bare addresses only: no display names, brackets or spaces.
+        if s.len() > MAX_EMAIL_LEN
+            || s.contains(|c: char| c.is_whitespace() || c == '<' || c == '>')
+        {
             return Err(bad());
         }
         let parsed = email_address::EmailAddress::from_str(s).map_err(|_| bad())?;

@@ -125,6 +125,9 @@ impl IntoResponse for ApiError {
         match self {
             Self::Overloaded {
                 retry_after_secs, ..
+            }
+            | Self::TooManyRequests {
+                retry_after_secs, ..
             } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
             }

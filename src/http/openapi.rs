@@ -42,37 +42,48 @@ pub fn base() -> OpenApi {
     ApiDoc::openapi()
 }
 
-/// Adds the `default` error response to every operation.
+fn problem(description: &str) -> RefOr<utoipa::openapi::Response> {
+    let schema = RefOr::Ref(utoipa::openapi::Ref::from_schema_name("Problem"));
+    RefOr::T(
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/problem+json",
+                ContentBuilder::new().schema(Some(schema)).build(),
+            )
+            .build(),
+    )
+}
+
+/// Adds what every operation of a kind can answer: 413 and 415 wherever a JSON body is
+/// read, and a `default` problem response (429, 5xx) everywhere.
 pub fn finish(mut openapi: OpenApi) -> OpenApi {
-    let problem = ResponseBuilder::new()
-        .description(
-            "Any other error (rate limited, overloaded, timed out, unexpected), as problem+json",
-        )
-        .content(
-            "application/problem+json",
-            ContentBuilder::new()
-                .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
-                    "Problem",
-                ))))
-                .build(),
-        )
-        .build();
     for item in openapi.paths.paths.values_mut() {
-        for op in [
+        let operations = [
             &mut item.get,
             &mut item.post,
             &mut item.patch,
             &mut item.delete,
             &mut item.put,
             &mut item.head,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            op.responses
-                .responses
-                .entry("default".into())
-                .or_insert_with(|| RefOr::T(problem.clone()));
+        ];
+        for op in operations.into_iter().flatten() {
+            let takes_json = matches!(
+                &op.request_body,
+                Some(RefOr::T(body)) if body.content.contains_key("application/json")
+            );
+            let responses = &mut op.responses.responses;
+            if takes_json {
+                responses
+                    .entry("413".into())
+                    .or_insert_with(|| problem("The JSON body is larger than http.max_json_bytes"));
+                responses
+                    .entry("415".into())
+                    .or_insert_with(|| problem("The body is not JSON"));
+            }
+            responses.entry("default".into()).or_insert_with(|| {
+                problem("Any other error (rate limited, overloaded, timed out, unexpected)")
+            });
         }
     }
     openapi

@@ -46,6 +46,9 @@ impl TestApp {
             data_dir: Some(data_dir.path().to_owned()),
         };
         let mut settings = Settings::load(None, &overrides).expect("default settings load");
+        // Tests sign many users up and in; the tight default auth bucket has a test of
+        // its own (and reads/writes/uploads keep their defaults).
+        settings.rate_limits.auth.burst = 1000;
         tweak(&mut settings);
         let listener = tokio::net::TcpListener::bind(settings.http.bind)
             .await
