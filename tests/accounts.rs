@@ -591,3 +591,61 @@ async fn login_attempts_are_limited_tighter_than_reads_by_default() {
     // Reads from the same client are unaffected.
     assert_eq!(app.get("/healthz").await.status(), 200);
 }
+
+#[tokio::test]
+async fn cors_follows_the_configured_origins() {
+    let app =
+        TestApp::spawn_with(|s| s.http.cors_origins = vec!["https://app.example.org".into()]).await;
+    let preflight = |origin: &'static str| {
+        app.client
+            .request(Method::OPTIONS, app.url("/v1/users/me"))
+            .header("origin", origin)
+            .header("access-control-request-method", "GET")
+            .header("access-control-request-headers", "authorization")
+            .send()
+    };
+    let allowed = preflight("https://app.example.org").await.unwrap();
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://app.example.org"
+    );
+    let refused = preflight("https://evil.example.com").await.unwrap();
+    assert!(
+        refused
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+    // With no origins configured, no CORS headers at all.
+    let closed = TestApp::spawn().await;
+    let response = closed
+        .client
+        .get(closed.url("/healthz"))
+        .header("origin", "https://app.example.org")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn json_responses_are_compressed_for_clients_that_accept_gzip() {
+    let app = TestApp::spawn().await;
+    let response = app
+        .client
+        .get(app.url("/openapi.json"))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["content-encoding"], "gzip");
+    let gz = response.bytes().await.unwrap();
+    assert_eq!(&gz[..2], [0x1f, 0x8b], "a gzip stream");
+    let plain = app.get("/openapi.json").await;
+    assert!(plain.headers().get("content-encoding").is_none());
+}

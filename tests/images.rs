@@ -417,3 +417,13 @@ async fn bad_requests_get_problem_json() {
     problem(bad_tags, 400).await;
     assert!(app.files_under("images").is_empty());
 }
+
+#[tokio::test]
+async fn an_upload_past_its_time_limit_is_cut_off_and_leaves_nothing() {
+    let app = TestApp::spawn_with(|s| s.uploads.max_duration_secs = 1).await;
+    let (_held, upload) = app.start_held_upload(png(4, 4, 30)[..10].to_vec()).await;
+    let response = upload.await.unwrap().unwrap();
+    problem(response, 503).await;
+    assert!(app.files_under("tmp").is_empty());
+    assert!(app.files_under("images").is_empty());
+}

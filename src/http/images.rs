@@ -87,7 +87,8 @@ struct UploadQuery {
 }
 
 /// The multipart form of an upload.
-#[derive(ToSchema)]
+#[derive(ToSchema, Deserialize)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 struct UploadForm {
     /// The image: JPEG, PNG, GIF or WebP.
@@ -310,6 +311,7 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 #[derive(Deserialize, IntoParams)]
 struct RandomQuery {
     /// How many distinct images, 1 to 100 (default 1).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
     count: Option<String>,
 }
 
@@ -415,7 +417,9 @@ async fn find_own_image(state: &AppState, id: &str, user: &User) -> Result<Image
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Retag {
-    /// The new tags, replacing the old ones.
+    /// The new tags, replacing the old ones: up to 32 of 1 to 64 characters of a-z, 0-9,
+    /// `-`, `_`, `.` (lowercased).
+    #[schema(max_items = 32)]
     tags: Vec<String>,
 }
 
@@ -484,6 +488,7 @@ pub async fn remove_image(state: &AppState, image: &Image) -> Result<(), ApiErro
 #[derive(Deserialize, IntoParams)]
 struct PageQuery {
     /// Page size, 1 to 100 (default 50).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<usize>,
     /// The `next` value of the previous page.
     cursor: Option<String>,

@@ -57,10 +57,12 @@ impl From<&User> for UserView {
 #[serde(deny_unknown_fields)]
 struct SignUp {
     /// 3 to 32 characters of a-z, 0-9, `_`, `-`, `.`; case-insensitive.
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{2,31}$")]
     username: String,
+    #[schema(format = Email, max_length = 254)]
     email: String,
     /// 8 to 128 characters.
-    #[schema(format = Password)]
+    #[schema(format = Password, min_length = 8, max_length = 128)]
     password: String,
 }
 
@@ -106,6 +108,7 @@ async fn me(CurrentUser(user): CurrentUser) -> Json<UserView> {
 #[serde(deny_unknown_fields)]
 struct UpdateMe {
     /// The new primary address; the old one stays on the account as a secondary one.
+    #[schema(format = Email, max_length = 254)]
     email: String,
 }
 
@@ -164,6 +167,7 @@ async fn delete_me(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AddEmail {
+    #[schema(format = Email, max_length = 254)]
     email: String,
 }
 
