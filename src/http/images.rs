@@ -15,6 +15,7 @@ use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
 use utoipa_axum::routes;
 
 use super::extract::{ApiJson, CurrentUser, MaybeUser};
+use super::paging::{PageQuery, next_cursor};
 use super::{ApiError, AppState};
 use crate::actors::uploads::key_of;
 use crate::actors::{Ingested, UploadMsg};
@@ -23,8 +24,6 @@ use crate::media::{MediaError, StagedUpload, stage};
 
 /// Most images one `/random` call returns.
 const MAX_RANDOM: usize = 100;
-/// Largest page of a listing.
-const MAX_PAGE: usize = 100;
 /// Largest `tags` form field accepted in a multipart upload.
 const MAX_TAGS_FIELD: usize = 4096;
 /// Seconds a client is told to wait when the upload pool is full.
@@ -485,15 +484,6 @@ pub async fn remove_image(state: &AppState, image: &Image) -> Result<(), ApiErro
     Ok(())
 }
 
-#[derive(Deserialize, IntoParams)]
-struct PageQuery {
-    /// Page size, 1 to 100 (default 50).
-    #[param(minimum = 1, maximum = 100)]
-    limit: Option<usize>,
-    /// The `next` value of the previous page.
-    cursor: Option<String>,
-}
-
 #[derive(Serialize, ToSchema)]
 struct ImagePage {
     images: Vec<ImageView>,
@@ -518,23 +508,12 @@ async fn my_images(
     query: Result<Query<PageQuery>, QueryRejection>,
 ) -> Result<Json<ImagePage>, ApiError> {
     let Query(query) = query.map_err(bad_query)?;
-    let limit = query.limit.unwrap_or(50);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::BadRequest(format!(
-            "limit must be from 1 to {MAX_PAGE}"
-        )));
-    }
-    let before = match query.cursor.as_deref() {
-        None => None,
-        Some(c) => Some(
-            c.parse::<ImageId>()
-                .map_err(|_| ApiError::BadRequest(format!("unknown cursor {c:?}")))?,
-        ),
-    };
-    let images = state.store.images_by_owner(user.id, before, limit).await?;
-    let next = (images.len() == limit)
-        .then(|| images.last().map(|i| i.id.to_string()))
-        .flatten();
+    let (limit, before) = query.parse()?;
+    let images = state
+        .store
+        .images_by_owner(user.id, before.map(ImageId), limit)
+        .await?;
+    let next = next_cursor(&images, limit, |i| i.id.0);
     let public_url = &state.settings.http.public_url;
     Ok(Json(ImagePage {
         images: images

@@ -9,6 +9,7 @@ pub mod gateway;
 mod images;
 mod openapi;
 mod ops;
+mod paging;
 mod sessions;
 mod users;
 

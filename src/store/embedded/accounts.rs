@@ -1,13 +1,13 @@
 //! Accounts and sessions in the embedded store. Uniqueness of usernames and addresses is
 //! checked and claimed inside one write transaction, so two sign-ups cannot both win.
 
-use std::ops::Bound;
-
 use async_trait::async_trait;
 use chrono::Utc;
 use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 
-use super::{EmbeddedStore, SESSIONS, USERS, USERS_BY_EMAIL, USERS_BY_USERNAME, decode, encode};
+use super::{
+    EmbeddedStore, SESSIONS, USERS, USERS_BY_EMAIL, USERS_BY_USERNAME, decode, encode, scan,
+};
 use crate::domain::{Session, TokenHash, User, UserId};
 use crate::store::{AccountStore, StoreError};
 
@@ -128,16 +128,8 @@ impl AccountStore for EmbeddedStore {
         after: Option<UserId>,
         limit: usize,
     ) -> Result<Vec<User>, StoreError> {
-        self.with_db(move |db| {
-            let table = db.begin_read()?.open_table(USERS)?;
-            let start = after.map_or(Bound::Unbounded, |id| Bound::Excluded(id.0.as_u128()));
-            table
-                .range::<u128>((start, Bound::Unbounded))?
-                .take(limit)
-                .map(|row| decode(row?.1.value()))
-                .collect()
-        })
-        .await
+        self.with_db(move |db| scan(db, USERS, after.map(|id| id.0), limit))
+            .await
     }
 
     async fn create_session(&self, session: &Session) -> Result<(), StoreError> {

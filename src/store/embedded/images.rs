@@ -5,7 +5,7 @@ use std::ops::Bound;
 use async_trait::async_trait;
 use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 
-use super::{EmbeddedStore, IMAGES, IMAGES_BY_OWNER, IMAGES_BY_SHA1, decode, encode};
+use super::{EmbeddedStore, IMAGES, IMAGES_BY_OWNER, IMAGES_BY_SHA1, decode, encode, scan};
 use crate::domain::{Image, ImageId, Tags, UserId};
 use crate::store::{ImageStore, StoreError};
 
@@ -49,16 +49,8 @@ impl ImageStore for EmbeddedStore {
         after: Option<ImageId>,
         limit: usize,
     ) -> Result<Vec<Image>, StoreError> {
-        self.with_db(move |db| {
-            let table = db.begin_read()?.open_table(IMAGES)?;
-            let start = after.map_or(Bound::Unbounded, |id| Bound::Excluded(id.0.as_u128()));
-            table
-                .range::<u128>((start, Bound::Unbounded))?
-                .take(limit)
-                .map(|row| decode(row?.1.value()))
-                .collect()
-        })
-        .await
+        self.with_db(move |db| scan(db, IMAGES, after.map(|id| id.0), limit))
+            .await
     }
 
     async fn count_images_with_sha1(&self, sha1: &str) -> Result<u64, StoreError> {

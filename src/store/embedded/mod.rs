@@ -7,6 +7,7 @@
 mod accounts;
 mod images;
 
+use std::ops::Bound;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -95,6 +96,22 @@ impl EmbeddedStore {
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// One page of a JSON table keyed by UUID, in key order, after `after`.
+fn scan<T: DeserializeOwned>(
+    db: &Database,
+    table: TableDefinition<u128, &[u8]>,
+    after: Option<uuid::Uuid>,
+    limit: usize,
+) -> Result<Vec<T>, StoreError> {
+    let table = db.begin_read()?.open_table(table)?;
+    let start = after.map_or(Bound::Unbounded, |id| Bound::Excluded(id.as_u128()));
+    table
+        .range::<u128>((start, Bound::Unbounded))?
+        .take(limit)
+        .map(|row| decode(row?.1.value()))
+        .collect()
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
