@@ -6,6 +6,7 @@
 
 pub mod accounts;
 pub mod actors;
+pub mod catalogue;
 pub mod config;
 pub mod domain;
 pub mod http;

@@ -8,8 +8,9 @@ use chrono::{TimeZone, Utc};
 use corral::domain::{
     Email, Image, ImageFormat, ImageId, Session, Tags, TokenHash, User, UserId, Username,
 };
+use corral::domain::{Event, EventId, Location};
 use corral::store::scylla::{ScyllaTarget, migrate};
-use corral::store::{EmbeddedStore, ImageStore, ScyllaStore, Store, StoreError};
+use corral::store::{EmbeddedStore, EventIndex, ImageStore, ScyllaStore, Store, StoreError};
 
 fn image(sha1: &str, n: u32, owner: Option<UserId>) -> Image {
     Image {
@@ -33,6 +34,151 @@ async fn conformance(store: &dyn Store) {
     store.ping().await.expect("ping");
     images(store).await;
     accounts(store).await;
+    events(store).await;
+}
+
+fn event(n: i64, topics: &str, at: (f64, f64)) -> Event {
+    let starts_at = Utc
+        .timestamp_millis_opt(1_900_000_000_000 + n * 3_600_000)
+        .unwrap();
+    Event {
+        id: EventId::new(),
+        title: format!("e{n}"),
+        description: String::new(),
+        topics: Tags::parse_csv(topics).unwrap(),
+        starts_at,
+        ends_at: starts_at,
+        location: Location {
+            name: "x".into(),
+            lat: at.0,
+            lon: at.1,
+        },
+        created_by: UserId::new(),
+        created_at: starts_at,
+    }
+}
+
+/// Every event of one index in `[from, to)`, paged `size` at a time.
+async fn page_all(
+    store: &dyn Store,
+    index: EventIndex<'_>,
+    from: i64,
+    to: i64,
+    size: usize,
+) -> Vec<EventId> {
+    let ms = |h: i64| {
+        Utc.timestamp_millis_opt(1_900_000_000_000 + h * 3_600_000)
+            .unwrap()
+    };
+    let (mut out, mut after) = (Vec::new(), None);
+    loop {
+        let page = store
+            .events_page(index, ms(from), ms(to), after, size)
+            .await
+            .unwrap();
+        let Some(last) = page.last() else { return out };
+        after = Some(last.key());
+        out.extend(page.iter().map(|e| e.id));
+    }
+}
+
+async fn events(store: &dyn Store) {
+    let paris = (48.8566, 2.3522);
+    let london = (51.5074, -0.1278);
+    // Three days of events, two per hour-slot at times, alternating place and topics.
+    let mut all = Vec::new();
+    for n in 0..60 {
+        let e = event(
+            n / 2,
+            if n % 2 == 0 { "a,b" } else { "b" },
+            if n % 3 == 0 { london } else { paris },
+        );
+        store.insert_event(&e).await.unwrap();
+        all.push(e);
+    }
+    all.sort_by_key(Event::key);
+    let ids = |f: &dyn Fn(&Event) -> bool| {
+        all.iter()
+            .filter(|e| f(e))
+            .map(|e| e.id)
+            .collect::<Vec<_>>()
+    };
+
+    assert_eq!(
+        store.get_event(all[0].id).await.unwrap().as_ref(),
+        Some(&all[0])
+    );
+    assert_eq!(store.get_event(EventId::new()).await.unwrap(), None);
+    // Time (crossing day partitions), topic and cell indexes, paged in (start, id) order.
+    assert_eq!(
+        page_all(store, EventIndex::Time, 0, 100, 7).await,
+        ids(&|_| true)
+    );
+    let hour = |e: &Event| (e.starts_at.timestamp_millis() - 1_900_000_000_000) / 3_600_000;
+    assert_eq!(
+        page_all(store, EventIndex::Time, 5, 20, 4).await,
+        ids(&|e| (5..20).contains(&hour(e)))
+    );
+    assert_eq!(
+        page_all(store, EventIndex::Topic("a"), 0, 100, 5).await,
+        ids(&|e| e.topics.as_slice().contains(&"a".to_owned()))
+    );
+    let cell = all[0].cells()[1].clone();
+    assert_eq!(
+        page_all(store, EventIndex::Cell(&cell), 0, 100, 3).await,
+        ids(&|e| e.cells().contains(&cell))
+    );
+
+    // An update moves the index rows; a delete removes them.
+    let before = all[0].clone();
+    let mut after = before.clone();
+    after.topics = Tags::parse_csv("c").unwrap();
+    after.starts_at = before.starts_at + chrono::Duration::hours(200);
+    after.location = Location {
+        name: "y".into(),
+        lat: -33.9,
+        lon: 151.2,
+    };
+    store.update_event(&before, &after).await.unwrap();
+    assert_eq!(
+        store.get_event(before.id).await.unwrap().as_ref(),
+        Some(&after)
+    );
+    assert!(
+        !page_all(store, EventIndex::Topic("a"), 0, 100, 50)
+            .await
+            .contains(&before.id)
+    );
+    assert!(
+        !page_all(store, EventIndex::Time, 0, 100, 50)
+            .await
+            .contains(&before.id)
+    );
+    assert!(
+        !page_all(store, EventIndex::Cell(&before.cells()[0]), 0, 100, 50)
+            .await
+            .contains(&before.id)
+    );
+    assert_eq!(
+        page_all(store, EventIndex::Topic("c"), 0, 300, 50).await,
+        vec![before.id]
+    );
+    assert_eq!(
+        page_all(store, EventIndex::Cell(&after.cells()[1]), 0, 300, 50).await,
+        vec![before.id]
+    );
+    store.delete_event(&after).await.unwrap();
+    assert_eq!(store.get_event(before.id).await.unwrap(), None);
+    assert!(
+        page_all(store, EventIndex::Topic("c"), 0, 300, 50)
+            .await
+            .is_empty()
+    );
+    assert!(
+        !page_all(store, EventIndex::Time, 0, 300, 50)
+            .await
+            .contains(&before.id)
+    );
 }
 
 async fn images(store: &dyn Store) {

@@ -3,6 +3,7 @@
 
 mod admin;
 pub mod error;
+mod events;
 mod extract;
 mod files;
 pub mod gateway;
@@ -52,6 +53,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(users::router())
         .merge(sessions::router())
         .merge(admin::router())
+        .merge(events::router())
         .merge(ops::router())
         .split_for_parts();
     (routes, openapi::finish(doc))

@@ -14,6 +14,7 @@ use utoipa::{Modify, OpenApi as _};
     tags(
         (name = "images", description = "Uploads, files and the random sample"),
         (name = "accounts", description = "Sign-up, sessions and your account"),
+        (name = "events", description = "The events catalogue"),
         (name = "admin", description = "Admin-only routes"),
         (name = "ops", description = "Metrics, health and readiness"),
     ),

@@ -10,7 +10,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::domain::{Image, ImageId, Session, Tags, TokenHash, User, UserId};
+use chrono::{DateTime, Utc};
+
+use crate::domain::{
+    Event, EventId, EventKey, Image, ImageId, Session, Tags, TokenHash, User, UserId,
+};
 
 pub use embedded::EmbeddedStore;
 pub use scylla::ScyllaStore;
@@ -106,9 +110,46 @@ pub trait AccountStore: Send + Sync {
     async fn delete_session(&self, user: UserId, hash: TokenHash) -> Result<(), StoreError>;
 }
 
+/// Which index a catalogue page is read from. Every index is ordered by (start, id).
+#[derive(Debug, Clone, Copy)]
+pub enum EventIndex<'a> {
+    /// All events (`events_by_day`).
+    Time,
+    /// Events with this topic (`events_by_topic`).
+    Topic(&'a str),
+    /// Events in this geohash cell (`events_by_geohash`).
+    Cell(&'a str),
+}
+
+/// The events catalogue.
+#[async_trait]
+pub trait EventStore: Send + Sync {
+    /// Stores an event and its index rows.
+    async fn insert_event(&self, event: &Event) -> Result<(), StoreError>;
+
+    async fn get_event(&self, id: EventId) -> Result<Option<Event>, StoreError>;
+
+    /// Writes `after` over `before`, moving the index rows whose topic, day or cell changed.
+    async fn update_event(&self, before: &Event, after: &Event) -> Result<(), StoreError>;
+
+    /// Removes an event and its index rows.
+    async fn delete_event(&self, event: &Event) -> Result<(), StoreError>;
+
+    /// Up to `limit` events from `index` that start in `[from, to)`, after the position
+    /// `after` if given, in (start, id) order.
+    async fn events_page(
+        &self,
+        index: EventIndex<'_>,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        after: Option<EventKey>,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError>;
+}
+
 /// Everything a backend provides.
 #[async_trait]
-pub trait Store: ImageStore + AccountStore {
+pub trait Store: ImageStore + AccountStore + EventStore {
     /// Cheap round trip proving the store answers (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;
 

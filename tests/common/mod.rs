@@ -114,6 +114,21 @@ impl TestApp {
         self.log_in(name).await
     }
 
+    /// Signs up `root`, makes it an admin through the store, and returns its token.
+    pub async fn admin(&self) -> String {
+        assert_eq!(self.sign_up("root").await.status(), 201);
+        let before = self
+            .store
+            .find_user("root")
+            .await
+            .unwrap()
+            .expect("root exists");
+        let mut after = before.clone();
+        after.admin = true;
+        self.store.update_user(&before, &after).await.unwrap();
+        self.log_in("root").await
+    }
+
     /// A request builder carrying the `tester` session.
     pub fn authed(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.client

@@ -5,6 +5,7 @@
 //! (a row and its index rows) commit in one transaction.
 
 mod accounts;
+mod events;
 mod images;
 
 use std::ops::Bound;
@@ -33,6 +34,17 @@ const USERS_BY_USERNAME: TableDefinition<&str, u128> = TableDefinition::new("use
 const USERS_BY_EMAIL: TableDefinition<&str, u128> = TableDefinition::new("users_by_email");
 /// `sessions`: (user id, token hash) -> JSON record.
 const SESSIONS: TableDefinition<(u128, [u8; 32]), &[u8]> = TableDefinition::new("sessions");
+
+/// `events`: id -> JSON record.
+const EVENTS: TableDefinition<u128, &[u8]> = TableDefinition::new("events");
+/// `events_by_topic`: (topic, start ms, id) -> ().
+const EVENTS_BY_TOPIC: TableDefinition<(&str, i64, u128), ()> =
+    TableDefinition::new("events_by_topic");
+/// `events_by_day`: (UTC day, start ms, id) -> ().
+const EVENTS_BY_DAY: TableDefinition<(i32, i64, u128), ()> = TableDefinition::new("events_by_day");
+/// `events_by_geohash`: (cell, start ms, id) -> (), one row per indexed precision.
+const EVENTS_BY_GEOHASH: TableDefinition<(&str, i64, u128), ()> =
+    TableDefinition::new("events_by_geohash");
 
 /// How long `close` waits for in-flight calls to release the database.
 const CLOSE_WAIT: Duration = Duration::from_secs(10);
@@ -70,6 +82,10 @@ impl EmbeddedStore {
         tx.open_table(USERS_BY_USERNAME)?;
         tx.open_table(USERS_BY_EMAIL)?;
         tx.open_table(SESSIONS)?;
+        tx.open_table(EVENTS)?;
+        tx.open_table(EVENTS_BY_TOPIC)?;
+        tx.open_table(EVENTS_BY_DAY)?;
+        tx.open_table(EVENTS_BY_GEOHASH)?;
         tx.commit()?;
         Ok(Self {
             db: RwLock::new(Some(Arc::new(db))),

@@ -3,6 +3,7 @@
 //! comes from `schema/*.cql` (applied by `corral migrate`).
 
 mod accounts;
+mod events;
 mod images;
 
 use async_trait::async_trait;
@@ -24,6 +25,10 @@ pub const SCHEMA: &[(&str, &str)] = &[
         "002_accounts.cql",
         include_str!("../../../schema/002_accounts.cql"),
     ),
+    (
+        "003_events.cql",
+        include_str!("../../../schema/003_events.cql"),
+    ),
 ];
 
 /// Where the cluster is and which keyspace is ours.
@@ -42,6 +47,7 @@ pub struct ScyllaStore {
     session: Session,
     images: images::Statements,
     accounts: accounts::Statements,
+    events: events::Statements,
     ping: PreparedStatement,
 }
 
@@ -99,6 +105,7 @@ impl ScyllaStore {
         Ok(Self {
             images: images::Statements::prepare(&session, ks).await?,
             accounts: accounts::Statements::prepare(&session, ks).await?,
+            events: events::Statements::prepare(&session, ks).await?,
             ping: prepare(&session, "SELECT now() FROM system.local".into()).await?,
             session,
         })

@@ -1,0 +1,125 @@
+//! Searching the events catalogue: any combination of topic, time range and place.
+//!
+//! The most selective index answers (place, then topic, then time); the other filters are
+//! checked exactly on each event, including the true great-circle distance. Pages follow
+//! the catalogue's (start, id) order, and the cursor is the position of the last event
+//! examined, so pages neither repeat nor skip events, however the filters thin them out.
+
+use chrono::{DateTime, Utc};
+
+use crate::domain::geo::Point;
+use crate::domain::{Event, EventKey};
+use crate::store::{EventIndex, SharedStore, StoreError};
+
+/// Events read from an index per round trip.
+const BATCH: usize = 200;
+/// Most events examined for one page; past this the page ends early with a cursor.
+const MAX_SCAN: usize = 5000;
+
+/// One search. `from..to` bounds the start time.
+#[derive(Debug, Clone)]
+pub struct Search {
+    pub topic: Option<String>,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub near: Option<(Point, f64)>,
+    pub after: Option<EventKey>,
+    pub limit: usize,
+}
+
+impl Search {
+    fn matches(&self, event: &Event) -> bool {
+        let topic_ok = self
+            .topic
+            .as_ref()
+            .is_none_or(|t| event.topics.as_slice().contains(t));
+        let place_ok = self
+            .near
+            .is_none_or(|(p, r)| event.location.point().distance_km(p) <= r);
+        topic_ok && place_ok
+    }
+}
+
+/// A page of results and the cursor for the next one (none once the range is exhausted).
+pub struct Page {
+    pub events: Vec<Event>,
+    pub next: Option<EventKey>,
+}
+
+pub async fn search(store: &SharedStore, search: &Search) -> Result<Page, StoreError> {
+    let cells = search.near.map(|(p, r)| p.covering_cells(r));
+    let mut cursor = search.after;
+    let (mut events, mut scanned) = (Vec::new(), 0);
+    loop {
+        let (batch, exhausted) = match &cells {
+            Some(cells) => cell_batch(store, cells, search, cursor).await?,
+            None => {
+                let index = search
+                    .topic
+                    .as_deref()
+                    .map_or(EventIndex::Time, EventIndex::Topic);
+                let batch = store
+                    .events_page(index, search.from, search.to, cursor, BATCH)
+                    .await?;
+                let exhausted = batch.len() < BATCH;
+                (batch, exhausted)
+            }
+        };
+        for event in batch {
+            scanned += 1;
+            cursor = Some(event.key());
+            if search.matches(&event) {
+                events.push(event);
+                if events.len() == search.limit {
+                    return Ok(Page {
+                        events,
+                        next: cursor,
+                    });
+                }
+            }
+        }
+        if exhausted {
+            return Ok(Page { events, next: None });
+        }
+        if scanned >= MAX_SCAN {
+            return Ok(Page {
+                events,
+                next: cursor,
+            });
+        }
+    }
+}
+
+/// The next events after `cursor` across several cells, merged in order. Complete up to
+/// the last event returned: a cell that filled its batch may hold more after it.
+async fn cell_batch(
+    store: &SharedStore,
+    cells: &[String],
+    search: &Search,
+    cursor: Option<EventKey>,
+) -> Result<(Vec<Event>, bool), StoreError> {
+    let mut merged = Vec::new();
+    let mut complete_until: Option<EventKey> = None;
+    for cell in cells {
+        let page = store
+            .events_page(
+                EventIndex::Cell(cell),
+                search.from,
+                search.to,
+                cursor,
+                BATCH,
+            )
+            .await?;
+        if page.len() == BATCH {
+            let last = page.last().map(Event::key);
+            complete_until = complete_until.min(last).or(last);
+        }
+        merged.extend(page);
+    }
+    merged.sort_by_key(Event::key);
+    merged.dedup_by_key(|e| e.id);
+    if let Some(limit) = complete_until {
+        merged.retain(|e| e.key() <= limit);
+    }
+    Ok((merged, complete_until.is_none()))
+}

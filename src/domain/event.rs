@@ -1,0 +1,170 @@
+//! Events in the catalogue: what they are, where and when, and the rules their fields obey.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::geo::Point;
+use super::{Tags, UserId};
+
+pub const TITLE_LEN: std::ops::RangeInclusive<usize> = 1..=200;
+pub const MAX_DESCRIPTION_LEN: usize = 5000;
+pub const MAX_PLACE_NAME_LEN: usize = 200;
+/// Most topics one event may have.
+pub const MAX_TOPICS: usize = 10;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EventError {
+    #[error("title must be 1 to 200 characters")]
+    BadTitle,
+    #[error("description must be at most 5000 characters")]
+    BadDescription,
+    #[error(
+        "an event has 1 to {MAX_TOPICS} topics of 1 to 64 characters of a-z, 0-9, '-', '_' or '.'"
+    )]
+    BadTopics,
+    #[error("ends_at must not be before starts_at")]
+    EndsBeforeStart,
+    #[error("location name must be 1 to 200 characters")]
+    BadPlaceName,
+    #[error("lat must be within -90..90 and lon within -180..180")]
+    BadCoordinates,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EventId(pub Uuid);
+
+impl EventId {
+    pub fn new() -> Self {
+        Self(Uuid::now_v7())
+    }
+}
+
+impl Default for EventId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for EventId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(Self)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Location {
+    pub name: String,
+    pub lat: f64,
+    pub lon: f64,
+}
+
+impl Location {
+    pub fn parse(name: String, lat: f64, lon: f64) -> Result<Self, EventError> {
+        let name = name.trim().to_owned();
+        if name.is_empty() || name.chars().count() > MAX_PLACE_NAME_LEN {
+            return Err(EventError::BadPlaceName);
+        }
+        Point::new(lat, lon).ok_or(EventError::BadCoordinates)?;
+        Ok(Self { name, lat, lon })
+    }
+
+    pub fn point(&self) -> Point {
+        Point {
+            lat: self.lat,
+            lon: self.lon,
+        }
+    }
+}
+
+/// One event. Times are UTC; clients may send any offset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: EventId,
+    pub title: String,
+    pub description: String,
+    /// Lowercased, sorted, de-duplicated (the same rules as image tags).
+    pub topics: Tags,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: DateTime<Utc>,
+    pub location: Location,
+    pub created_by: UserId,
+    pub created_at: DateTime<Utc>,
+}
+
+impl Event {
+    /// Checks the fields a client controls.
+    pub fn validate(&self) -> Result<(), EventError> {
+        if !TITLE_LEN.contains(&self.title.trim().chars().count()) {
+            return Err(EventError::BadTitle);
+        }
+        if self.description.chars().count() > MAX_DESCRIPTION_LEN {
+            return Err(EventError::BadDescription);
+        }
+        if self.topics.as_slice().is_empty() || self.topics.as_slice().len() > MAX_TOPICS {
+            return Err(EventError::BadTopics);
+        }
+        if self.ends_at < self.starts_at {
+            return Err(EventError::EndsBeforeStart);
+        }
+        Ok(())
+    }
+
+    /// Where this event sits in every index: (start time, id).
+    pub fn key(&self) -> EventKey {
+        EventKey {
+            starts_at_ms: self.starts_at.timestamp_millis(),
+            id: self.id,
+        }
+    }
+
+    /// The geohash cells this event is indexed under.
+    pub fn cells(&self) -> Vec<String> {
+        super::geo::INDEXED_PRECISIONS
+            .iter()
+            .map(|p| self.location.point().geohash(*p))
+            .collect()
+    }
+}
+
+/// A position in the catalogue's order (start time, then id); also the paging cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EventKey {
+    pub starts_at_ms: i64,
+    pub id: EventId,
+}
+
+impl EventKey {
+    /// `<start ms>.<id>`: opaque to clients.
+    pub fn to_cursor(self) -> String {
+        format!("{}.{}", self.starts_at_ms, self.id)
+    }
+
+    pub fn parse_cursor(s: &str) -> Option<Self> {
+        let (ms, id) = s.split_once('.')?;
+        Some(Self {
+            starts_at_ms: ms.parse().ok()?,
+            id: id.parse().ok()?,
+        })
+    }
+
+    pub fn starts_at(self) -> Option<DateTime<Utc>> {
+        Utc.timestamp_millis_opt(self.starts_at_ms).single()
+    }
+}
+
+/// The day (since the Unix epoch, UTC) an instant falls on: the `events_by_day` partition.
+pub fn day_of(t: DateTime<Utc>) -> i32 {
+    i32::try_from(t.timestamp().div_euclid(86_400)).unwrap_or(i32::MAX)
+}
