@@ -162,10 +162,11 @@ impl Accounts {
 
     pub async fn log_out(&self, token: &str) -> Result<(), AccountsError> {
         if let Some(token) = SessionToken::parse(token) {
-            self.sessions.invalidate(&token.hash()).await;
+            // Store first: a lookup racing this cannot re-cache a session that is gone.
             self.store
                 .delete_session(token.user_id, token.hash())
                 .await?;
+            self.sessions.invalidate(&token.hash()).await;
         }
         Ok(())
     }
@@ -198,7 +199,10 @@ impl Accounts {
             let old = std::mem::replace(&mut user.email, email.clone());
             user.secondary_emails.retain(|e| *e != email);
             user.secondary_emails.insert(0, old);
-            user.secondary_emails.truncate(max);
+            if user.secondary_emails.len() > max {
+                // Keeping the old primary would push out another address: refuse instead.
+                return Err(AccountsError::TooManyEmails(max));
+            }
             Ok(())
         })
         .await

@@ -47,7 +47,9 @@ pub struct Page {
 }
 
 pub async fn search(store: &SharedStore, search: &Search) -> Result<Page, StoreError> {
-    let cells = search.near.map(|(p, r)| p.covering_cells(r));
+    // Near a pole the cover would take too many cells: the topic or time index then
+    // answers, and the exact distance check still filters.
+    let cells = search.near.and_then(|(p, r)| p.covering_cells(r));
     let mut cursor = search.after;
     let (mut events, mut scanned) = (Vec::new(), 0);
     loop {

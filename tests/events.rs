@@ -246,6 +246,16 @@ async fn the_radius_includes_its_boundary_and_nothing_beyond() {
     };
     assert_eq!(titles(&app, &query(exact)).await, ["edge"]);
     assert!(titles(&app, &query(exact - 1e-9)).await.is_empty());
+
+    // Near a pole the place index gives way to the time index; the distance still counts.
+    create(
+        &app,
+        &admin,
+        &event("pole", &["x"], (89.95, 10.0), base() + Duration::hours(2)),
+    )
+    .await;
+    let polar = format!("from={}&near=89.9,0&radius_km=25", at(base()));
+    assert_eq!(titles(&app, &polar).await, ["pole"]);
 }
 
 #[tokio::test]

@@ -17,7 +17,10 @@ const FILL_PAGE: usize = 1000;
 
 /// The published sample: a snapshot swapped whole on every change.
 #[derive(Clone, Default)]
-pub struct Sample(Arc<ArcSwap<Vec<Arc<ImageSummary>>>>);
+pub struct Sample(
+    Arc<ArcSwap<Vec<Arc<ImageSummary>>>>,
+    Arc<std::sync::atomic::AtomicBool>,
+);
 
 impl Sample {
     /// Up to `count` distinct images, picked uniformly from the current snapshot.
@@ -28,6 +31,11 @@ impl Sample {
             .into_iter()
             .map(|i| snapshot[i].clone())
             .collect()
+    }
+
+    /// Whether the sample has been filled from the store at least once (for `/readyz`).
+    pub fn is_filled(&self) -> bool {
+        self.1.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn len(&self) -> usize {
@@ -64,6 +72,7 @@ pub struct ImagePoolArgs {
 pub struct ImagePoolState {
     reservoir: Reservoir<Arc<ImageSummary>>,
     sample: Sample,
+    store: SharedStore,
 }
 
 impl Actor for ImagePool {
@@ -77,27 +86,42 @@ impl Actor for ImagePool {
         _: ActorRef<Self::Msg>,
         args: ImagePoolArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let mut reservoir = Reservoir::new(args.capacity);
+        // The fill happens in post_start: by then the supervisor has published this actor,
+        // so uploads and deletes made during the fill queue up instead of being lost.
+        Ok(ImagePoolState {
+            reservoir: Reservoir::new(args.capacity),
+            sample: args.sample,
+            store: args.store,
+        })
+    }
+
+    #[tracing::instrument(name = "image_pool.fill", skip_all)]
+    async fn post_start(
+        &self,
+        _: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         let mut after: Option<ImageId> = None;
         loop {
-            let page = args.store.scan_images(after, FILL_PAGE).await?;
+            let page = state.store.scan_images(after, FILL_PAGE).await?;
             let Some(last) = page.last() else { break };
             after = Some(last.id);
             let mut rng = rand::rng();
             for image in &page {
-                reservoir.offer(Arc::new(image.summary()), &mut rng);
+                state.reservoir.offer(Arc::new(image.summary()), &mut rng);
             }
         }
-        args.sample.publish(reservoir.items());
+        state.sample.publish(state.reservoir.items());
+        state
+            .sample
+            .1
+            .store(true, std::sync::atomic::Ordering::Release);
         tracing::info!(
-            seen = reservoir.seen(),
-            sampled = reservoir.items().len(),
+            seen = state.reservoir.seen(),
+            sampled = state.reservoir.items().len(),
             "image sample filled"
         );
-        Ok(ImagePoolState {
-            reservoir,
-            sample: args.sample,
-        })
+        Ok(())
     }
 
     async fn handle(
@@ -107,6 +131,9 @@ impl Actor for ImagePool {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
+            // An upload made during the fill may also have been scanned: offer it once.
+            ImagePoolMsg::Add(summary)
+                if state.reservoir.items().iter().any(|s| s.id == summary.id) => {}
             ImagePoolMsg::Add(summary) => {
                 if state.reservoir.offer(Arc::new(summary), &mut rand::rng()) {
                     state.sample.publish(state.reservoir.items());

@@ -18,7 +18,7 @@ use crate::store::SharedStore;
 const CHILD_STOP_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Child {
+pub enum Child {
     ImagePool,
     Uploads,
 }
@@ -59,8 +59,13 @@ pub struct SupervisorState {
 
 pub struct Supervisor;
 
-/// The supervisor has no messages of its own: it only reacts to its children.
-pub enum SupervisorMsg {}
+/// Delay before another try when a child failed to restart.
+const RETRY_BACKOFF: Duration = Duration::from_millis(500);
+
+pub enum SupervisorMsg {
+    /// Try to start this child again (after a restart that failed).
+    Restart(Child),
+}
 
 impl Actor for Supervisor {
     type Msg = SupervisorMsg;
@@ -116,13 +121,44 @@ impl Actor for Supervisor {
             return Ok(());
         };
         tracing::error!(actor = child.name(), "child {why}");
-        if !within_budget(state, child) {
-            return Err(format!("{} exceeded its restart budget", child.name()).into());
-        }
-        metrics::counter!("corral_actor_restarts_total", "actor" => child.name()).increment(1);
-        start_child(state, child, myself.get_cell()).await?;
-        tracing::warn!(actor = child.name(), "child restarted");
+        restart(state, child, &myself).await;
         Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: SupervisorMsg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let SupervisorMsg::Restart(child) = msg;
+        restart(state, child, &myself).await;
+        Ok(())
+    }
+}
+
+/// Restarts `child` if its budget allows. A restart that fails is retried after a pause
+/// (and counts against the budget); once the budget is spent the child stays down, the
+/// others keep running, and `/readyz` reports it.
+async fn restart(state: &mut SupervisorState, child: Child, myself: &ActorRef<SupervisorMsg>) {
+    if !within_budget(state, child) {
+        tracing::error!(
+            actor = child.name(),
+            "restart budget spent; the child stays down"
+        );
+        match child {
+            Child::ImagePool => state.args.actors.image_pool.set(None),
+            Child::Uploads => state.args.actors.uploads.set(None),
+        }
+        return;
+    }
+    metrics::counter!("corral_actor_restarts_total", "actor" => child.name()).increment(1);
+    match start_child(state, child, myself.get_cell()).await {
+        Ok(()) => tracing::warn!(actor = child.name(), "child restarted"),
+        Err(e) => {
+            tracing::error!(actor = child.name(), error = %e, "restart failed; retrying");
+            myself.send_after(RETRY_BACKOFF, move || SupervisorMsg::Restart(child));
+        }
     }
 }
 

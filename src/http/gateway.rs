@@ -170,13 +170,18 @@ async fn rate_limit(
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    if !state.limits.enabled {
+    // Probes and the metrics scraper are never limited: an orchestrator must not see 429.
+    let is_ops = matches!(request.uri().path(), "/healthz" | "/readyz" | "/metrics");
+    if !state.limits.enabled || is_ops {
         return Ok(next.run(request).await);
     }
-    let user = match bearer(request.headers()) {
+    let class = classify(&request);
+    // Sign-in and sign-up attempts are always counted per address: a token must not buy a
+    // bucket of its own (an attacker could open accounts to multiply buckets).
+    let user = match (class, bearer(request.headers())) {
+        (Class::Auth, _) | (_, None) => None,
         // An invalid token is the handler's to refuse; here it only means "anonymous".
-        Some(token) => state.accounts.authenticate(token).await.ok().flatten(),
-        None => None,
+        (_, Some(token)) => state.accounts.authenticate(token).await.ok().flatten(),
     };
     let client = match &user {
         Some(user) => Client::User(user.id),
@@ -190,7 +195,6 @@ async fn rate_limit(
     if let Some(user) = user {
         request.extensions_mut().insert(user);
     }
-    let class = classify(&request);
     if let Err(retry_after_secs) = state.limits.check(class, &client) {
         metrics::counter!("corral_rate_limited_total").increment(1);
         return Err(ApiError::TooManyRequests {

@@ -177,11 +177,13 @@ async fn stage_and_ingest(
             retry_after_secs: RETRY_AFTER_SECS,
         })?;
     let limit = state.settings.uploads.max_bytes;
-    if content_length(request.headers()).is_some_and(|n| n > limit) {
-        return Err(MediaError::TooLarge { limit }.into());
-    }
     let (staged, tags) = match content_type(request.headers()).as_str() {
         t if t.starts_with("image/") => {
+            // A raw body is the file itself, so its declared length can refuse it at once
+            // (a multipart body's length includes the form's framing).
+            if content_length(request.headers()).is_some_and(|n| n > limit) {
+                return Err(MediaError::TooLarge { limit }.into());
+            }
             let tags = Tags::parse_csv(query.tags.as_deref().unwrap_or(""))?;
             (
                 stage(&state.media, request.into_body().into_data_stream(), limit).await?,

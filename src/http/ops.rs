@@ -45,19 +45,23 @@ async fn healthz() -> Json<Status> {
     Json(Status { status: "ok" })
 }
 
-/// Readiness: the store answers and every actor runs.
+/// Readiness: the store answers, every actor runs, and the random sample is filled.
 #[utoipa::path(get, path = "/readyz", tag = "ops", responses(
     (status = 200, description = "Ready", body = Status),
     (status = 503, description = "Not ready, and why", body = ProblemDoc, content_type = "application/problem+json"),
 ))]
 async fn readyz(State(state): State<AppState>) -> Result<Json<Status>, ApiError> {
-    state
-        .store
-        .ping()
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("the store does not answer: {e}")))?;
+    state.store.ping().await.map_err(|e| {
+        tracing::warn!(error = %e, "readiness: the store does not answer");
+        ApiError::Unavailable("the store does not answer".into())
+    })?;
     if !state.actors.all_running() {
         return Err(ApiError::Unavailable("an actor is not running".into()));
+    }
+    if !state.actors.sample.is_filled() {
+        return Err(ApiError::Unavailable(
+            "the random sample is still being filled".into(),
+        ));
     }
     Ok(Json(Status { status: "ready" }))
 }

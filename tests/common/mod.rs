@@ -71,6 +71,15 @@ impl TestApp {
             stop: Some(stop),
             task: Some(task),
         };
+        // Like an orchestrator, wait for readiness (the sample fills in the background).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while app.get("/readyz").await.status() != 200 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the app never became ready"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
         // On a reused data dir the user exists already; signing up then answers 409.
         app.sign_up("tester").await;
         app.token = app.log_in("tester").await;

@@ -119,6 +119,51 @@ impl Statements {
     }
 }
 
+/// One index row of an event.
+#[derive(Debug, Clone, PartialEq)]
+enum IndexRow {
+    Topic(String, DateTime<Utc>, Uuid),
+    Day(i32, DateTime<Utc>, Uuid),
+    Cell(String, DateTime<Utc>, Uuid),
+}
+
+fn index_rows(event: &Event) -> Vec<IndexRow> {
+    let (t, id) = (event.starts_at, event.id.0);
+    let topics = event
+        .topics
+        .as_slice()
+        .iter()
+        .map(|topic| IndexRow::Topic(topic.clone(), t, id));
+    let cells = event
+        .cells()
+        .into_iter()
+        .map(|cell| IndexRow::Cell(cell, t, id));
+    topics
+        .chain([IndexRow::Day(day_of(t), t, id)])
+        .chain(cells)
+        .collect()
+}
+
+impl IndexRow {
+    fn statement(&self, st: &Statements, add: bool) -> PreparedStatement {
+        match (self, add) {
+            (Self::Topic(..), true) => st.add_topic.clone(),
+            (Self::Topic(..), false) => st.remove_topic.clone(),
+            (Self::Day(..), true) => st.add_day.clone(),
+            (Self::Day(..), false) => st.remove_day.clone(),
+            (Self::Cell(..), true) => st.add_cell.clone(),
+            (Self::Cell(..), false) => st.remove_cell.clone(),
+        }
+    }
+
+    fn values(&self) -> Box<dyn scylla::serialize::row::SerializeRow + Send + Sync> {
+        match self.clone() {
+            Self::Topic(key, t, id) | Self::Cell(key, t, id) => Box::new((key, t, id)),
+            Self::Day(day, t, id) => Box::new((day, t, id)),
+        }
+    }
+}
+
 fn from_row(row: EventRow) -> Result<Event, StoreError> {
     let (
         id,
@@ -153,54 +198,49 @@ fn from_row(row: EventRow) -> Result<Event, StoreError> {
 }
 
 impl ScyllaStore {
-    /// Writes or removes every index row of `event` in one logged batch, plus the row.
-    async fn event_rows(&self, event: &Event, add: bool) -> Result<(), StoreError> {
+    /// In one logged batch: removes the index rows of `old` that `new` does not have, and
+    /// writes every row of `new`, or deletes the event row when there is no `new`. Rows a
+    /// change keeps are overwritten, never deleted and rewritten (a tombstone with the same
+    /// timestamp would hide the rewrite).
+    async fn event_rows(&self, old: Option<&Event>, new: Option<&Event>) -> Result<(), StoreError> {
         let st = &self.events;
+        let keep: Vec<IndexRow> = new.map(index_rows).unwrap_or_default();
         let mut batch = Batch::new(BatchType::Logged);
         let mut values: Vec<Box<dyn scylla::serialize::row::SerializeRow + Send + Sync>> =
             Vec::new();
-        let (starts_at, id) = (event.starts_at, event.id.0);
-        for topic in event.topics.as_slice() {
-            batch.append_statement(if add {
-                st.add_topic.clone()
-            } else {
-                st.remove_topic.clone()
-            });
-            values.push(Box::new((topic.clone(), starts_at, id)));
+        for row in old.map(index_rows).unwrap_or_default() {
+            if !keep.contains(&row) {
+                batch.append_statement(row.statement(st, false));
+                values.push(row.values());
+            }
         }
-        batch.append_statement(if add {
-            st.add_day.clone()
-        } else {
-            st.remove_day.clone()
-        });
-        values.push(Box::new((day_of(starts_at), starts_at, id)));
-        for cell in event.cells() {
-            batch.append_statement(if add {
-                st.add_cell.clone()
-            } else {
-                st.remove_cell.clone()
-            });
-            values.push(Box::new((cell, starts_at, id)));
+        for row in &keep {
+            batch.append_statement(row.statement(st, true));
+            values.push(row.values());
         }
-        if add {
-            batch.append_statement(st.write.clone());
-            let l = &event.location;
-            values.push(Box::new((
-                id,
-                event.title.clone(),
-                event.description.clone(),
-                event.topics.as_slice().to_vec(),
-                starts_at,
-                event.ends_at,
-                l.name.clone(),
-                l.lat,
-                l.lon,
-                event.created_by.0,
-                event.created_at,
-            )));
-        } else {
-            batch.append_statement(st.delete.clone());
-            values.push(Box::new((id,)));
+        match (new, old) {
+            (Some(event), _) => {
+                batch.append_statement(st.write.clone());
+                let l = &event.location;
+                values.push(Box::new((
+                    event.id.0,
+                    event.title.clone(),
+                    event.description.clone(),
+                    event.topics.as_slice().to_vec(),
+                    event.starts_at,
+                    event.ends_at,
+                    l.name.clone(),
+                    l.lat,
+                    l.lon,
+                    event.created_by.0,
+                    event.created_at,
+                )));
+            }
+            (None, Some(event)) => {
+                batch.append_statement(st.delete.clone());
+                values.push(Box::new((event.id.0,)));
+            }
+            (None, None) => return Ok(()),
         }
         self.session.batch(&batch, values).await.map_err(err)?;
         Ok(())
@@ -232,7 +272,7 @@ impl ScyllaStore {
 #[async_trait]
 impl EventStore for ScyllaStore {
     async fn insert_event(&self, event: &Event) -> Result<(), StoreError> {
-        self.event_rows(event, true).await
+        self.event_rows(None, Some(event)).await
     }
 
     async fn get_event(&self, id: EventId) -> Result<Option<Event>, StoreError> {
@@ -248,12 +288,11 @@ impl EventStore for ScyllaStore {
     }
 
     async fn update_event(&self, before: &Event, after: &Event) -> Result<(), StoreError> {
-        self.event_rows(before, false).await?;
-        self.event_rows(after, true).await
+        self.event_rows(Some(before), Some(after)).await
     }
 
     async fn delete_event(&self, event: &Event) -> Result<(), StoreError> {
-        self.event_rows(event, false).await
+        self.event_rows(Some(event), None).await
     }
 
     async fn events_page(

@@ -84,7 +84,12 @@ impl Statements {
                 format!("SELECT id FROM {ks}.images_by_owner WHERE owner = ? AND id < ? LIMIT ?"),
             )
             .await?,
-            set_tags: prepare(s, format!("UPDATE {ks}.images SET tags = ? WHERE id = ?")).await?,
+            // IF EXISTS: a plain UPDATE would recreate a row deleted meanwhile.
+            set_tags: prepare(
+                s,
+                format!("UPDATE {ks}.images SET tags = ? WHERE id = ? IF EXISTS"),
+            )
+            .await?,
             delete: prepare(s, format!("DELETE FROM {ks}.images WHERE id = ?")).await?,
             delete_by_sha1: prepare(
                 s,
@@ -248,8 +253,12 @@ impl ImageStore for ScyllaStore {
         let Some(mut image) = self.get_image(id).await? else {
             return Ok(None);
         };
-        self.run(&self.images.set_tags, (tags.as_slice(), id.0))
-            .await?;
+        if !self
+            .lwt(&self.images.set_tags, (tags.as_slice(), id.0))
+            .await?
+        {
+            return Ok(None);
+        }
         image.tags = tags.clone();
         Ok(Some(image))
     }
