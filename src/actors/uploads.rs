@@ -13,6 +13,7 @@ use ractor::factory::{
     worker_builder,
 };
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr};
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::{ActorSlot, ImagePoolMsg};
 use crate::domain::{Image, ImageId, ImageName, Tags, UserId};
@@ -33,6 +34,8 @@ pub enum IngestError {
     Store(#[from] StoreError),
     #[error("the inspection task failed: {0}")]
     Task(String),
+    #[error("the caller stopped waiting")]
+    Abandoned,
 }
 
 /// A stored upload, and whether its bytes were new or already on disk.
@@ -48,6 +51,9 @@ pub enum UploadMsg {
         staged: StagedUpload,
         tags: Tags,
         owner: Option<UserId>,
+        /// The upload's admission permit, held until the job is done or dropped, so
+        /// `uploads.max_in_flight` also bounds jobs whose caller has timed out.
+        permit: OwnedSemaphorePermit,
         reply: RpcReplyPort<Result<Ingested, IngestError>>,
     },
     /// Remove an image's record, and its file once no record shares it. Keyed by the
@@ -96,6 +102,7 @@ impl Worker for UploadWorker {
                 staged,
                 tags,
                 owner,
+                permit,
                 reply,
             } => {
                 if reply.is_closed() {
@@ -104,7 +111,8 @@ impl Worker for UploadWorker {
                     tracing::warn!("upload abandoned by its caller before a worker took it");
                     return Ok(key);
                 }
-                let result = ingest(deps, staged, tags, owner).await;
+                let result = ingest(deps, staged, tags, owner, || reply.is_closed()).await;
+                drop(permit);
                 if let (Ok(done), Some(pool)) = (&result, deps.image_pool.get()) {
                     let _ = pool.cast(ImagePoolMsg::Add(done.image.summary()));
                 }
@@ -129,16 +137,24 @@ async fn ingest(
     staged: StagedUpload,
     tags: Tags,
     owner: Option<UserId>,
+    caller_gone: impl Fn() -> bool,
 ) -> Result<Ingested, IngestError> {
-    let (media, limits, bytes) = (deps.media.clone(), deps.limits, staged.bytes);
-    let (inspected, name, new_file) = tokio::task::spawn_blocking(move || {
-        let inspected = inspect(&staged.path, limits)?;
-        let name = ImageName::new(staged.sha1, inspected.format);
-        let new_file = media.commit(staged.path, &name)?;
-        Ok::<_, MediaError>((inspected, name, new_file))
-    })
-    .await
-    .map_err(|e| IngestError::Task(e.to_string()))??;
+    let (limits, bytes, sha1) = (deps.limits, staged.bytes, staged.sha1);
+    let (inspected, staged) = tokio::task::spawn_blocking(move || inspect(&staged.path, limits).map(|i| (i, staged)))
+        .await
+        .map_err(|e| IngestError::Task(e.to_string()))??;
+    // The inspection is the slow part: if the caller gave up meanwhile (and was told
+    // 503), keep nothing. Dropping `staged` deletes the temp file.
+    if caller_gone() {
+        return Err(IngestError::Abandoned);
+    }
+    let name = ImageName::new(sha1, inspected.format);
+    let media = deps.media.clone();
+    let commit_name = name.clone();
+    let new_file = tokio::task::spawn_blocking(move || media.commit(staged.path, &commit_name))
+        .await
+        .map_err(|e| IngestError::Task(e.to_string()))?
+        .map_err(MediaError::from)?;
 
     let image = Image {
         id: ImageId::new(),

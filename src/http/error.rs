@@ -171,6 +171,10 @@ impl From<IngestError> for ApiError {
             IngestError::Media(e) => e.into(),
             IngestError::Store(e) => e.into(),
             IngestError::Task(e) => Self::Internal(e),
+            IngestError::Abandoned => Self::Overloaded {
+                detail: "the upload took too long; retry shortly".into(),
+                retry_after_secs: 1,
+            },
         }
     }
 }

@@ -168,7 +168,7 @@ async fn stage_and_ingest(
     owner: Option<UserId>,
     request: Request,
 ) -> Result<Ingested, ApiError> {
-    let _permit = state
+    let permit = state
         .upload_slots
         .clone()
         .try_acquire_owned()
@@ -202,6 +202,7 @@ async fn stage_and_ingest(
         staged,
         tags,
         owner,
+        permit,
         reply,
     })
     .await
