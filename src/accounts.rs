@@ -171,22 +171,31 @@ impl Accounts {
         Ok(())
     }
 
-    /// Applies `change` to the stored user and writes it back.
+    /// Applies `change` to the stored user and writes it back; if the record changed in
+    /// between (a concurrent update), reads it again and re-applies `change`.
     pub async fn update(
         &self,
         id: UserId,
-        change: impl FnOnce(&mut User) -> Result<(), AccountsError>,
+        change: impl Fn(&mut User) -> Result<(), AccountsError>,
     ) -> Result<User, AccountsError> {
-        let before = self
-            .store
-            .get_user(id)
-            .await?
-            .ok_or_else(|| AccountsError::NotFound("the account no longer exists".into()))?;
-        let mut after = before.clone();
-        change(&mut after)?;
-        self.store.update_user(&before, &after).await?;
-        self.users.invalidate(&id).await;
-        Ok(after)
+        const ATTEMPTS: usize = 5;
+        for _ in 0..ATTEMPTS {
+            let before =
+                self.store.get_user(id).await?.ok_or_else(|| {
+                    AccountsError::NotFound("the account no longer exists".into())
+                })?;
+            let mut after = before.clone();
+            change(&mut after)?;
+            match self.store.update_user(&before, &after).await {
+                Err(StoreError::Changed) => continue,
+                result => result?,
+            }
+            self.users.invalidate(&id).await;
+            return Ok(after);
+        }
+        Err(AccountsError::Conflict(
+            "the account is being changed by another request; retry".into(),
+        ))
     }
 
     /// Makes `email` the primary address; the old primary stays as a secondary one.
@@ -219,7 +228,7 @@ impl Accounts {
             if user.secondary_emails.len() >= max {
                 return Err(AccountsError::TooManyEmails(max));
             }
-            user.secondary_emails.push(email);
+            user.secondary_emails.push(email.clone());
             Ok(())
         })
         .await

@@ -651,3 +651,56 @@ async fn json_responses_are_compressed_for_clients_that_accept_gzip() {
     let plain = app.get("/openapi.json").await;
     assert!(plain.headers().get("content-encoding").is_none());
 }
+
+#[tokio::test]
+async fn concurrent_account_changes_do_not_lose_each_other() {
+    let app = TestApp::spawn().await;
+    let token = app.new_user("ivy").await;
+    let adds = (0..4).map(|i| {
+        call(&app, Method::POST, "/v1/users/me/emails", &token)
+            .json(&json!({"email": format!("ivy{i}@example.com")}))
+            .send()
+    });
+    let statuses: Vec<u16> = futures_util::future::join_all(adds)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().status().as_u16())
+        .collect();
+    assert!(statuses.iter().all(|s| *s == 201), "{statuses:?}");
+    let me: Value = call(&app, Method::GET, "/v1/users/me", &token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut emails: Vec<&str> = me["secondary_emails"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    emails.sort();
+    assert_eq!(
+        emails,
+        [
+            "ivy0@example.com",
+            "ivy1@example.com",
+            "ivy2@example.com",
+            "ivy3@example.com"
+        ]
+    );
+    // Every address added can be removed again (record and index agree).
+    for email in emails {
+        let removed = call(
+            &app,
+            Method::DELETE,
+            &format!("/v1/users/me/emails/{email}"),
+            &token,
+        )
+        .send()
+        .await
+        .unwrap();
+        assert_eq!(removed.status(), 200, "{email}");
+    }
+}

@@ -10,7 +10,9 @@ use corral::domain::{
 };
 use corral::domain::{Event, EventId, Location};
 use corral::store::scylla::{ScyllaTarget, migrate};
-use corral::store::{EmbeddedStore, EventIndex, ImageStore, ScyllaStore, Store, StoreError};
+use corral::store::{
+    AccountStore, EmbeddedStore, EventIndex, ImageStore, ScyllaStore, Store, StoreError,
+};
 
 fn image(sha1: &str, n: u32, owner: Option<UserId>) -> Image {
     Image {
@@ -425,6 +427,20 @@ async fn the_embedded_store_conforms_and_keeps_its_data_across_a_reopen() {
     assert!(store.ping().await.is_err(), "a closed store refuses calls");
 
     let reopened = EmbeddedStore::open(dir.path()).unwrap();
+    // The embedded store refuses an update made from a stale read.
+    let ann = reopened.find_user("ann").await.unwrap().unwrap();
+    let mut first = ann.clone();
+    first.admin = true;
+    reopened.update_user(&ann, &first).await.unwrap();
+    let mut stale = ann.clone();
+    stale
+        .secondary_emails
+        .push(Email::parse("late@example.com").unwrap());
+    assert!(matches!(
+        reopened.update_user(&ann, &stale).await,
+        Err(StoreError::Changed)
+    ));
+    assert_eq!(reopened.find_user("late@example.com").await.unwrap(), None);
     assert_eq!(reopened.get_image(some.id).await.unwrap(), Some(some));
 }
 

@@ -140,9 +140,10 @@ async fn ingest(
     caller_gone: impl Fn() -> bool,
 ) -> Result<Ingested, IngestError> {
     let (limits, bytes, sha1) = (deps.limits, staged.bytes, staged.sha1);
-    let (inspected, staged) = tokio::task::spawn_blocking(move || inspect(&staged.path, limits).map(|i| (i, staged)))
-        .await
-        .map_err(|e| IngestError::Task(e.to_string()))??;
+    let (inspected, staged) =
+        tokio::task::spawn_blocking(move || inspect(&staged.path, limits).map(|i| (i, staged)))
+            .await
+            .map_err(|e| IngestError::Task(e.to_string()))??;
     // The inspection is the slow part: if the caller gave up meanwhile (and was told
     // 503), keep nothing. Dropping `staged` deletes the temp file.
     if caller_gone() {

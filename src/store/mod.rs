@@ -33,6 +33,9 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the store is closed")]
     Closed,
+    /// The record changed (or went) since it was read; read it again and retry.
+    #[error("the record changed meanwhile")]
+    Changed,
     /// A unique value (`"username"` or `"email"`) is taken already.
     #[error("{0} is taken")]
     Conflict(&'static str),
@@ -85,7 +88,9 @@ pub trait AccountStore: Send + Sync {
     async fn find_user(&self, login: &str) -> Result<Option<User>, StoreError>;
 
     /// Writes `after` over `before`, moving email index rows; [`StoreError::Conflict`]
-    /// if a newly added address belongs to another account.
+    /// if a newly added address belongs to another account, [`StoreError::Changed`] if
+    /// the stored record is no longer `before` (the embedded store checks this; Scylla
+    /// does not yet, see the README).
     async fn update_user(&self, before: &User, after: &User) -> Result<(), StoreError>;
 
     /// Removes the user, its index rows and all its sessions.

@@ -86,6 +86,15 @@ impl AccountStore for EmbeddedStore {
         let (before, after) = (before.clone(), after.clone());
         self.with_db(move |db| {
             let tx = db.begin_write()?;
+            // Compare and swap: the record must still be what the caller read.
+            let current: Option<User> = tx
+                .open_table(USERS)?
+                .get(before.id.0.as_u128())?
+                .map(|v| decode(v.value()))
+                .transpose()?;
+            if current.as_ref() != Some(&before) {
+                return Err(StoreError::Changed);
+            }
             claim_emails(&tx, &after)?;
             {
                 let mut emails = tx.open_table(USERS_BY_EMAIL)?;
