@@ -66,6 +66,8 @@ pub struct Accounts {
     rules: AccountRules,
     sessions: Cache<TokenHash, UserId>,
     users: Cache<UserId, Arc<User>>,
+    /// Accounts deleted within the cache TTL, so a racing lookup cannot re-cache one.
+    deleted: Cache<UserId, ()>,
 }
 
 impl Accounts {
@@ -75,6 +77,7 @@ impl Accounts {
             rules,
             sessions: cache(rules.cache_ttl),
             users: cache(rules.cache_ttl),
+            deleted: cache(rules.cache_ttl),
         }
     }
 
@@ -157,6 +160,11 @@ impl Accounts {
         };
         let user = Arc::new(user);
         self.users.insert(id, user.clone()).await;
+        // A deletion that raced this read must not leave the account cached.
+        if self.deleted.contains_key(&id) {
+            self.users.invalidate(&id).await;
+            return Ok(None);
+        }
         Ok(Some(user))
     }
 
@@ -256,6 +264,7 @@ impl Accounts {
     /// Removes the account, its addresses and its sessions. Its tokens stop working at once.
     pub async fn delete(&self, user: &User) -> Result<(), AccountsError> {
         self.store.delete_user(user).await?;
+        self.deleted.insert(user.id, ()).await;
         self.users.invalidate(&user.id).await;
         Ok(())
     }

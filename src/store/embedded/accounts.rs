@@ -145,9 +145,16 @@ impl AccountStore for EmbeddedStore {
         let session = session.clone();
         self.with_db(move |db| {
             let tx = db.begin_write()?;
-            let key = (session.user_id.0.as_u128(), session.token_hash.0);
-            tx.open_table(SESSIONS)?
-                .insert(key, encode(&session)?.as_slice())?;
+            let user = session.user_id.0.as_u128();
+            {
+                let mut sessions = tx.open_table(SESSIONS)?;
+                // Purge this user's expired sessions, so the table does not grow forever.
+                let now = Utc::now();
+                sessions.retain_in((user, [0u8; 32])..=(user, [u8::MAX; 32]), |_, v| {
+                    decode::<Session>(v).is_ok_and(|s| s.expires_at > now)
+                })?;
+                sessions.insert((user, session.token_hash.0), encode(&session)?.as_slice())?;
+            }
             tx.commit()?;
             Ok(())
         })
