@@ -134,6 +134,11 @@ impl App {
         let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
         let router = http::router(self.state.clone());
         let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        // Without TCP_NODELAY, a streamed body written after its headers waits on the
+        // client's delayed ACK (~40 ms per response on keep-alive connections).
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let server = axum::serve(listener, service).with_graceful_shutdown(async move {
             shutdown.await;
             let _ = stopping_tx.send(true);
