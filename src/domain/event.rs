@@ -1,11 +1,7 @@
 //! Events in the catalogue: what they are, where and when, and the rules their fields obey.
 
-use std::fmt;
-use std::str::FromStr;
-
 use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use super::geo::Point;
 use super::{Tags, UserId};
@@ -34,34 +30,10 @@ pub enum EventError {
     BadCoordinates,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct EventId(pub Uuid);
-
-impl EventId {
-    pub fn new() -> Self {
-        Self(Uuid::now_v7())
-    }
-}
-
-impl Default for EventId {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl fmt::Display for EventId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl FromStr for EventId {
-    type Err = uuid::Error;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Uuid::parse_str(s).map(Self)
-    }
-}
+super::id::uuid_id!(
+    /// An event's identity.
+    EventId
+);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Location {

@@ -5,7 +5,6 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 /// Most tags one image may carry.
 pub const MAX_TAGS: usize = 32;
@@ -23,35 +22,10 @@ pub enum DomainError {
     BadTag(String),
 }
 
-/// An image's identity: a UUID v7, so ids sort by creation time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct ImageId(pub Uuid);
-
-impl ImageId {
-    pub fn new() -> Self {
-        Self(Uuid::now_v7())
-    }
-}
-
-impl Default for ImageId {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl fmt::Display for ImageId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl FromStr for ImageId {
-    type Err = uuid::Error;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Uuid::parse_str(s).map(Self)
-    }
-}
+super::id::uuid_id!(
+    /// An image's identity: a UUID v7, so ids sort by creation time.
+    ImageId
+);
 
 /// The formats Corral accepts; everything else is refused at upload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

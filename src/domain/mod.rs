@@ -2,6 +2,7 @@
 
 pub mod event;
 pub mod geo;
+mod id;
 pub mod image;
 pub mod reservoir;
 pub mod user;
