@@ -53,21 +53,24 @@ pub async fn search(store: &SharedStore, search: &Search) -> Result<Page, StoreE
     let mut cursor = search.after;
     let (mut events, mut scanned) = (Vec::new(), 0);
     loop {
-        let (batch, exhausted) = match &cells {
+        let batch = match &cells {
             Some(cells) => cell_batch(store, cells, search, cursor).await?,
             None => {
                 let index = search
                     .topic
                     .as_deref()
                     .map_or(EventIndex::Time, EventIndex::Topic);
-                let batch = store
+                let page = store
                     .events_page(index, search.from, search.to, cursor, BATCH)
                     .await?;
-                let exhausted = batch.len() < BATCH;
-                (batch, exhausted)
+                Batch {
+                    exhausted: page.rows < BATCH,
+                    read_until: page.last,
+                    events: page.events,
+                }
             }
         };
-        for event in batch {
+        for event in batch.events {
             scanned += 1;
             cursor = Some(event.key());
             if search.matches(&event) {
@@ -80,9 +83,11 @@ pub async fn search(store: &SharedStore, search: &Search) -> Result<Page, StoreE
                 }
             }
         }
-        if exhausted {
+        if batch.exhausted {
             return Ok(Page { events, next: None });
         }
+        // Past index rows whose events are gone, too.
+        cursor = batch.read_until.max(cursor);
         if scanned >= MAX_SCAN {
             return Ok(Page {
                 events,
@@ -92,14 +97,23 @@ pub async fn search(store: &SharedStore, search: &Search) -> Result<Page, StoreE
     }
 }
 
+/// Events from one round of index reads.
+struct Batch {
+    events: Vec<Event>,
+    /// No index rows remain after this batch.
+    exhausted: bool,
+    /// The position up to which the index was read.
+    read_until: Option<EventKey>,
+}
+
 /// The next events after `cursor` across several cells, merged in order. Complete up to
-/// the last event returned: a cell that filled its batch may hold more after it.
+/// the last row read of any cell that filled its batch: such a cell may hold more.
 async fn cell_batch(
     store: &SharedStore,
     cells: &[String],
     search: &Search,
     cursor: Option<EventKey>,
-) -> Result<(Vec<Event>, bool), StoreError> {
+) -> Result<Batch, StoreError> {
     let mut merged = Vec::new();
     let mut complete_until: Option<EventKey> = None;
     for cell in cells {
@@ -112,16 +126,19 @@ async fn cell_batch(
                 BATCH,
             )
             .await?;
-        if page.len() == BATCH {
-            let last = page.last().map(Event::key);
-            complete_until = complete_until.min(last).or(last);
+        if page.rows == BATCH {
+            complete_until = complete_until.min(page.last).or(page.last);
         }
-        merged.extend(page);
+        merged.extend(page.events);
     }
     merged.sort_by_key(Event::key);
     merged.dedup_by_key(|e| e.id);
     if let Some(limit) = complete_until {
         merged.retain(|e| e.key() <= limit);
     }
-    Ok((merged, complete_until.is_none()))
+    Ok(Batch {
+        events: merged,
+        exhausted: complete_until.is_none(),
+        read_until: complete_until,
+    })
 }

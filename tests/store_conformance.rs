@@ -78,9 +78,15 @@ async fn page_all(
             .events_page(index, ms(from), ms(to), after, size)
             .await
             .unwrap();
-        let Some(last) = page.last() else { return out };
-        after = Some(last.key());
-        out.extend(page.iter().map(|e| e.id));
+        assert!(page.rows <= size && page.events.len() <= page.rows);
+        let Some(last) = page.last else { return out };
+        assert_eq!(
+            page.events.last().map(Event::key),
+            Some(last),
+            "no stale rows here"
+        );
+        after = Some(last);
+        out.extend(page.events.iter().map(|e| e.id));
     }
 }
 

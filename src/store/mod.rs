@@ -140,8 +140,8 @@ pub trait EventStore: Send + Sync {
     /// Removes an event and its index rows.
     async fn delete_event(&self, event: &Event) -> Result<(), StoreError>;
 
-    /// Up to `limit` events from `index` that start in `[from, to)`, after the position
-    /// `after` if given, in (start, id) order.
+    /// Up to `limit` index rows of `index` for events that start in `[from, to)`, after
+    /// the position `after` if given, in (start, id) order, with their events.
     async fn events_page(
         &self,
         index: EventIndex<'_>,
@@ -149,7 +149,17 @@ pub trait EventStore: Send + Sync {
         to: DateTime<Utc>,
         after: Option<EventKey>,
         limit: usize,
-    ) -> Result<Vec<Event>, StoreError>;
+    ) -> Result<IndexPage, StoreError>;
+}
+
+/// A page of an event index. `rows` and `last` describe the index rows read, which can be
+/// more than the events returned: a row whose event is gone (a delete racing the read) is
+/// skipped, but paging must still move past it.
+#[derive(Debug, Default)]
+pub struct IndexPage {
+    pub events: Vec<Event>,
+    pub rows: usize,
+    pub last: Option<EventKey>,
 }
 
 /// Everything a backend provides.

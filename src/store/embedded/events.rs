@@ -12,7 +12,7 @@ use super::{
 };
 use crate::domain::event::day_of;
 use crate::domain::{Event, EventId, EventKey};
-use crate::store::{EventIndex, EventStore, StoreError};
+use crate::store::{EventIndex, EventStore, IndexPage, StoreError};
 
 /// Index rows keyed by a text partition (topic or geohash cell).
 type TextIndex = TableDefinition<'static, (&'static str, i64, u128), ()>;
@@ -79,7 +79,7 @@ fn text_ids(
     start: Bound<(i64, u128)>,
     end: (i64, u128),
     limit: usize,
-) -> Result<Vec<u128>, StoreError> {
+) -> Result<Vec<(i64, u128)>, StoreError> {
     let table = db.begin_read()?.open_table(table)?;
     let range = (
         with_partition(key, start),
@@ -87,7 +87,8 @@ fn text_ids(
     );
     let mut ids = Vec::new();
     for row in table.range::<(&str, i64, u128)>(range)?.take(limit) {
-        ids.push(row?.0.value().2);
+        let (_, ms, id) = row?.0.value();
+        ids.push((ms, id));
     }
     Ok(ids)
 }
@@ -97,7 +98,7 @@ fn time_ids(
     start: Bound<(i64, u128)>,
     end: (i64, u128),
     limit: usize,
-) -> Result<Vec<u128>, StoreError> {
+) -> Result<Vec<(i64, u128)>, StoreError> {
     let table = db.begin_read()?.open_table(EVENTS_BY_DAY)?;
     // The day is a function of the start time, so (day, ms, id) orders like (ms, id).
     let day = |ms: i64| i32::try_from(ms.div_euclid(86_400_000)).unwrap_or(i32::MAX);
@@ -109,7 +110,8 @@ fn time_ids(
     let range = (start, Bound::Excluded((day(end.0), end.0, end.1)));
     let mut ids = Vec::new();
     for row in table.range::<(i32, i64, u128)>(range)?.take(limit) {
-        ids.push(row?.0.value().2);
+        let (_, ms, id) = row?.0.value();
+        ids.push((ms, id));
     }
     Ok(ids)
 }
@@ -166,7 +168,7 @@ impl EventStore for EmbeddedStore {
         to: DateTime<Utc>,
         after: Option<EventKey>,
         limit: usize,
-    ) -> Result<Vec<Event>, StoreError> {
+    ) -> Result<IndexPage, StoreError> {
         let (start, end) = bounds(from, to, after);
         let partition = match index {
             EventIndex::Time => None,
@@ -179,13 +181,20 @@ impl EventStore for EmbeddedStore {
                 Some((table, key)) => text_ids(db, *table, key, start, end, limit)?,
             };
             let events = db.begin_read()?.open_table(EVENTS)?;
-            let mut out = Vec::with_capacity(ids.len());
-            for id in ids {
+            let mut page = IndexPage {
+                rows: ids.len(),
+                last: ids.last().map(|&(ms, id)| EventKey {
+                    starts_at_ms: ms,
+                    id: EventId(uuid::Uuid::from_u128(id)),
+                }),
+                ..IndexPage::default()
+            };
+            for (_, id) in ids {
                 if let Some(row) = events.get(id)? {
-                    out.push(decode(row.value())?);
+                    page.events.push(decode(row.value())?);
                 }
             }
-            Ok(out)
+            Ok(page)
         })
         .await
     }

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::{ScyllaStore, err, prepare};
 use crate::domain::event::day_of;
 use crate::domain::{Event, EventId, EventKey, Location, Tags, UserId};
-use crate::store::{EventIndex, EventStore, StoreError};
+use crate::store::{EventIndex, EventStore, IndexPage, StoreError};
 
 type EventRow = (
     Uuid,
@@ -53,7 +53,7 @@ pub(super) struct Statements {
 async fn reads(s: &Session, ks: &str, table: &str, key: &str) -> Result<IndexReads, StoreError> {
     let q = |op: &str| {
         format!(
-            "SELECT id FROM {ks}.{table} WHERE {key} = ? AND (starts_at, id) {op} (?, ?) AND (starts_at, id) < (?, ?) LIMIT ?"
+            "SELECT starts_at, id FROM {ks}.{table} WHERE {key} = ? AND (starts_at, id) {op} (?, ?) AND (starts_at, id) < (?, ?) LIMIT ?"
         )
     };
     Ok(IndexReads {
@@ -253,7 +253,7 @@ impl ScyllaStore {
         lower: (DateTime<Utc>, Uuid, bool),
         to: DateTime<Utc>,
         limit: usize,
-    ) -> Result<Vec<Uuid>, StoreError> {
+    ) -> Result<Vec<(DateTime<Utc>, Uuid)>, StoreError> {
         let (start, start_id, exclusive) = lower;
         let statement = if exclusive { &reads.after } else { &reads.from };
         let limit = i32::try_from(limit).unwrap_or(i32::MAX);
@@ -262,9 +262,9 @@ impl ScyllaStore {
             .await?
             .into_rows_result()
             .map_err(err)?;
-        rows.rows::<(Uuid,)>()
+        rows.rows::<(DateTime<Utc>, Uuid)>()
             .map_err(err)?
-            .map(|r| r.map(|(id,)| id).map_err(err))
+            .map(|r| r.map_err(err))
             .collect()
     }
 }
@@ -302,7 +302,7 @@ impl EventStore for ScyllaStore {
         to: DateTime<Utc>,
         after: Option<EventKey>,
         limit: usize,
-    ) -> Result<Vec<Event>, StoreError> {
+    ) -> Result<IndexPage, StoreError> {
         let mut lower = (from, Uuid::nil(), false);
         if let Some(k) = after.filter(|k| k.starts_at_ms >= from.timestamp_millis()) {
             lower = (k.starts_at().unwrap_or(from), k.id.0, true);
@@ -332,12 +332,19 @@ impl EventStore for ScyllaStore {
                 ids
             }
         };
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
+        let mut page = IndexPage {
+            rows: ids.len(),
+            last: ids.last().map(|&(t, id)| EventKey {
+                starts_at_ms: t.timestamp_millis(),
+                id: EventId(id),
+            }),
+            ..IndexPage::default()
+        };
+        for (_, id) in ids {
             if let Some(event) = self.get_event(EventId(id)).await? {
-                out.push(event);
+                page.events.push(event);
             }
         }
-        Ok(out)
+        Ok(page)
     }
 }
