@@ -25,13 +25,7 @@ fn call(app: &TestApp, method: Method, path: &str, token: &str) -> reqwest::Requ
 async fn the_account_lifecycle_from_sign_up_to_logout() {
     let app = TestApp::spawn().await;
     let body = json!({"username": "Ann", "email": "Ann@Example.com", "password": "password-ann"});
-    let created = app
-        .client
-        .post(app.url("/v1/users"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let created = app.post_json("/v1/users", &body).await;
     assert_eq!(created.status(), 201);
     let created: Value = created.json().await.unwrap();
     assert_eq!(created["username"], "ann");
@@ -144,28 +138,10 @@ async fn usernames_and_emails_are_unique_across_accounts() {
     assert_eq!(app.sign_up("bob").await.status(), 201);
     let same_name =
         json!({"username": "BOB", "email": "other@example.com", "password": "password-x"});
-    problem(
-        app.client
-            .post(app.url("/v1/users"))
-            .json(&same_name)
-            .send()
-            .await
-            .unwrap(),
-        409,
-    )
-    .await;
+    problem(app.post_json("/v1/users", &same_name).await, 409).await;
     let same_email =
         json!({"username": "robert", "email": "Bob@Example.com", "password": "password-x"});
-    problem(
-        app.client
-            .post(app.url("/v1/users"))
-            .json(&same_email)
-            .send()
-            .await
-            .unwrap(),
-        409,
-    )
-    .await;
+    problem(app.post_json("/v1/users", &same_email).await, 409).await;
 
     // Another account's address can be neither added nor made primary.
     let carol = app.new_user("carol").await;

@@ -83,13 +83,7 @@ fn at(t: DateTime<Utc>) -> String {
 async fn only_admins_write_events_and_anyone_reads_them() {
     let app = TestApp::spawn().await;
     let body = event("gig", &["music"], PARIS, base());
-    let anonymous = app
-        .client
-        .post(app.url("/v1/events"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let anonymous = app.post_json("/v1/events", &body).await;
     assert_eq!(anonymous.status(), 401);
     let user = app
         .authed(Method::POST, "/v1/events")

@@ -86,6 +86,16 @@ impl TestApp {
         app
     }
 
+    /// POSTs `body` as JSON, anonymously.
+    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
     /// Signs up `<name>` with email `<name>@example.com` and password `password-<name>`.
     pub async fn sign_up(&self, name: &str) -> reqwest::Response {
         let body = serde_json::json!({"username": name, "email": format!("{name}@example.com"), "password": format!("password-{name}")});
