@@ -15,7 +15,9 @@ use chrono::Utc;
 use moka::future::Cache;
 
 use crate::domain::user::AccountError;
-use crate::domain::{Email, Password, Session, SessionToken, TokenHash, User, UserId, Username};
+use crate::domain::{
+    Email, Password, Session, SessionToken, TimeZone, TokenHash, User, UserId, Username,
+};
 use crate::store::{SharedStore, StoreError};
 
 /// Most cached sessions and users; beyond this moka evicts the least used.
@@ -90,6 +92,7 @@ impl Accounts {
         username: Username,
         email: Email,
         password: Password,
+        time_zone: TimeZone,
     ) -> Result<User, AccountsError> {
         let user = User {
             id: UserId::new(),
@@ -99,6 +102,7 @@ impl Accounts {
             password_hash: hash(password).await?,
             admin: false,
             created_at: Utc::now(),
+            time_zone,
         };
         self.store.create_user(&user).await?;
         Ok(user)
@@ -206,6 +210,14 @@ impl Accounts {
         ))
     }
 
+    pub async fn set_time_zone(&self, id: UserId, zone: TimeZone) -> Result<User, AccountsError> {
+        self.update(id, |user| {
+            user.time_zone = zone;
+            Ok(())
+        })
+        .await
+    }
+
     /// Makes `email` the primary address; the old primary stays as a secondary one.
     pub async fn set_primary_email(&self, id: UserId, email: Email) -> Result<User, AccountsError> {
         let max = self.rules.max_secondary_emails;
@@ -261,8 +273,19 @@ impl Accounts {
         .await
     }
 
-    /// Removes the account, its addresses and its sessions. Its tokens stop working at once.
+    /// Removes the account, its reminders, addresses and sessions. Its tokens stop
+    /// working at once. Reminders go first: if this stops half-way, the account still
+    /// exists and the deletion can be retried.
     pub async fn delete(&self, user: &User) -> Result<(), AccountsError> {
+        loop {
+            let page = self.store.reminders_of(user.id, None, 100).await?;
+            if page.is_empty() {
+                break;
+            }
+            for reminder in &page {
+                self.store.delete_reminder(reminder).await?;
+            }
+        }
         self.store.delete_user(user).await?;
         self.deleted.insert(user.id, ()).await;
         self.users.invalidate(&user.id).await;
@@ -285,7 +308,9 @@ impl Accounts {
                 .await
             }
             None => {
-                let user = self.sign_up(username, email, password).await?;
+                let user = self
+                    .sign_up(username, email, password, TimeZone::default())
+                    .await?;
                 self.update(user.id, |u| {
                     u.admin = true;
                     Ok(())

@@ -31,6 +31,9 @@ pub struct Settings {
     pub actors: ActorSettings,
     pub accounts: AccountSettings,
     pub rate_limits: RateLimitSettings,
+    pub node: NodeSettings,
+    pub reminders: ReminderSettings,
+    pub mail: MailSettings,
     pub log: LogSettings,
 }
 
@@ -122,6 +125,75 @@ pub struct Bucket {
     pub burst: u32,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSettings {
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReminderSettings {
+    pub lookahead_secs: u64,
+    pub tick_ms: u64,
+    pub lease_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MailTransportKind {
+    File,
+    Smtp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    /// Plain connection upgraded with STARTTLS (required).
+    Starttls,
+    /// TLS from the first byte (SMTPS).
+    Tls,
+    /// No encryption: only for a relay on loopback or a trusted network.
+    None,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MailSettings {
+    pub transport: MailTransportKind,
+    pub outbox_dir: PathBuf,
+    pub from: String,
+    pub max_attempts: u32,
+    pub retry_initial_ms: u64,
+    pub retry_max_ms: u64,
+    pub concurrency: usize,
+    pub smtp: SmtpSettings,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpSettings {
+    pub host: String,
+    pub port: u16,
+    pub tls: SmtpTls,
+    pub username: String,
+    pub password: String,
+    pub timeout_secs: u64,
+}
+
+impl std::fmt::Debug for SmtpSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmtpSettings")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("tls", &self.tls)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .field("timeout_secs", &self.timeout_secs)
+            .finish()
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -200,6 +272,41 @@ impl Settings {
                 reason: "the scylla backend needs at least one node".into(),
             });
         }
+        let r = &self.reminders;
+        positive("reminders.lookahead_secs", r.lookahead_secs)?;
+        positive("reminders.tick_ms", r.tick_ms)?;
+        positive("reminders.lease_secs", r.lease_secs)?;
+        let m = &self.mail;
+        positive("mail.max_attempts", u64::from(m.max_attempts))?;
+        positive("mail.retry_initial_ms", m.retry_initial_ms)?;
+        positive("mail.concurrency", m.concurrency as u64)?;
+        positive("mail.smtp.timeout_secs", m.smtp.timeout_secs)?;
+        if m.retry_max_ms < m.retry_initial_ms {
+            return Err(ConfigError::Invalid {
+                key: "mail.retry_max_ms",
+                reason: "must not be less than mail.retry_initial_ms".into(),
+            });
+        }
+        if m.from.parse::<lettre::message::Mailbox>().is_err() {
+            return Err(ConfigError::Invalid {
+                key: "mail.from",
+                reason: format!(
+                    "{:?} is not a mailbox such as \"Corral <corral@example.com>\"",
+                    m.from
+                ),
+            });
+        }
+        let id = &self.node.id;
+        if id.len() > 64
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(ConfigError::Invalid {
+                key: "node.id",
+                reason: "use at most 64 letters, digits, '-', '_' or '.'".into(),
+            });
+        }
         let url = &self.http.public_url;
         if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
             return Err(ConfigError::Invalid {
@@ -208,6 +315,15 @@ impl Settings {
             });
         }
         Ok(())
+    }
+
+    /// Where the file mail transport writes: `mail.outbox_dir`, or `<data_dir>/outbox`.
+    pub fn outbox_dir(&self) -> PathBuf {
+        if self.mail.outbox_dir.as_os_str().is_empty() {
+            self.storage.data_dir.join("outbox")
+        } else {
+            self.mail.outbox_dir.clone()
+        }
     }
 
     /// Upload workers to run: the configured number, or cores less one (at least one).

@@ -10,6 +10,7 @@ pub mod catalogue;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod mail;
 pub mod media;
 pub mod store;
 pub mod telemetry;
@@ -23,10 +24,13 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use accounts::{AccountRules, Accounts};
+use actors::mailer::MailerArgs;
+use actors::scheduler::SchedulerArgs;
 use actors::supervisor::{RestartBudget, SupervisorArgs, SupervisorMsg};
 use actors::uploads::UploadDeps;
 use actors::{Actors, Supervisor};
 use config::{Backend, Settings};
+use mail::{Composer, RetryPolicy, Transport};
 use media::{DecodeLimits, MediaRoot};
 use store::scylla::ScyllaTarget;
 use store::{EmbeddedStore, ScyllaStore, SharedStore, StoreError};
@@ -47,18 +51,39 @@ pub enum AppError {
     Serve(std::io::Error),
     #[error(transparent)]
     Accounts(#[from] accounts::AccountsError),
+    #[error(transparent)]
+    Mail(#[from] mail::MailError),
 }
 
 /// A started application: store open, actors running, ready to serve.
 pub struct App {
     state: http::AppState,
     supervisor: ActorRef<SupervisorMsg>,
+    owns_store: bool,
 }
 
 impl App {
     /// Opens the store and media root and starts the supervised actors.
     pub async fn start(settings: Settings) -> Result<Self, AppError> {
         let store = open_store(&settings).await?;
+        Self::start_on(settings, store, true).await
+    }
+
+    /// Starts another node over a store this process has open already, as a second node
+    /// sharing one Scylla cluster would (for tests of the scheduler leases). Give it its
+    /// own data dir and `node.id`; shutting it down leaves the store open.
+    pub async fn start_sharing(settings: Settings, store: SharedStore) -> Result<Self, AppError> {
+        Self::start_on(settings, store, false).await
+    }
+
+    async fn start_on(
+        settings: Settings,
+        store: SharedStore,
+        owns_store: bool,
+    ) -> Result<Self, AppError> {
+        let node = node_id(&settings)?;
+        let composer = Composer::new(&settings.mail.from, node.clone())?;
+        let transport = Transport::from_settings(&settings.mail, &settings.outbox_dir())?;
         let media = MediaRoot::open(&settings.storage.data_dir).map_err(AppError::DataDir)?;
         let actors = Actors::default();
         let u = &settings.uploads;
@@ -78,6 +103,21 @@ impl App {
                 image_pool: actors.image_pool.clone(),
             },
             upload_workers: settings.upload_workers(),
+            mailer: MailerArgs {
+                store: store.clone(),
+                transport,
+                composer: composer.clone(),
+                policy: RetryPolicy::from_settings(&settings.mail),
+                concurrency: settings.mail.concurrency,
+            },
+            scheduler: SchedulerArgs {
+                store: store.clone(),
+                composer: composer.clone(),
+                mailer: actors.mailer.clone(),
+                lookahead: Duration::from_secs(settings.reminders.lookahead_secs),
+                tick: Duration::from_millis(settings.reminders.tick_ms),
+                lease: Duration::from_secs(settings.reminders.lease_secs),
+            },
             budget: RestartBudget {
                 max_restarts: settings.actors.max_restarts,
                 window: Duration::from_secs(settings.actors.restart_window_secs),
@@ -102,9 +142,14 @@ impl App {
             store,
             media,
             actors,
+            composer,
             metrics: telemetry::metrics(),
         };
-        Ok(Self { state, supervisor })
+        Ok(Self {
+            state,
+            supervisor,
+            owns_store,
+        })
     }
 
     /// Handles to the actors (for tests and tools).
@@ -167,10 +212,36 @@ impl App {
             .await;
         let store = self.state.store.clone();
         drop(self.state);
-        store.close().await?;
-        tracing::info!("store closed");
+        if self.owns_store {
+            store.close().await?;
+            tracing::info!("store closed");
+        }
         Ok(())
     }
+}
+
+/// This node's id: `node.id`, or a random one kept in `<data_dir>/node_id`.
+fn node_id(settings: &Settings) -> Result<String, AppError> {
+    if !settings.node.id.is_empty() {
+        return Ok(settings.node.id.clone());
+    }
+    let dir = &settings.storage.data_dir;
+    std::fs::create_dir_all(dir).map_err(AppError::DataDir)?;
+    let path = dir.join("node_id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_owned()),
+        Ok(_) => write_node_id(&path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => write_node_id(&path),
+        Err(e) => Err(AppError::DataDir(e)),
+    }
+}
+
+fn write_node_id(path: &std::path::Path) -> Result<String, AppError> {
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, &id).map_err(AppError::DataDir)?;
+    std::fs::rename(&tmp, path).map_err(AppError::DataDir)?;
+    Ok(id)
 }
 
 async fn open_store(settings: &Settings) -> Result<SharedStore, AppError> {

@@ -6,12 +6,15 @@ use std::io::Write;
 
 use chrono::{TimeZone, Utc};
 use corral::domain::{
+    DeadLetter, Event, EventId, Location, MailId, MailJob, MailKind, Reminder, ReminderId,
+    ReminderState,
+};
+use corral::domain::{
     Email, Image, ImageFormat, ImageId, Session, Tags, TokenHash, User, UserId, Username,
 };
-use corral::domain::{Event, EventId, Location};
 use corral::store::scylla::{ScyllaTarget, migrate};
 use corral::store::{
-    AccountStore, EmbeddedStore, EventIndex, ImageStore, ScyllaStore, Store, StoreError,
+    AccountStore, Claim, EmbeddedStore, EventIndex, ImageStore, ScyllaStore, Store, StoreError,
 };
 
 fn image(sha1: &str, n: u32, owner: Option<UserId>) -> Image {
@@ -37,6 +40,8 @@ async fn conformance(store: &dyn Store) {
     images(store).await;
     accounts(store).await;
     events(store).await;
+    reminders(store).await;
+    mail(store).await;
 }
 
 fn event(n: i64, topics: &str, at: (f64, f64)) -> Event {
@@ -297,6 +302,7 @@ fn user(name: &str) -> User {
         password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
         admin: false,
         created_at: Utc.timestamp_millis_opt(1_700_000_000_000).unwrap(),
+        time_zone: corral::domain::TimeZone::default(),
     }
 }
 
@@ -421,6 +427,346 @@ async fn accounts(store: &dyn Store) {
         None
     );
     store.create_user(&user("ann")).await.unwrap();
+}
+
+fn reminder(user: UserId, event: EventId, at_ms: i64) -> Reminder {
+    let at = Utc.timestamp_millis_opt(at_ms).unwrap();
+    Reminder {
+        id: ReminderId::new(),
+        user_id: user,
+        event_id: event,
+        remind_at: at,
+        email: Email::parse("ann@example.com").unwrap(),
+        state: ReminderState::Scheduled,
+        detail: None,
+        created_at: at,
+        updated_at: at,
+    }
+}
+
+fn job(node: &str, kind: MailKind, id: MailId) -> MailJob {
+    let at = Utc.timestamp_millis_opt(1_700_000_000_000).unwrap();
+    MailJob {
+        id,
+        node: node.into(),
+        kind,
+        to: Email::parse("ann@example.com").unwrap(),
+        subject: "s".into(),
+        body: "b".into(),
+        message_id: format!("<{id}@example.com>"),
+        attempts: 0,
+        next_attempt_at: at,
+        last_error: None,
+        created_at: at,
+    }
+}
+
+fn reminder_mail(node: &str, r: &Reminder) -> MailJob {
+    let kind = MailKind::Reminder {
+        reminder: r.id,
+        remind_at: r.remind_at,
+    };
+    job(node, kind, MailId(r.id.0))
+}
+
+/// The stored reminder's state and detail.
+async fn state(store: &dyn Store, id: ReminderId) -> (ReminderState, Option<String>) {
+    let r = store.get_reminder(id).await.unwrap().expect("reminder");
+    (r.state, r.detail)
+}
+
+async fn reminders(store: &dyn Store) {
+    let (user, event) = (UserId::new(), EventId::new());
+    // Two minutes of due times, far enough apart to fall in different buckets.
+    let minute = 32_500_000_i64;
+    let ms = |m: i64, s: i64| (minute + m) * 60_000 + s * 1000;
+    let mut rs: Vec<Reminder> = [ms(0, 30), ms(0, 10), ms(1, 5), ms(0, 50)]
+        .iter()
+        .map(|at| reminder(user, event, *at))
+        .collect();
+    for r in &rs {
+        store.insert_reminder(r).await.unwrap();
+    }
+    assert_eq!(
+        store.get_reminder(rs[0].id).await.unwrap().as_ref(),
+        Some(&rs[0])
+    );
+    assert_eq!(store.get_reminder(ReminderId::new()).await.unwrap(), None);
+
+    // A user's reminders page in time order.
+    let first = store.reminders_of(user, None, 2).await.unwrap();
+    assert_eq!(first, vec![rs[1].clone(), rs[0].clone()]);
+    let rest = store
+        .reminders_of(user, Some(first[1].key()), 10)
+        .await
+        .unwrap();
+    assert_eq!(rest, vec![rs[3].clone(), rs[2].clone()]);
+    assert!(
+        store
+            .reminders_of(UserId::new(), None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // The due index, by bucket.
+    let buckets = store.due_buckets(minute + 1).await.unwrap();
+    for r in &rs {
+        assert!(
+            buckets.contains(&r.due().bucket),
+            "{:?} listed",
+            r.due().bucket
+        );
+        assert!(
+            store
+                .due_in(r.due().bucket)
+                .await
+                .unwrap()
+                .contains(&r.due())
+        );
+    }
+    let only_first_minute = store.due_buckets(minute).await.unwrap();
+    assert!(
+        !only_first_minute.contains(&rs[2].due().bucket) || rs[2].due().bucket.minute == minute
+    );
+    assert!(only_first_minute.iter().all(|b| b.minute <= minute));
+
+    // Moving a reminder moves its rows; a stale update is refused.
+    let mut moved = rs[3].clone();
+    moved.remind_at = Utc.timestamp_millis_opt(ms(1, 40)).unwrap();
+    store.update_reminder(&rs[3], &moved).await.unwrap();
+    assert!(
+        !store
+            .due_in(rs[3].due().bucket)
+            .await
+            .unwrap()
+            .contains(&rs[3].due())
+    );
+    assert!(
+        store
+            .due_in(moved.due().bucket)
+            .await
+            .unwrap()
+            .contains(&moved.due())
+    );
+    let order: Vec<ReminderId> = store
+        .reminders_of(user, None, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(order, vec![rs[1].id, rs[0].id, rs[2].id, moved.id]);
+    assert!(matches!(
+        store.update_reminder(&rs[3], &moved).await,
+        Err(StoreError::Changed)
+    ));
+    rs[3] = moved;
+
+    // Leases: granted, held against others, renewed, taken over once expired.
+    let b = rs[0].due().bucket;
+    let t = |s: i64| {
+        Utc.timestamp_millis_opt(1_800_000_000_000 + s * 1000)
+            .unwrap()
+    };
+    assert_eq!(
+        store.claim_bucket(b, "a", t(30), t(0)).await.unwrap(),
+        Claim::Granted { taken_over: false }
+    );
+    assert_eq!(
+        store.claim_bucket(b, "b", t(30), t(10)).await.unwrap(),
+        Claim::Held { by: "a".into() }
+    );
+    assert_eq!(
+        store.claim_bucket(b, "a", t(60), t(20)).await.unwrap(),
+        Claim::Granted { taken_over: false }
+    );
+    assert_eq!(
+        store.claim_bucket(b, "b", t(90), t(40)).await.unwrap(),
+        Claim::Held { by: "a".into() }
+    );
+    assert_eq!(
+        store.claim_bucket(b, "b", t(120), t(61)).await.unwrap(),
+        Claim::Granted { taken_over: true }
+    );
+    assert_eq!(
+        store.claim_bucket(b, "a", t(150), t(62)).await.unwrap(),
+        Claim::Held { by: "b".into() }
+    );
+
+    // Firing: once, with its mail queued, and the due row gone.
+    let fire = (rs[0].due(), reminder_mail("a", &rs[0]));
+    assert_eq!(
+        store
+            .fire_reminders(std::slice::from_ref(&fire))
+            .await
+            .unwrap(),
+        vec![true]
+    );
+    assert_eq!(
+        store
+            .fire_reminders(std::slice::from_ref(&fire))
+            .await
+            .unwrap(),
+        vec![false]
+    );
+    assert_eq!(state(store, rs[0].id).await.0, ReminderState::Sending);
+    assert!(!store.due_in(b).await.unwrap().contains(&rs[0].due()));
+    assert_eq!(store.queued_mail("a").await.unwrap(), vec![fire.1.clone()]);
+    assert!(store.queued_mail("b").await.unwrap().is_empty());
+    // A due row from before a move does not fire (and is cleaned up).
+    let mut stale = rs[1].due();
+    stale.at_ms -= 1000;
+    let out = store
+        .fire_reminders(&[(stale, reminder_mail("a", &rs[1]))])
+        .await
+        .unwrap();
+    assert_eq!(out, vec![false]);
+    assert_eq!(state(store, rs[1].id).await.0, ReminderState::Scheduled);
+    // A reminder that fired cannot be updated from its scheduled copy.
+    let mut late = rs[0].clone();
+    late.email = Email::parse("late@example.com").unwrap();
+    assert!(matches!(
+        store.update_reminder(&rs[0], &late).await,
+        Err(StoreError::Changed)
+    ));
+
+    // Sent: out of the queue, reminder sent.
+    store.mail_sent(&fire.1).await.unwrap();
+    assert_eq!(state(store, rs[0].id).await.0, ReminderState::Sent);
+    assert!(store.queued_mail("a").await.unwrap().is_empty());
+
+    // Failing without mail (the event is gone), only while scheduled at that time.
+    assert!(
+        store
+            .fail_reminder(&rs[1].due(), "the event was deleted")
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        state(store, rs[1].id).await,
+        (ReminderState::Failed, Some("the event was deleted".into()))
+    );
+    assert!(!store.fail_reminder(&rs[1].due(), "again").await.unwrap());
+    assert!(
+        !store
+            .due_in(rs[1].due().bucket)
+            .await
+            .unwrap()
+            .contains(&rs[1].due())
+    );
+
+    // Dead: the reminder fails, the letter is listed.
+    let fire = (rs[2].due(), reminder_mail("a", &rs[2]));
+    assert_eq!(
+        store
+            .fire_reminders(std::slice::from_ref(&fire))
+            .await
+            .unwrap(),
+        vec![true]
+    );
+    let mut retried = fire.1.clone();
+    retried.attempts = 3;
+    retried.last_error = Some("421 busy".into());
+    store.update_mail(&retried).await.unwrap();
+    assert_eq!(store.queued_mail("a").await.unwrap(), vec![retried.clone()]);
+    let letter = DeadLetter {
+        job: retried.clone(),
+        reason: "550 no such mailbox".into(),
+        died_at: Utc.timestamp_millis_opt(1_800_000_000_000).unwrap(),
+    };
+    store.mail_dead(&letter).await.unwrap();
+    assert!(store.queued_mail("a").await.unwrap().is_empty());
+    assert_eq!(
+        state(store, rs[2].id).await,
+        (ReminderState::Failed, Some("550 no such mailbox".into()))
+    );
+    let dead = store.dead_letters(None, 10).await.unwrap();
+    assert!(dead.contains(&letter), "{dead:?}");
+
+    // A due row dropped by hand; an emptied past bucket is forgotten, a full one is not.
+    store.drop_due(&rs[3].due()).await.unwrap();
+    assert!(store.due_in(rs[3].due().bucket).await.unwrap().is_empty());
+    for r in &rs {
+        let bucket = r.due().bucket;
+        let empty = store.due_in(bucket).await.unwrap().is_empty();
+        assert_eq!(store.forget_bucket(bucket).await.unwrap(), empty);
+    }
+    let left = store.due_buckets(minute + 1).await.unwrap();
+    assert!(
+        rs.iter().all(|r| !left.contains(&r.due().bucket)),
+        "{left:?}"
+    );
+
+    // Deleting removes the reminder and its rows, whatever its state.
+    let extra = reminder(user, event, ms(0, 20));
+    store.insert_reminder(&extra).await.unwrap();
+    for r in rs.iter().chain([&extra]) {
+        store.delete_reminder(r).await.unwrap();
+        assert_eq!(store.get_reminder(r.id).await.unwrap(), None);
+    }
+    assert!(store.reminders_of(user, None, 10).await.unwrap().is_empty());
+    assert!(
+        !store
+            .due_in(extra.due().bucket)
+            .await
+            .unwrap()
+            .contains(&extra.due())
+    );
+}
+
+async fn mail(store: &dyn Store) {
+    let welcome = job(
+        "n1",
+        MailKind::Welcome {
+            user: UserId::new(),
+        },
+        MailId::new(),
+    );
+    store.enqueue_mail(&welcome).await.unwrap();
+    store.enqueue_mail(&welcome).await.unwrap();
+    assert_eq!(
+        store.queued_mail("n1").await.unwrap(),
+        vec![welcome.clone()]
+    );
+    store.discard_mail(&welcome).await.unwrap();
+    assert!(store.queued_mail("n1").await.unwrap().is_empty());
+    // Sending a welcome mail touches no reminder.
+    store.enqueue_mail(&welcome).await.unwrap();
+    store.mail_sent(&welcome).await.unwrap();
+    assert!(store.queued_mail("n1").await.unwrap().is_empty());
+
+    // Dead letters page in a stable order, each once.
+    let mut all = Vec::new();
+    for n in 0..5 {
+        let j = job(
+            "n1",
+            MailKind::Welcome {
+                user: UserId::new(),
+            },
+            MailId::new(),
+        );
+        let letter = DeadLetter {
+            job: j,
+            reason: format!("reason {n}"),
+            died_at: Utc.timestamp_millis_opt(1_800_000_000_000).unwrap(),
+        };
+        store.mail_dead(&letter).await.unwrap();
+        all.push(letter.job.id);
+    }
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.dead_letters(after, 2).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().map(|d| d.job.id);
+        seen.extend(page.into_iter().map(|d| d.job.id));
+    }
+    let unique: HashSet<MailId> = seen.iter().copied().collect();
+    assert_eq!(unique.len(), seen.len(), "no repeats");
+    assert!(all.iter().all(|id| unique.contains(id)), "none missing");
 }
 
 #[tokio::test]

@@ -3,19 +3,26 @@
 //! ```text
 //! supervisor (root)
 //! ├── image_pool   reservoir sample of all images; publishes a snapshot /random reads
-//! └── uploads      factory of upload workers: inspect, commit, record, tell image_pool
+//! ├── uploads      factory of upload workers: inspect, commit, record, tell image_pool
+//! ├── mailer       delivers this node's persisted mail queue, retries, dead letters
+//! └── scheduler    leases due-reminder buckets, fires reminders on time into the mailer
 //! ```
 
 pub mod image_pool;
+pub mod mailer;
+pub mod scheduler;
 pub mod supervisor;
 pub mod uploads;
 
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
-use ractor::{ACTIVE_STATES, ActorRef, Message};
+use ractor::concurrency::JoinHandle;
+use ractor::{ACTIVE_STATES, ActorRef, Message, MessagingErr};
 
 pub use image_pool::{ImagePoolMsg, Sample};
+pub use mailer::MailerMsg;
+pub use scheduler::SchedulerMsg;
 pub use supervisor::Supervisor;
 pub use uploads::{Ingested, UploadMsg, UploadsRef};
 
@@ -54,6 +61,8 @@ impl<M: Message> ActorSlot<M> {
 pub struct Actors {
     pub image_pool: ActorSlot<ImagePoolMsg>,
     pub uploads: ActorSlot<uploads::UploadsMsg>,
+    pub mailer: ActorSlot<MailerMsg>,
+    pub scheduler: ActorSlot<SchedulerMsg>,
     /// The random sample `image_pool` publishes; read without messaging the actor.
     pub sample: Sample,
 }
@@ -61,6 +70,37 @@ pub struct Actors {
 impl Actors {
     /// Whether every actor is running (for `/readyz`).
     pub fn all_running(&self) -> bool {
-        self.image_pool.get().is_some() && self.uploads.get().is_some()
+        self.image_pool.get().is_some()
+            && self.uploads.get().is_some()
+            && self.mailer.get().is_some()
+            && self.scheduler.get().is_some()
+    }
+}
+
+/// One pending "wake me after this long" message to an actor; setting it again replaces
+/// the pending one.
+pub(crate) struct Alarm<M: Message>(Option<JoinHandle<Result<(), MessagingErr<M>>>>);
+
+impl<M: Message> Default for Alarm<M> {
+    fn default() -> Self {
+        Self(None)
+    }
+}
+
+impl<M: Message> Alarm<M> {
+    pub(crate) fn set(
+        &mut self,
+        actor: &ActorRef<M>,
+        after: std::time::Duration,
+        msg: impl FnOnce() -> M + Send + 'static,
+    ) {
+        self.clear();
+        self.0 = Some(actor.send_after(after, msg));
+    }
+
+    pub(crate) fn clear(&mut self) {
+        if let Some(pending) = self.0.take() {
+            pending.abort();
+        }
     }
 }

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use super::image_pool::{ImagePool, ImagePoolArgs};
+use super::mailer::{Mailer, MailerArgs};
+use super::scheduler::{Scheduler, SchedulerArgs};
 use super::uploads::{self, UploadDeps};
 use super::{ActorSlot, Actors};
 use crate::store::SharedStore;
@@ -21,15 +23,25 @@ const CHILD_STOP_WAIT: Duration = Duration::from_secs(10);
 pub enum Child {
     ImagePool,
     Uploads,
+    Mailer,
+    Scheduler,
 }
 
 impl Child {
-    const ALL: [Child; 2] = [Child::ImagePool, Child::Uploads];
+    /// In start order; they stop in reverse.
+    const ALL: [Child; 4] = [
+        Child::ImagePool,
+        Child::Uploads,
+        Child::Mailer,
+        Child::Scheduler,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Child::ImagePool => "image_pool",
             Child::Uploads => "uploads",
+            Child::Mailer => "mailer",
+            Child::Scheduler => "scheduler",
         }
     }
 }
@@ -48,6 +60,8 @@ pub struct SupervisorArgs {
     pub reservoir_capacity: usize,
     pub upload_deps: UploadDeps,
     pub upload_workers: usize,
+    pub mailer: MailerArgs,
+    pub scheduler: SchedulerArgs,
     pub budget: RestartBudget,
 }
 
@@ -95,8 +109,11 @@ impl Actor for Supervisor {
         _: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        // Stop in reverse start order: uploads first, so no job tells a stopped pool.
+        // Stop in reverse start order: the scheduler before the mailer it feeds, uploads
+        // before the pool they tell.
         let actors = &state.args.actors;
+        stop(&actors.scheduler).await;
+        stop(&actors.mailer).await;
         stop(&actors.uploads).await;
         stop(&actors.image_pool).await;
         Ok(())
@@ -149,6 +166,8 @@ async fn restart(state: &mut SupervisorState, child: Child, myself: &ActorRef<Su
         match child {
             Child::ImagePool => state.args.actors.image_pool.set(None),
             Child::Uploads => state.args.actors.uploads.set(None),
+            Child::Mailer => state.args.actors.mailer.set(None),
+            Child::Scheduler => state.args.actors.scheduler.set(None),
         }
         return;
     }
@@ -198,6 +217,17 @@ async fn start_child(
             let factory = uploads::spawn(args.upload_deps.clone(), args.upload_workers, me).await?;
             args.actors.uploads.set(Some(factory.clone()));
             factory.get_cell()
+        }
+        Child::Mailer => {
+            let (mailer, _) = Actor::spawn_linked(None, Mailer, args.mailer.clone(), me).await?;
+            args.actors.mailer.set(Some(mailer.clone()));
+            mailer.get_cell()
+        }
+        Child::Scheduler => {
+            let (scheduler, _) =
+                Actor::spawn_linked(None, Scheduler, args.scheduler.clone(), me).await?;
+            args.actors.scheduler.set(Some(scheduler.clone()));
+            scheduler.get_cell()
         }
     };
     state.children.insert(cell.get_id(), child);

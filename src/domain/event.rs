@@ -1,6 +1,6 @@
 //! Events in the catalogue: what they are, where and when, and the rules their fields obey.
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::geo::Point;
@@ -96,7 +96,7 @@ impl Event {
     /// Where this event sits in every index: (start time, id).
     pub fn key(&self) -> EventKey {
         EventKey {
-            starts_at_ms: self.starts_at.timestamp_millis(),
+            at_ms: self.starts_at.timestamp_millis(),
             id: self.id,
         }
     }
@@ -111,30 +111,7 @@ impl Event {
 }
 
 /// A position in the catalogue's order (start time, then id); also the paging cursor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct EventKey {
-    pub starts_at_ms: i64,
-    pub id: EventId,
-}
-
-impl EventKey {
-    /// `<start ms>.<id>`: opaque to clients.
-    pub fn to_cursor(self) -> String {
-        format!("{}.{}", self.starts_at_ms, self.id)
-    }
-
-    pub fn parse_cursor(s: &str) -> Option<Self> {
-        let (ms, id) = s.split_once('.')?;
-        Some(Self {
-            starts_at_ms: ms.parse().ok()?,
-            id: id.parse().ok()?,
-        })
-    }
-
-    pub fn starts_at(self) -> Option<DateTime<Utc>> {
-        Utc.timestamp_millis_opt(self.starts_at_ms).single()
-    }
-}
+pub type EventKey = super::TimeKey<EventId>;
 
 /// The day (since the Unix epoch, UTC) an instant falls on: the `events_by_day` partition.
 pub fn day_of(t: DateTime<Utc>) -> i32 {

@@ -4,9 +4,17 @@ pub mod event;
 pub mod geo;
 mod id;
 pub mod image;
+mod key;
+pub mod mail;
+pub mod reminder;
 pub mod reservoir;
 pub mod user;
 
 pub use event::{Event, EventId, EventKey, Location};
 pub use image::{Image, ImageFormat, ImageId, ImageName, ImageSummary, Tags};
-pub use user::{Email, Password, Session, SessionToken, TokenHash, User, UserId, Username};
+pub use key::TimeKey;
+pub use mail::{DeadLetter, MailId, MailJob, MailKind};
+pub use reminder::{Bucket, Due, Reminder, ReminderId, ReminderKey, ReminderState};
+pub use user::{
+    Email, Password, Session, SessionToken, TimeZone, TokenHash, User, UserId, Username,
+};

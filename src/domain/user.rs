@@ -29,6 +29,8 @@ pub enum AccountError {
     BadEmail(String),
     #[error("password must be 8 to 128 characters")]
     BadPassword,
+    #[error("{0:?} is not an IANA time zone such as \"Europe/Paris\" or \"UTC\"")]
+    BadTimeZone(String),
 }
 
 super::id::uuid_id!(
@@ -120,6 +122,37 @@ impl fmt::Display for Email {
     }
 }
 
+/// An IANA time zone ("Europe/Paris"); mails show times in the recipient's zone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TimeZone(pub chrono_tz::Tz);
+
+impl TimeZone {
+    pub fn parse(s: &str) -> Result<Self, AccountError> {
+        s.trim()
+            .parse()
+            .map(Self)
+            .map_err(|_| AccountError::BadTimeZone(s.chars().take(64).collect()))
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.0.name()
+    }
+}
+
+impl TryFrom<String> for TimeZone {
+    type Error = AccountError;
+    fn try_from(s: String) -> Result<Self, AccountError> {
+        Self::parse(&s)
+    }
+}
+
+impl From<TimeZone> for String {
+    fn from(z: TimeZone) -> String {
+        z.name().to_owned()
+    }
+}
+
 /// A plaintext password on its way to the hasher. Never printed.
 #[derive(Clone, Deserialize)]
 #[serde(try_from = "String")]
@@ -165,6 +198,9 @@ pub struct User {
     pub password_hash: String,
     pub admin: bool,
     pub created_at: DateTime<Utc>,
+    /// Where the user lives, for the times in their mail (UTC unless they say).
+    #[serde(default)]
+    pub time_zone: TimeZone,
 }
 
 impl User {

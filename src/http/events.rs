@@ -13,6 +13,7 @@ use utoipa_axum::routes;
 
 use super::error::ProblemDoc;
 use super::extract::{Admin, ApiJson};
+use super::paging::parse_limit;
 use super::{ApiError, AppState};
 use crate::catalogue::{self, Search};
 use crate::domain::geo::{MAX_RADIUS_KM, Point};
@@ -24,7 +25,6 @@ const DEFAULT_WINDOW_DAYS: i64 = 7;
 const MAX_WINDOW_DAYS: i64 = 366;
 const DEFAULT_RADIUS_KM: f64 = 10.0;
 const DEFAULT_LIMIT: usize = 20;
-const MAX_LIMIT: usize = 100;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -324,16 +324,7 @@ fn search_of(q: ListQuery) -> Result<Search, ApiError> {
             "from and to may be at most {MAX_WINDOW_DAYS} days apart"
         )));
     }
-    let limit = match q.limit.as_deref() {
-        None => DEFAULT_LIMIT,
-        Some(l) => l
-            .parse()
-            .ok()
-            .filter(|l| (1..=MAX_LIMIT).contains(l))
-            .ok_or_else(|| {
-                ApiError::BadRequest(format!("limit must be from 1 to {MAX_LIMIT}, not {l:?}"))
-            })?,
-    };
+    let limit = parse_limit(q.limit.as_deref(), DEFAULT_LIMIT)?;
     let after = match q.cursor.as_deref() {
         None => None,
         Some(c) => Some(

@@ -11,6 +11,7 @@ mod images;
 mod openapi;
 mod ops;
 mod paging;
+mod reminders;
 mod sessions;
 mod users;
 
@@ -42,6 +43,8 @@ pub struct AppState {
     pub limits: Arc<RateLimits>,
     /// Admission control for uploads: one permit per upload in flight.
     pub upload_slots: Arc<Semaphore>,
+    /// Renders the mails this node queues.
+    pub composer: crate::mail::Composer,
     pub metrics: PrometheusHandle,
 }
 
@@ -54,6 +57,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(sessions::router())
         .merge(admin::router())
         .merge(events::router())
+        .merge(reminders::router())
         .merge(ops::router())
         .split_for_parts();
     (routes, openapi::finish(doc))

@@ -15,6 +15,7 @@ use utoipa::{Modify, OpenApi as _};
         (name = "images", description = "Uploads, files and the random sample"),
         (name = "accounts", description = "Sign-up, sessions and your account"),
         (name = "events", description = "The events catalogue"),
+        (name = "reminders", description = "Mail reminders of events"),
         (name = "admin", description = "Admin-only routes"),
         (name = "ops", description = "Metrics, health and readiness"),
     ),

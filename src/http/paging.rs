@@ -39,6 +39,21 @@ impl PageQuery {
     }
 }
 
+/// A `limit` given as text (so a bad one gets this module's message, not serde's): 1 to
+/// `MAX_PAGE`, `default` when absent.
+pub fn parse_limit(raw: Option<&str>, default: usize) -> Result<usize, ApiError> {
+    match raw {
+        None => Ok(default),
+        Some(l) => l
+            .parse()
+            .ok()
+            .filter(|l| (1..=MAX_PAGE).contains(l))
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!("limit must be from 1 to {MAX_PAGE}, not {l:?}"))
+            }),
+    }
+}
+
 /// The cursor for the page after `items`: the last id of a full page, else none.
 pub fn next_cursor<T>(items: &[T], limit: usize, id: impl Fn(&T) -> Uuid) -> Option<String> {
     (items.len() == limit)

@@ -12,7 +12,8 @@ use utoipa_axum::routes;
 use super::error::ProblemDoc;
 use super::extract::{ApiJson, CurrentUser};
 use super::{ApiError, AppState, images};
-use crate::domain::{Email, Password, User, Username};
+use crate::actors::mailer;
+use crate::domain::{Email, Password, TimeZone, User, Username};
 
 /// Images deleted per page while removing an account.
 const DELETE_PAGE: usize = 100;
@@ -38,6 +39,9 @@ pub struct UserView {
     secondary_emails: Vec<Email>,
     admin: bool,
     created_at: chrono::DateTime<chrono::Utc>,
+    /// IANA time zone; times in your mail are shown in it.
+    #[schema(value_type = String, example = "Europe/Paris")]
+    time_zone: TimeZone,
 }
 
 impl From<&User> for UserView {
@@ -49,6 +53,7 @@ impl From<&User> for UserView {
             secondary_emails: u.secondary_emails.clone(),
             admin: u.admin,
             created_at: u.created_at,
+            time_zone: u.time_zone,
         }
     }
 }
@@ -64,6 +69,8 @@ struct SignUp {
     /// 8 to 128 characters.
     #[schema(format = Password, min_length = 8, max_length = 128)]
     password: String,
+    /// IANA time zone such as `Europe/Paris` (default `UTC`).
+    time_zone: Option<String>,
 }
 
 /// Create an account.
@@ -72,7 +79,7 @@ struct SignUp {
     request_body = SignUp,
     responses(
         (status = 201, description = "Created", body = UserView),
-        (status = 400, description = "Bad username, email or password", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 400, description = "Bad username, email, password or time zone", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 409, description = "Username or email taken", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = ProblemDoc, content_type = "application/problem+json"),
@@ -87,7 +94,23 @@ async fn sign_up(
     let email = Email::parse(&body.email).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let password =
         Password::parse(body.password).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let user = state.accounts.sign_up(username, email, password).await?;
+    let time_zone = body
+        .time_zone
+        .as_deref()
+        .map(TimeZone::parse)
+        .transpose()
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?
+        .unwrap_or_default();
+    let user = state
+        .accounts
+        .sign_up(username, email, password, time_zone)
+        .await?;
+    let welcome = state.composer.welcome(&user);
+    if let Err(e) = mailer::queue(&state.store, &state.actors.mailer, welcome).await {
+        // The account exists; failing the sign-up now would only invite a retry that
+        // answers 409. The log says which welcome mail is missing.
+        tracing::error!(user = %user.id, error = %e, "could not queue the welcome mail");
+    }
     Ok((StatusCode::CREATED, Json(UserView::from(&user))))
 }
 
@@ -109,16 +132,18 @@ async fn me(CurrentUser(user): CurrentUser) -> Json<UserView> {
 struct UpdateMe {
     /// The new primary address; the old one stays on the account as a secondary one.
     #[schema(format = Email, max_length = 254)]
-    email: String,
+    email: Option<String>,
+    /// IANA time zone such as `Europe/Paris`.
+    time_zone: Option<String>,
 }
 
-/// Change your primary email.
+/// Change your primary email and/or time zone.
 #[utoipa::path(
     patch, path = "/v1/users/me", tag = "accounts",
     request_body = UpdateMe,
     responses(
         (status = 200, description = "Updated", body = UserView),
-        (status = 400, description = "Bad email", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 400, description = "Bad email or time zone, or nothing to change", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 401, description = "Not signed in", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 409, description = "Email taken by another account", body = ProblemDoc, content_type = "application/problem+json"),
     ),
@@ -129,12 +154,35 @@ async fn update_me(
     CurrentUser(user): CurrentUser,
     ApiJson(body): ApiJson<UpdateMe>,
 ) -> Result<Json<UserView>, ApiError> {
-    let email = Email::parse(&body.email).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let user = state.accounts.set_primary_email(user.id, email).await?;
+    let bad = |e: crate::domain::user::AccountError| ApiError::BadRequest(e.to_string());
+    if body.email.is_none() && body.time_zone.is_none() {
+        return Err(ApiError::BadRequest(
+            "send email and/or time_zone to change".into(),
+        ));
+    }
+    let email = body
+        .email
+        .as_deref()
+        .map(Email::parse)
+        .transpose()
+        .map_err(bad)?;
+    let zone = body
+        .time_zone
+        .as_deref()
+        .map(TimeZone::parse)
+        .transpose()
+        .map_err(bad)?;
+    let mut user = (*user).clone();
+    if let Some(zone) = zone {
+        user = state.accounts.set_time_zone(user.id, zone).await?;
+    }
+    if let Some(email) = email {
+        user = state.accounts.set_primary_email(user.id, email).await?;
+    }
     Ok(Json(UserView::from(&user)))
 }
 
-/// Delete your account, its addresses, sessions and images.
+/// Delete your account, its addresses, sessions, reminders and images.
 #[utoipa::path(
     delete, path = "/v1/users/me", tag = "accounts",
     responses(

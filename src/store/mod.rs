@@ -13,7 +13,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{
-    Event, EventId, EventKey, Image, ImageId, Session, Tags, TokenHash, User, UserId,
+    Bucket, DeadLetter, Due, Event, EventId, EventKey, Image, ImageId, MailId, MailJob, Reminder,
+    ReminderId, ReminderKey, Session, Tags, TokenHash, User, UserId,
 };
 
 pub use embedded::EmbeddedStore;
@@ -162,9 +163,105 @@ pub struct IndexPage {
     pub last: Option<EventKey>,
 }
 
+/// What `claim_bucket` got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The lease is this node's until the requested time. `taken_over` when it was
+    /// another node's expired lease.
+    Granted { taken_over: bool },
+    /// Another node holds a live lease.
+    Held { by: String },
+}
+
+/// Reminders, the due index the scheduler works from, and the bucket leases.
+#[async_trait]
+pub trait ReminderStore: Send + Sync {
+    /// Stores a new reminder with its per-user row and, if scheduled, its due row.
+    async fn insert_reminder(&self, reminder: &Reminder) -> Result<(), StoreError>;
+
+    async fn get_reminder(&self, id: ReminderId) -> Result<Option<Reminder>, StoreError>;
+
+    /// One page of a user's reminders in (remind_at, id) order, after `after`.
+    async fn reminders_of(
+        &self,
+        user: UserId,
+        after: Option<ReminderKey>,
+        limit: usize,
+    ) -> Result<Vec<Reminder>, StoreError>;
+
+    /// Writes `after` over `before`, moving its per-user and due rows;
+    /// [`StoreError::Changed`] if the stored reminder is no longer `before` (say, the
+    /// scheduler fired it meanwhile).
+    async fn update_reminder(&self, before: &Reminder, after: &Reminder) -> Result<(), StoreError>;
+
+    /// Removes a reminder and its rows (whatever its state).
+    async fn delete_reminder(&self, reminder: &Reminder) -> Result<(), StoreError>;
+
+    /// Every bucket with due rows (or not yet forgotten) up to and including `until_minute`.
+    async fn due_buckets(&self, until_minute: i64) -> Result<Vec<Bucket>, StoreError>;
+
+    /// The due rows of one bucket, in time order.
+    async fn due_in(&self, bucket: Bucket) -> Result<Vec<Due>, StoreError>;
+
+    /// Drops a bucket from `due_buckets` if it has no due rows left; returns whether it did.
+    /// Only call it for buckets no new reminder can land in (past minutes).
+    async fn forget_bucket(&self, bucket: Bucket) -> Result<bool, StoreError>;
+
+    /// `claim bucket B for node N until T`: granted when the bucket has no lease, an
+    /// expired one (at `now`), or one `node` holds already (a renewal).
+    async fn claim_bucket(
+        &self,
+        bucket: Bucket,
+        node: &str,
+        until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Claim, StoreError>;
+
+    /// For each (due row, rendered mail): if the reminder is still scheduled for that
+    /// time, marks it `sending` and queues the mail, in one step per reminder; either way
+    /// removes the due row. Returns, per entry, whether it fired.
+    async fn fire_reminders(&self, batch: &[(Due, MailJob)]) -> Result<Vec<bool>, StoreError>;
+
+    /// Removes a due row whose reminder is gone, moved or no longer scheduled.
+    async fn drop_due(&self, due: &Due) -> Result<(), StoreError>;
+
+    /// Marks a scheduled reminder `failed` without mail (its event is gone) and removes
+    /// its due row; false if it was not scheduled for that time any more.
+    async fn fail_reminder(&self, due: &Due, detail: &str) -> Result<bool, StoreError>;
+}
+
+/// The mailer's persisted queue, partitioned by node, and the dead letters.
+#[async_trait]
+pub trait MailStore: Send + Sync {
+    /// Queues a mail (an existing row with the same node and id is replaced).
+    async fn enqueue_mail(&self, job: &MailJob) -> Result<(), StoreError>;
+
+    /// Every mail queued for `node`.
+    async fn queued_mail(&self, node: &str) -> Result<Vec<MailJob>, StoreError>;
+
+    /// Records a failed attempt (attempts, next_attempt_at, last_error).
+    async fn update_mail(&self, job: &MailJob) -> Result<(), StoreError>;
+
+    /// Removes a delivered mail; its reminder, if any, becomes `sent`.
+    async fn mail_sent(&self, job: &MailJob) -> Result<(), StoreError>;
+
+    /// Moves a mail to the dead letters; its reminder, if any, becomes `failed`.
+    async fn mail_dead(&self, letter: &DeadLetter) -> Result<(), StoreError>;
+
+    /// Removes a queued mail that must not go (its reminder was deleted).
+    async fn discard_mail(&self, job: &MailJob) -> Result<(), StoreError>;
+
+    /// One page of dead letters in id order, after `after`.
+    async fn dead_letters(
+        &self,
+        after: Option<MailId>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError>;
+}
+
 /// Everything a backend provides.
 #[async_trait]
-pub trait Store: ImageStore + AccountStore + EventStore {
+pub trait Store: ImageStore + AccountStore + EventStore + ReminderStore + MailStore {
     /// Cheap round trip proving the store answers (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;
 

@@ -2,6 +2,8 @@
 //! HTTP client. Every test binary includes this module and uses what it needs.
 #![allow(dead_code)]
 
+pub mod smtp;
+
 use std::io::Cursor;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -57,7 +57,7 @@ fn bounds(
     after: Option<EventKey>,
 ) -> (Bound<(i64, u128)>, (i64, u128)) {
     let from = (from.timestamp_millis(), 0u128);
-    let start = match after.map(|k| (k.starts_at_ms, k.id.0.as_u128())) {
+    let start = match after.map(|k| (k.at_ms, k.id.0.as_u128())) {
         Some(cursor) if cursor >= from => Bound::Excluded(cursor),
         _ => Bound::Included(from),
     };
@@ -184,7 +184,7 @@ impl EventStore for EmbeddedStore {
             let mut page = IndexPage {
                 rows: ids.len(),
                 last: ids.last().map(|&(ms, id)| EventKey {
-                    starts_at_ms: ms,
+                    at_ms: ms,
                     id: EventId(uuid::Uuid::from_u128(id)),
                 }),
                 ..IndexPage::default()

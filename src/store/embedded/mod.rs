@@ -7,6 +7,7 @@
 mod accounts;
 mod events;
 mod images;
+mod reminders;
 
 use std::ops::Bound;
 use std::path::Path;
@@ -45,6 +46,24 @@ const EVENTS_BY_DAY: TableDefinition<(i32, i64, u128), ()> = TableDefinition::ne
 /// `events_by_geohash`: (cell, start ms, id) -> (), one row per indexed precision.
 const EVENTS_BY_GEOHASH: TableDefinition<(&str, i64, u128), ()> =
     TableDefinition::new("events_by_geohash");
+
+/// `reminders`: id -> JSON record.
+const REMINDERS: TableDefinition<u128, &[u8]> = TableDefinition::new("reminders");
+/// `reminders_by_user`: (user id, remind_at ms, id) -> ().
+const REMINDERS_BY_USER: TableDefinition<(u128, i64, u128), ()> =
+    TableDefinition::new("reminders_by_user");
+/// `reminders_due`: (minute, shard, remind_at ms, id) -> (), scheduled reminders only.
+const REMINDERS_DUE: TableDefinition<(i64, u16, i64, u128), ()> =
+    TableDefinition::new("reminders_due");
+/// `due_buckets`: (minute, shard) -> (), the `reminders_due` partitions not yet worked off.
+const DUE_BUCKETS: TableDefinition<(i64, u16), ()> = TableDefinition::new("due_buckets");
+/// `bucket_leases`: (minute, shard) -> (node, lease end ms).
+const BUCKET_LEASES: TableDefinition<(i64, u16), (&str, i64)> =
+    TableDefinition::new("bucket_leases");
+/// `mail_queue`: (node, mail id) -> JSON job.
+const MAIL_QUEUE: TableDefinition<(&str, u128), &[u8]> = TableDefinition::new("mail_queue");
+/// `mail_dead`: mail id -> JSON dead letter.
+const MAIL_DEAD: TableDefinition<u128, &[u8]> = TableDefinition::new("mail_dead");
 
 /// How long `close` waits for in-flight calls to release the database.
 const CLOSE_WAIT: Duration = Duration::from_secs(10);
@@ -86,6 +105,13 @@ impl EmbeddedStore {
         tx.open_table(EVENTS_BY_TOPIC)?;
         tx.open_table(EVENTS_BY_DAY)?;
         tx.open_table(EVENTS_BY_GEOHASH)?;
+        tx.open_table(REMINDERS)?;
+        tx.open_table(REMINDERS_BY_USER)?;
+        tx.open_table(REMINDERS_DUE)?;
+        tx.open_table(DUE_BUCKETS)?;
+        tx.open_table(BUCKET_LEASES)?;
+        tx.open_table(MAIL_QUEUE)?;
+        tx.open_table(MAIL_DEAD)?;
         tx.commit()?;
         Ok(Self {
             db: RwLock::new(Some(Arc::new(db))),
@@ -107,6 +133,23 @@ impl EmbeddedStore {
         tokio::task::spawn_blocking(move || f(&db))
             .await
             .map_err(|e| StoreError::Embedded(format!("store task failed: {e}")))?
+    }
+}
+
+impl EmbeddedStore {
+    /// Runs `f` in one write transaction and commits it if `f` succeeds.
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&redb::WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.with_db(move |db| {
+            let tx = db.begin_write()?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
     }
 }
 

@@ -9,7 +9,7 @@ use scylla::statement::prepared::PreparedStatement;
 use uuid::Uuid;
 
 use super::{ScyllaStore, err, prepare};
-use crate::domain::{Email, Session, TokenHash, User, UserId, Username};
+use crate::domain::{Email, Session, TimeZone, TokenHash, User, UserId, Username};
 use crate::store::{AccountStore, StoreError};
 
 type UserRow = (
@@ -20,10 +20,12 @@ type UserRow = (
     String,
     bool,
     DateTime<Utc>,
+    Option<String>,
 );
 type SessionRow = (DateTime<Utc>, DateTime<Utc>);
 
-const COLUMNS: &str = "id, username, email, secondary_emails, password_hash, admin, created_at";
+const COLUMNS: &str =
+    "id, username, email, secondary_emails, password_hash, admin, created_at, time_zone";
 
 pub(super) struct Statements {
     claim_username: PreparedStatement,
@@ -52,7 +54,7 @@ impl Statements {
             release_email: prepare(s, format!("DELETE FROM {ks}.users_by_email WHERE email = ? IF user_id = ?")).await?,
             lookup_username: prepare(s, format!("SELECT user_id FROM {ks}.users_by_username WHERE username = ?")).await?,
             lookup_email: prepare(s, format!("SELECT user_id FROM {ks}.users_by_email WHERE email = ?")).await?,
-            write_user: prepare(s, format!("INSERT INTO {ks}.users ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)")).await?,
+            write_user: prepare(s, format!("INSERT INTO {ks}.users ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")).await?,
             get_user: prepare(s, format!("SELECT {COLUMNS} FROM {ks}.users WHERE id = ?")).await?,
             delete_user: prepare(s, format!("DELETE FROM {ks}.users WHERE id = ?")).await?,
             scan_first: prepare(s, format!("SELECT {COLUMNS} FROM {ks}.users LIMIT ?")).await?,
@@ -66,7 +68,7 @@ impl Statements {
 }
 
 fn from_row(row: UserRow) -> Result<User, StoreError> {
-    let (id, username, email, secondary, password_hash, admin, created_at) = row;
+    let (id, username, email, secondary, password_hash, admin, created_at, time_zone) = row;
     let corrupt = |e: crate::domain::user::AccountError| StoreError::Corrupt(e.to_string());
     Ok(User {
         id: UserId(id),
@@ -81,6 +83,11 @@ fn from_row(row: UserRow) -> Result<User, StoreError> {
         password_hash,
         admin,
         created_at,
+        time_zone: time_zone
+            .map(|z| TimeZone::parse(&z))
+            .transpose()
+            .map_err(corrupt)?
+            .unwrap_or_default(),
     })
 }
 
@@ -95,6 +102,7 @@ impl ScyllaStore {
             &user.password_hash,
             user.admin,
             user.created_at,
+            user.time_zone.name(),
         );
         self.run(&self.accounts.write_user, row).await?;
         Ok(())

@@ -304,8 +304,8 @@ impl EventStore for ScyllaStore {
         limit: usize,
     ) -> Result<IndexPage, StoreError> {
         let mut lower = (from, Uuid::nil(), false);
-        if let Some(k) = after.filter(|k| k.starts_at_ms >= from.timestamp_millis()) {
-            lower = (k.starts_at().unwrap_or(from), k.id.0, true);
+        if let Some(k) = after.filter(|k| k.at_ms >= from.timestamp_millis()) {
+            lower = (k.at().unwrap_or(from), k.id.0, true);
         }
         let st = &self.events;
         let ids = match index {
@@ -335,7 +335,7 @@ impl EventStore for ScyllaStore {
         let mut page = IndexPage {
             rows: ids.len(),
             last: ids.last().map(|&(t, id)| EventKey {
-                starts_at_ms: t.timestamp_millis(),
+                at_ms: t.timestamp_millis(),
                 id: EventId(id),
             }),
             ..IndexPage::default()

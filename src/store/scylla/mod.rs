@@ -5,6 +5,7 @@
 mod accounts;
 mod events;
 mod images;
+mod reminders;
 
 use async_trait::async_trait;
 use scylla::client::session::Session;
@@ -12,6 +13,7 @@ use scylla::client::session_builder::SessionBuilder;
 use scylla::response::query_result::QueryResult;
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::prepared::PreparedStatement;
+use scylla::value::CqlValue;
 
 use super::{Store, StoreError};
 
@@ -29,6 +31,11 @@ pub const SCHEMA: &[(&str, &str)] = &[
         "003_events.cql",
         include_str!("../../../schema/003_events.cql"),
     ),
+    (
+        "004_reminders.cql",
+        include_str!("../../../schema/004_reminders.cql"),
+    ),
+    ("005_mail.cql", include_str!("../../../schema/005_mail.cql")),
 ];
 
 /// Where the cluster is and which keyspace is ours.
@@ -48,6 +55,7 @@ pub struct ScyllaStore {
     images: images::Statements,
     accounts: accounts::Statements,
     events: events::Statements,
+    reminders: reminders::Statements,
     ping: PreparedStatement,
 }
 
@@ -106,6 +114,7 @@ impl ScyllaStore {
             images: images::Statements::prepare(&session, ks).await?,
             accounts: accounts::Statements::prepare(&session, ks).await?,
             events: events::Statements::prepare(&session, ks).await?,
+            reminders: reminders::Statements::prepare(&session, ks).await?,
             ping: prepare(&session, "SELECT now() FROM system.local".into()).await?,
             session,
         })
@@ -128,18 +137,58 @@ impl ScyllaStore {
         statement: &PreparedStatement,
         values: impl SerializeRow,
     ) -> Result<bool, StoreError> {
+        Ok(self.cas(statement, values).await?.applied)
+    }
+
+    /// Runs a lightweight transaction; returns whether it was applied and the columns the
+    /// server sent with the answer (the row as it found it, when it did not apply).
+    async fn cas(
+        &self,
+        statement: &PreparedStatement,
+        values: impl SerializeRow,
+    ) -> Result<Cas, StoreError> {
         let rows = self
             .run(statement, values)
             .await?
             .into_rows_result()
             .map_err(err)?;
+        let names: Vec<String> = rows
+            .column_specs()
+            .iter()
+            .map(|spec| spec.name().to_owned())
+            .collect();
         let row: scylla::value::Row = rows.first_row().map_err(err)?;
-        match row.columns.first() {
-            Some(Some(scylla::value::CqlValue::Boolean(applied))) => Ok(*applied),
-            other => Err(StoreError::Scylla(format!(
-                "unexpected LWT answer {other:?}"
-            ))),
-        }
+        let columns: Vec<(String, Option<CqlValue>)> = names.into_iter().zip(row.columns).collect();
+        let mut cas = Cas {
+            applied: false,
+            columns,
+        };
+        cas.applied = match cas.column("[applied]") {
+            Some(CqlValue::Boolean(applied)) => *applied,
+            other => {
+                return Err(StoreError::Scylla(format!(
+                    "unexpected LWT answer {other:?}"
+                )));
+            }
+        };
+        Ok(cas)
+    }
+}
+
+/// A lightweight transaction's answer.
+struct Cas {
+    applied: bool,
+    /// Every column of the answer by name, `[applied]` included.
+    columns: Vec<(String, Option<CqlValue>)>,
+}
+
+impl Cas {
+    /// A column's value; `None` when it is null or was not sent.
+    fn column(&self, name: &str) -> Option<&CqlValue> {
+        self.columns
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, value)| value.as_ref())
     }
 }
 

@@ -1,0 +1,278 @@
+//! Mail: composing what Corral sends (welcome and reminder mails), the delivery transports
+//! (`.eml` files or SMTP, both lettre), and the retry policy. The mailer actor
+//! (`actors::mailer`) drives these; nothing here keeps state.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use lettre::message::Mailbox;
+use lettre::message::header::ContentType;
+use lettre::transport::smtp::PoolConfig;
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+
+use crate::config::{MailSettings, MailTransportKind, SmtpTls};
+use crate::domain::{Email, Event, MailId, MailJob, MailKind, Reminder, User};
+
+/// Why the mail setup could not be built from the settings.
+#[derive(Debug, thiserror::Error)]
+pub enum MailError {
+    #[error("mail.from: {0}")]
+    From(String),
+    #[error("mail outbox {path}: {source}")]
+    Outbox {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("mail.smtp: {0}")]
+    Smtp(String),
+}
+
+/// Why one delivery attempt failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{detail}")]
+pub struct DeliveryError {
+    /// A refusal that retrying will not change (SMTP 5xx, an unusable address).
+    pub permanent: bool,
+    pub detail: String,
+}
+
+impl DeliveryError {
+    fn permanent(detail: impl Into<String>) -> Self {
+        Self {
+            permanent: true,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Renders the mails this node queues.
+#[derive(Debug, Clone)]
+pub struct Composer {
+    from: Mailbox,
+    node: String,
+}
+
+impl Composer {
+    pub fn new(from: &str, node: String) -> Result<Self, MailError> {
+        let from = from
+            .parse::<Mailbox>()
+            .map_err(|e| MailError::From(e.to_string()))?;
+        Ok(Self { from, node })
+    }
+
+    pub fn from(&self) -> &Mailbox {
+        &self.from
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    fn job(
+        &self,
+        id: MailId,
+        kind: MailKind,
+        to: &Email,
+        subject: String,
+        body: String,
+    ) -> MailJob {
+        let now = Utc::now();
+        MailJob {
+            id,
+            node: self.node.clone(),
+            kind,
+            to: to.clone(),
+            subject,
+            body,
+            message_id: format!("<{}.{}@{}>", kind.name(), id, self.from.email.domain()),
+            attempts: 0,
+            next_attempt_at: now,
+            last_error: None,
+            created_at: now,
+        }
+    }
+
+    /// The mail sent on sign-up.
+    pub fn welcome(&self, user: &User) -> MailJob {
+        let body = format!(
+            "Hello {name},\n\nwelcome to Corral. Your account is ready: upload images, browse \
+             the events near you, and set reminders so you never miss one.\n\nYour username \
+             is {name}; sign in with it or with this address.\n",
+            name = user.username.as_str()
+        );
+        self.job(
+            MailId(user.id.0),
+            MailKind::Welcome { user: user.id },
+            &user.email,
+            "Welcome to Corral".into(),
+            body,
+        )
+    }
+
+    /// The reminder's mail: the event, its time in the recipient's zone, its place.
+    pub fn reminder(&self, reminder: &Reminder, event: &Event, user: &User) -> MailJob {
+        let zone = user.time_zone.0;
+        let when = |t: DateTime<Utc>| {
+            t.with_timezone(&zone)
+                .format("%A %-d %B %Y, %H:%M %Z")
+                .to_string()
+        };
+        let mut body = format!(
+            "Hello {name},\n\nyou asked to be reminded of \"{title}\".\n\n\
+             When:  {starts} ({zone})\nUntil: {ends}\nWhere: {place}\n",
+            name = user.username.as_str(),
+            title = event.title,
+            starts = when(event.starts_at),
+            ends = when(event.ends_at),
+            zone = user.time_zone.name(),
+            place = event.location.name,
+        );
+        if !event.description.is_empty() {
+            body.push('\n');
+            body.push_str(&event.description);
+            body.push('\n');
+        }
+        self.job(
+            MailId(reminder.id.0),
+            MailKind::Reminder {
+                reminder: reminder.id,
+                remind_at: reminder.remind_at,
+            },
+            &reminder.email,
+            format!("Reminder: {}", event.title),
+            body,
+        )
+    }
+}
+
+/// Where mail goes.
+#[derive(Clone)]
+pub enum Transport {
+    /// One `.eml` file per mail in a directory.
+    File(AsyncFileTransport<Tokio1Executor>),
+    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+}
+
+impl Transport {
+    /// Builds the configured transport; for `file` creates the outbox directory.
+    pub fn from_settings(mail: &MailSettings, outbox: &Path) -> Result<Arc<Self>, MailError> {
+        Ok(Arc::new(match mail.transport {
+            MailTransportKind::File => {
+                std::fs::create_dir_all(outbox).map_err(|source| MailError::Outbox {
+                    path: outbox.display().to_string(),
+                    source,
+                })?;
+                Self::File(AsyncFileTransport::new(outbox))
+            }
+            MailTransportKind::Smtp => {
+                let s = &mail.smtp;
+                let tls_params = || {
+                    TlsParameters::new(s.host.clone()).map_err(|e| MailError::Smtp(e.to_string()))
+                };
+                let tls = match s.tls {
+                    SmtpTls::Starttls => Tls::Required(tls_params()?),
+                    SmtpTls::Tls => Tls::Wrapper(tls_params()?),
+                    SmtpTls::None => Tls::None,
+                };
+                let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&s.host)
+                    .port(s.port)
+                    .tls(tls)
+                    .timeout(Some(Duration::from_secs(s.timeout_secs)))
+                    .pool_config(PoolConfig::new().max_size(mail.concurrency as u32));
+                if !s.username.is_empty() {
+                    builder = builder
+                        .credentials(Credentials::new(s.username.clone(), s.password.clone()));
+                }
+                Self::Smtp(builder.build())
+            }
+        }))
+    }
+
+    /// One delivery attempt.
+    pub async fn deliver(&self, from: &Mailbox, job: &MailJob) -> Result<(), DeliveryError> {
+        let to = job
+            .to
+            .as_str()
+            .parse::<Mailbox>()
+            .map_err(|e| DeliveryError::permanent(format!("bad recipient: {e}")))?;
+        let message = Message::builder()
+            .from(from.clone())
+            .to(to)
+            .subject(job.subject.clone())
+            .message_id(Some(job.message_id.clone()))
+            .header(ContentType::TEXT_PLAIN)
+            .body(job.body.clone())
+            .map_err(|e| DeliveryError::permanent(format!("unbuildable message: {e}")))?;
+        match self {
+            Self::File(t) => t.send(message).await.map(drop).map_err(|e| DeliveryError {
+                permanent: false,
+                detail: format!("outbox: {e}"),
+            }),
+            Self::Smtp(t) => t.send(message).await.map(drop).map_err(|e| DeliveryError {
+                permanent: e.is_permanent(),
+                detail: format!("smtp: {e}"),
+            }),
+        }
+    }
+}
+
+/// How failed deliveries are retried.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl RetryPolicy {
+    pub fn from_settings(mail: &MailSettings) -> Self {
+        Self {
+            max_attempts: mail.max_attempts,
+            initial: Duration::from_millis(mail.retry_initial_ms),
+            max: Duration::from_millis(mail.retry_max_ms),
+        }
+    }
+
+    /// The pause after the `attempts`-th failure: initial * 2^(attempts-1), capped, then
+    /// +-25 % jitter.
+    pub fn delay(&self, attempts: u32) -> Duration {
+        let exp = attempts.saturating_sub(1).min(30);
+        let base = self.initial.saturating_mul(1 << exp).min(self.max);
+        let jitter = rand::random_range(0.75..=1.25);
+        base.mul_f64(jitter)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_caps_and_jitters() {
+        let p = RetryPolicy {
+            max_attempts: 10,
+            initial: Duration::from_millis(100),
+            max: Duration::from_millis(1000),
+        };
+        for (attempts, base) in [
+            (1, 100),
+            (2, 200),
+            (3, 400),
+            (4, 800),
+            (5, 1000),
+            (40, 1000),
+        ] {
+            let d = p.delay(attempts).as_millis();
+            assert!(
+                (base * 3 / 4..=base * 5 / 4).contains(&d),
+                "attempt {attempts}: {d} ms for base {base}"
+            );
+        }
+        let spread: std::collections::HashSet<_> = (0..20).map(|_| p.delay(3)).collect();
+        assert!(spread.len() > 1, "jitter varies the delay");
+    }
+}

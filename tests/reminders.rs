@@ -1,0 +1,786 @@
+//! Reminders end to end, with a real SMTP server on loopback: on time to the chosen
+//! address, rescheduling and cancelling, catch-up after a restart, retries while SMTP is
+//! down, dead letters, two schedulers sharing one store, the welcome mail, and the 4xx
+//! answers to bad input.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, TimeZone, Utc};
+use common::TestApp;
+use common::smtp::{Received, SmtpSink};
+use corral::App;
+use corral::config::{MailTransportKind, Overrides, Settings, SmtpTls};
+use corral::domain::{Email, EventId, Reminder, ReminderId, ReminderState, UserId};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+/// Mail to `sink`, quick retries and ticks, no rate limits (tests make many requests).
+fn via(port: u16) -> impl Fn(&mut Settings) + Copy {
+    move |s: &mut Settings| {
+        s.mail.transport = MailTransportKind::Smtp;
+        s.mail.smtp.host = "127.0.0.1".into();
+        s.mail.smtp.port = port;
+        s.mail.smtp.tls = SmtpTls::None;
+        s.mail.smtp.timeout_secs = 5;
+        s.mail.retry_initial_ms = 100;
+        s.mail.retry_max_ms = 300;
+        s.mail.max_attempts = 50;
+        s.reminders.tick_ms = 200;
+        s.rate_limits.enabled = false;
+    }
+}
+
+/// Creates an event (as a fresh admin) starting at `starts`; returns its id.
+async fn event(app: &TestApp, title: &str, starts: DateTime<Utc>) -> String {
+    let admin = match app.store.find_user("root").await.unwrap() {
+        Some(_) => app.log_in("root").await,
+        None => app.admin().await,
+    };
+    let response = app
+        .client
+        .post(app.url("/v1/events"))
+        .bearer_auth(admin)
+        .json(&json!({
+            "title": title,
+            "description": "Bring a hat.",
+            "topics": ["parade"],
+            "starts_at": starts.to_rfc3339(),
+            "ends_at": (starts + chrono::Duration::hours(2)).to_rfc3339(),
+            "location": {"name": "Champ de Mars", "lat": 48.8556, "lon": 2.2986},
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+    let body: Value = response.json().await.unwrap();
+    body["id"].as_str().unwrap().to_owned()
+}
+
+fn starts() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2031, 6, 1, 18, 0, 0).unwrap()
+}
+
+async fn send(
+    app: &TestApp,
+    token: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> reqwest::Response {
+    let mut request = app.client.request(method, app.url(path)).bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    request.send().await.unwrap()
+}
+
+/// Sets a reminder `ahead` from now; returns (id, the Instant it is due).
+async fn remind(
+    app: &TestApp,
+    token: &str,
+    event: &str,
+    ahead: Duration,
+    email: Option<&str>,
+) -> (String, Instant) {
+    let due = Instant::now() + ahead;
+    let at = Utc::now() + chrono::Duration::from_std(ahead).unwrap();
+    let mut body = json!({"event_id": event, "remind_at": at.to_rfc3339()});
+    if let Some(email) = email {
+        body["email"] = json!(email);
+    }
+    let response = send(app, token, Method::POST, "/v1/reminders", Some(body)).await;
+    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+    let reminder: Value = response.json().await.unwrap();
+    assert_eq!(reminder["state"], "scheduled");
+    (reminder["id"].as_str().unwrap().to_owned(), due)
+}
+
+async fn state_of(app: &TestApp, token: &str, id: &str) -> Value {
+    let response = send(
+        app,
+        token,
+        Method::GET,
+        &format!("/v1/reminders/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+/// Polls until the reminder reaches `state`.
+async fn wait_state(app: &TestApp, token: &str, id: &str, state: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reminder = state_of(app, token, id).await;
+        if reminder["state"] == state {
+            return reminder;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "reminder never became {state}: {reminder}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Mails whose Message-ID names this reminder.
+fn mails_for(sink: &SmtpSink, id: &str) -> Vec<Received> {
+    sink.received()
+        .into_iter()
+        .filter(|m| m.header("Message-ID").is_some_and(|h| h.contains(id)))
+        .collect()
+}
+
+async fn add_email(app: &TestApp, token: &str, email: &str) {
+    let response = send(
+        app,
+        token,
+        Method::POST,
+        "/v1/users/me/emails",
+        Some(json!({"email": email})),
+    )
+    .await;
+    assert_eq!(response.status(), 201);
+}
+
+#[tokio::test]
+async fn a_reminder_arrives_on_time_by_smtp_at_the_chosen_address_naming_the_event() {
+    let sink = SmtpSink::start().await;
+    let app = TestApp::spawn_with(via(sink.port())).await;
+    let event = event(&app, "Llama Parade", starts()).await;
+    add_email(&app, &app.token, "tester.alt@example.com").await;
+    let zone = send(
+        &app,
+        &app.token,
+        Method::PATCH,
+        "/v1/users/me",
+        Some(json!({"time_zone": "Asia/Tokyo"})),
+    )
+    .await;
+    assert_eq!(zone.status(), 200);
+    let me: Value = zone.json().await.unwrap();
+    assert_eq!(me["time_zone"], "Asia/Tokyo");
+
+    let (id, due) = remind(
+        &app,
+        &app.token,
+        &event,
+        Duration::from_secs(2),
+        Some("tester.alt@example.com"),
+    )
+    .await;
+    let mail = sink
+        .wait_for(Duration::from_secs(5), |m| {
+            m.header("Message-ID").is_some_and(|h| h.contains(&id))
+        })
+        .await
+        .expect("the reminder arrives");
+    let late = mail.at.saturating_duration_since(due);
+    assert!(
+        mail.at + Duration::from_millis(50) >= due,
+        "sent {:?} early",
+        due - mail.at
+    );
+    assert!(
+        late <= Duration::from_secs(1),
+        "arrived {late:?} after its time"
+    );
+    assert_eq!(mail.to, vec!["tester.alt@example.com"]);
+    assert_eq!(
+        mail.header("Subject").as_deref(),
+        Some("Reminder: Llama Parade")
+    );
+    assert!(mail.data.contains("Llama Parade"), "{}", mail.data);
+    // 18:00 UTC is 03:00 the next day in Tokyo.
+    assert!(
+        mail.data.contains("Monday 2 June 2031, 03:00 JST"),
+        "{}",
+        mail.data
+    );
+    assert!(mail.data.contains("Champ de Mars"), "{}", mail.data);
+
+    let reminder = wait_state(&app, &app.token, &id, "sent").await;
+    assert_eq!(reminder["email"], "tester.alt@example.com");
+    // A sent reminder can no longer be moved.
+    let moved = send(
+        &app,
+        &app.token,
+        Method::PATCH,
+        &format!("/v1/reminders/{id}"),
+        Some(json!({"remind_at": (Utc::now() + chrono::Duration::hours(1)).to_rfc3339()})),
+    )
+    .await;
+    assert_eq!(moved.status(), 409);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(mails_for(&sink, &id).len(), 1, "sent exactly once");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn rescheduling_changing_the_address_and_deleting_are_honoured() {
+    let sink = SmtpSink::start().await;
+    let app = TestApp::spawn_with(via(sink.port())).await;
+    let event = event(&app, "Night Market", starts()).await;
+    add_email(&app, &app.token, "tester.alt@example.com").await;
+    let t0 = Instant::now();
+
+    // Delayed by two seconds and sent elsewhere.
+    let (delayed, _) = remind(&app, &app.token, &event, Duration::from_secs(2), None).await;
+    let later = Utc::now() + chrono::Duration::milliseconds(4000);
+    let patch = json!({"remind_at": later.to_rfc3339(), "email": "tester.alt@example.com"});
+    let r = send(
+        &app,
+        &app.token,
+        Method::PATCH,
+        &format!("/v1/reminders/{delayed}"),
+        Some(patch),
+    )
+    .await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    // Brought forward from a minute away.
+    let (earlier, _) = remind(&app, &app.token, &event, Duration::from_secs(60), None).await;
+    let sooner = Utc::now() + chrono::Duration::milliseconds(2500);
+    let r = send(
+        &app,
+        &app.token,
+        Method::PATCH,
+        &format!("/v1/reminders/{earlier}"),
+        Some(json!({"remind_at": sooner.to_rfc3339()})),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    // Cancelled.
+    let (cancelled, _) = remind(&app, &app.token, &event, Duration::from_secs(2), None).await;
+    let r = send(
+        &app,
+        &app.token,
+        Method::DELETE,
+        &format!("/v1/reminders/{cancelled}"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(
+        send(
+            &app,
+            &app.token,
+            Method::GET,
+            &format!("/v1/reminders/{cancelled}"),
+            None
+        )
+        .await
+        .status(),
+        404
+    );
+
+    tokio::time::sleep(
+        (t0 + Duration::from_millis(6000)).saturating_duration_since(Instant::now()),
+    )
+    .await;
+    let moved = mails_for(&sink, &delayed);
+    assert_eq!(moved.len(), 1, "the delayed reminder is sent once");
+    assert_eq!(moved[0].to, vec!["tester.alt@example.com"]);
+    assert!(
+        moved[0].at >= t0 + Duration::from_millis(3900),
+        "sent at its new time, not the old one"
+    );
+    let forward = mails_for(&sink, &earlier);
+    assert_eq!(forward.len(), 1, "the brought-forward reminder is sent");
+    assert_eq!(forward[0].to, vec!["tester@example.com"]);
+    assert!(
+        mails_for(&sink, &cancelled).is_empty(),
+        "a deleted reminder is not sent"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn reminders_due_while_the_server_was_down_are_sent_once_after_restart() {
+    let sink = SmtpSink::start().await;
+    let app = TestApp::spawn_with(via(sink.port())).await;
+    let event = event(&app, "Harbour Swim", starts()).await;
+    let (first, due) = remind(&app, &app.token, &event, Duration::from_secs(3), None).await;
+    let (second, _) = remind(&app, &app.token, &event, Duration::from_secs(3), None).await;
+    let token = app.token.clone();
+    let dir = app.stop().await;
+    assert!(
+        Instant::now() < due,
+        "the server stopped before the reminders fell due"
+    );
+    tokio::time::sleep(due.saturating_duration_since(Instant::now()) + Duration::from_millis(500))
+        .await;
+    assert!(mails_for(&sink, &first).is_empty() && mails_for(&sink, &second).is_empty());
+
+    let app = TestApp::spawn_in(dir, via(sink.port())).await;
+    for id in [&first, &second] {
+        sink.wait_for(Duration::from_secs(5), |m| {
+            m.header("Message-ID")
+                .is_some_and(|h| h.contains(id.as_str()))
+        })
+        .await
+        .expect("an overdue reminder is caught up");
+        wait_state(&app, &token, id, "sent").await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(mails_for(&sink, &first).len(), 1);
+    assert_eq!(mails_for(&sink, &second).len(), 1);
+    app.stop().await;
+}
+
+async fn metric(app: &TestApp, name: &str, label: &str) -> f64 {
+    let text = app.get("/metrics").await.text().await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn with_smtp_down_the_mail_is_retried_and_delivered_when_it_returns() {
+    let mut sink = SmtpSink::start().await;
+    sink.stop();
+    let app = TestApp::spawn_with(via(sink.port())).await;
+    let event = event(&app, "Rooftop Cinema", starts()).await;
+    let retries_before = metric(&app, "corral_mail_retries_total", "kind=\"reminder\"").await;
+    let (id, _) = remind(&app, &app.token, &event, Duration::from_millis(500), None).await;
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&app, "corral_mail_retries_total", "kind=\"reminder\"").await
+        < retries_before + 3.0
+    {
+        assert!(Instant::now() < deadline, "the mailer never retried");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(state_of(&app, &app.token, &id).await["state"], "sending");
+    assert!(sink.received().is_empty());
+
+    sink.restart().await;
+    sink.wait_for(Duration::from_secs(5), |m| {
+        m.header("Message-ID").is_some_and(|h| h.contains(&id))
+    })
+    .await
+    .expect("delivered once SMTP is back");
+    wait_state(&app, &app.token, &id, "sent").await;
+    // The welcome mail queued while SMTP was down gets through too.
+    sink.wait_for(Duration::from_secs(5), |m| {
+        m.to == ["tester@example.com"]
+            && m.header("Subject").as_deref() == Some("Welcome to Corral")
+    })
+    .await
+    .expect("the welcome mail is retried as well");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(mails_for(&sink, &id).len(), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_permanently_refused_address_ends_as_a_dead_letter() {
+    let sink = SmtpSink::start().await;
+    sink.reject("doomed@example.com");
+    let app = TestApp::spawn_with(via(sink.port())).await;
+    let event = event(&app, "Kite Festival", starts()).await;
+    add_email(&app, &app.token, "doomed@example.com").await;
+    let (id, _) = remind(
+        &app,
+        &app.token,
+        &event,
+        Duration::from_millis(500),
+        Some("doomed@example.com"),
+    )
+    .await;
+
+    let failed = wait_state(&app, &app.token, &id, "failed").await;
+    assert!(
+        failed["detail"].as_str().unwrap().contains("550"),
+        "{failed}"
+    );
+    assert!(sink.to("doomed@example.com").is_empty());
+
+    let admin = app.log_in("root").await;
+    let dead: Value = send(&app, &admin, Method::GET, "/v1/admin/mail/dead", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let letters = dead["dead_letters"].as_array().unwrap();
+    let letter = letters
+        .iter()
+        .find(|l| l["reminder_id"] == id.as_str())
+        .expect("listed as dead");
+    assert_eq!(letter["to"], "doomed@example.com");
+    assert_eq!(letter["kind"], "reminder");
+    assert_eq!(letter["attempts"], 1, "a permanent refusal is not retried");
+    assert!(letter["reason"].as_str().unwrap().contains("550"));
+    assert!(metric(&app, "corral_mails_dead_total", "kind=\"reminder\"").await >= 1.0);
+    let forbidden = send(&app, &app.token, Method::GET, "/v1/admin/mail/dead", None).await;
+    assert_eq!(forbidden.status(), 403);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn two_schedulers_sharing_one_store_send_each_of_1000_reminders_exactly_once() {
+    const COUNT: usize = 1000;
+    let sink = SmtpSink::start().await;
+    let app = TestApp::spawn_with(via(sink.port())).await;
+    let other_dir = tempfile::TempDir::new().unwrap();
+    let overrides = Overrides {
+        bind: None,
+        data_dir: Some(other_dir.path().to_owned()),
+    };
+    let mut settings = Settings::load(None, &overrides).unwrap();
+    via(sink.port())(&mut settings);
+    settings.node.id = "node-b".into();
+    let other = App::start_sharing(settings, app.store.clone())
+        .await
+        .expect("second node starts");
+
+    let event: EventId = event(&app, "Marathon", starts()).await.parse().unwrap();
+    let me: Value = send(&app, &app.token, Method::GET, "/v1/users/me", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let user: UserId = me["id"].as_str().unwrap().parse().unwrap();
+    // Written straight to the store, so neither scheduler hears of them by message: both
+    // find them in the due buckets and compete for the leases.
+    let first_due = Utc::now() + chrono::Duration::seconds(2);
+    for i in 0..COUNT {
+        let now = Utc::now();
+        let reminder = Reminder {
+            id: ReminderId::new(),
+            user_id: user,
+            event_id: event,
+            remind_at: first_due + chrono::Duration::milliseconds((i % 100) as i64 * 10),
+            email: Email::parse(&format!("runner{i}@example.com")).unwrap(),
+            state: ReminderState::Scheduled,
+            detail: None,
+            created_at: now,
+            updated_at: now,
+        };
+        app.store.insert_reminder(&reminder).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let reminders = || {
+        sink.received()
+            .into_iter()
+            .filter(|m| {
+                m.header("Subject")
+                    .is_some_and(|s| s.starts_with("Reminder:"))
+            })
+            .collect::<Vec<_>>()
+    };
+    while reminders().len() < COUNT {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {COUNT} mails arrived",
+            reminders().len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mails = reminders();
+    let mut per_id: HashMap<String, usize> = HashMap::new();
+    for m in &mails {
+        *per_id.entry(m.header("Message-ID").unwrap()).or_default() += 1;
+    }
+    assert_eq!(mails.len(), COUNT, "exactly one mail per reminder");
+    assert_eq!(per_id.len(), COUNT);
+    let node_b_leases = metric(&app, "corral_reminders_fired_total", "").await;
+    assert!(node_b_leases >= COUNT as f64);
+    other.shutdown().await.unwrap();
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_welcome_mail_arrives_on_sign_up() {
+    let sink = SmtpSink::start().await;
+    let app = TestApp::spawn_with(via(sink.port())).await;
+    let response = app.sign_up("newcomer").await;
+    assert_eq!(response.status(), 201);
+    let user: Value = response.json().await.unwrap();
+    let mail = sink
+        .wait_for(Duration::from_secs(5), |m| m.to == ["newcomer@example.com"])
+        .await
+        .expect("a welcome mail");
+    assert_eq!(mail.header("Subject").as_deref(), Some("Welcome to Corral"));
+    assert!(
+        mail.header("Message-ID")
+            .unwrap()
+            .contains(user["id"].as_str().unwrap())
+    );
+    assert!(mail.data.contains("newcomer"));
+    app.stop().await;
+
+    // With the default settings the mail lands as an .eml file in data/outbox.
+    let app = TestApp::spawn().await;
+    let outbox = app.data_dir.path().join("outbox");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let welcome = std::fs::read_dir(&outbox)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|f| std::fs::read_to_string(f.path()).ok())
+            .any(|text| {
+                text.contains("Subject: Welcome to Corral") && text.contains("tester@example.com")
+            });
+        if welcome {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no welcome mail in {}",
+            outbox.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.stop().await;
+}
+
+async fn problem(response: reqwest::Response, status: u16) -> Value {
+    assert_eq!(response.status(), status);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    response.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn bad_reminders_get_4xx_problem_json() {
+    let app = TestApp::spawn_with(|s| s.rate_limits.enabled = false).await;
+    let event = event(&app, "Jazz Night", starts()).await;
+    let post = |body: Value| send(&app, &app.token, Method::POST, "/v1/reminders", Some(body));
+    let soon = (Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+
+    let past = (Utc::now() - chrono::Duration::seconds(1)).to_rfc3339();
+    let p = problem(
+        post(json!({"event_id": event, "remind_at": past})).await,
+        422,
+    )
+    .await;
+    assert!(p["detail"].as_str().unwrap().contains("future"));
+    let p = problem(
+        post(json!({"event_id": EventId::new().to_string(), "remind_at": soon})).await,
+        422,
+    )
+    .await;
+    assert!(p["detail"].as_str().unwrap().contains("no event"));
+    problem(
+        post(json!({"event_id": "nope", "remind_at": soon})).await,
+        422,
+    )
+    .await;
+    let p = problem(
+        post(json!({"event_id": event, "remind_at": soon, "email": "stranger@example.com"})).await,
+        422,
+    )
+    .await;
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not one of your addresses")
+    );
+    problem(
+        post(json!({"event_id": event, "remind_at": soon, "email": "not an address"})).await,
+        400,
+    )
+    .await;
+    problem(
+        post(json!({"event_id": event, "remind_at": "tomorrow"})).await,
+        400,
+    )
+    .await;
+    problem(post(json!({"event_id": event})).await, 400).await;
+    problem(
+        app.client
+            .post(app.url("/v1/reminders"))
+            .json(&json!({"event_id": event, "remind_at": soon}))
+            .send()
+            .await
+            .unwrap(),
+        401,
+    )
+    .await;
+
+    // With an offset, stored in UTC.
+    let local = (Utc::now() + chrono::Duration::hours(2))
+        .with_timezone(&chrono::FixedOffset::east_opt(5 * 3600 + 1800).unwrap());
+    let r = post(json!({"event_id": event, "remind_at": local.to_rfc3339()})).await;
+    assert_eq!(r.status(), 201);
+    let created: Value = r.json().await.unwrap();
+    let stored: DateTime<Utc> = created["remind_at"].as_str().unwrap().parse().unwrap();
+    assert_eq!(stored.timestamp_millis(), local.timestamp_millis());
+    assert!(created["remind_at"].as_str().unwrap().ends_with('Z'));
+    let id = created["id"].as_str().unwrap();
+
+    // Someone else's reminder does not exist for you.
+    let other = app.new_user("other").await;
+    for method in [Method::GET, Method::DELETE] {
+        problem(
+            send(&app, &other, method, &format!("/v1/reminders/{id}"), None).await,
+            404,
+        )
+        .await;
+    }
+    problem(
+        send(
+            &app,
+            &other,
+            Method::PATCH,
+            &format!("/v1/reminders/{id}"),
+            Some(json!({"remind_at": soon})),
+        )
+        .await,
+        404,
+    )
+    .await;
+    problem(
+        send(
+            &app,
+            &app.token,
+            Method::GET,
+            "/v1/reminders/not-an-id",
+            None,
+        )
+        .await,
+        404,
+    )
+    .await;
+    problem(
+        send(
+            &app,
+            &app.token,
+            Method::PATCH,
+            &format!("/v1/reminders/{id}"),
+            Some(json!({})),
+        )
+        .await,
+        400,
+    )
+    .await;
+    problem(
+        send(
+            &app,
+            &app.token,
+            Method::PATCH,
+            &format!("/v1/reminders/{id}"),
+            Some(json!({"remind_at": past})),
+        )
+        .await,
+        422,
+    )
+    .await;
+    problem(
+        send(
+            &app,
+            &app.token,
+            Method::GET,
+            "/v1/reminders?cursor=garbage",
+            None,
+        )
+        .await,
+        400,
+    )
+    .await;
+    problem(
+        send(&app, &app.token, Method::GET, "/v1/reminders?limit=0", None).await,
+        400,
+    )
+    .await;
+    problem(
+        send(
+            &app,
+            &app.token,
+            Method::PATCH,
+            "/v1/users/me",
+            Some(json!({"time_zone": "Mars/Olympus"})),
+        )
+        .await,
+        400,
+    )
+    .await;
+    problem(
+        send(
+            &app,
+            &app.token,
+            Method::PATCH,
+            "/v1/users/me",
+            Some(json!({})),
+        )
+        .await,
+        400,
+    )
+    .await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn my_reminders_page_by_time_and_go_with_my_account() {
+    let app = TestApp::spawn_with(|s| s.rate_limits.enabled = false).await;
+    let event = event(&app, "Book Fair", starts()).await;
+    let token = app.new_user("planner").await;
+    let mut ids = Vec::new();
+    // Created out of time order; listed in it.
+    for hours in [5, 1, 4, 2, 3] {
+        let (id, _) = remind(
+            &app,
+            &token,
+            &event,
+            Duration::from_secs(hours * 3600),
+            None,
+        )
+        .await;
+        ids.push((hours, id));
+    }
+    ids.sort();
+    remind(&app, &app.token, &event, Duration::from_secs(3600), None).await;
+    let mut listed = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/reminders?limit=2&cursor={c}"),
+            None => "/v1/reminders?limit=2".to_owned(),
+        };
+        let page: Value = send(&app, &token, Method::GET, &path, None)
+            .await
+            .json()
+            .await
+            .unwrap();
+        listed.extend(
+            page["reminders"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["id"].as_str().unwrap().to_owned()),
+        );
+        match page["next"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(
+        listed,
+        ids.iter().map(|(_, id)| id.clone()).collect::<Vec<_>>()
+    );
+
+    assert_eq!(
+        send(&app, &token, Method::DELETE, "/v1/users/me", None)
+            .await
+            .status(),
+        204
+    );
+    for (_, id) in &ids {
+        let id: ReminderId = id.parse().unwrap();
+        assert!(
+            app.store.get_reminder(id).await.unwrap().is_none(),
+            "reminders go with the account"
+        );
+    }
+    app.stop().await;
+}
