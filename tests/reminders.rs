@@ -446,8 +446,25 @@ async fn two_schedulers_sharing_one_store_send_each_of_1000_reminders_exactly_on
         .unwrap();
     let user: UserId = me["id"].as_str().unwrap().parse().unwrap();
     // Written straight to the store, so neither scheduler hears of them by message: both
-    // find them in the due buckets and compete for the leases.
+    // find them in the due buckets and compete for the leases. Whichever ticks first
+    // would take every bucket, so half the shards start out leased to node B (as if it
+    // had claimed them first): both nodes then have work, and neither may touch the
+    // other's.
     let first_due = Utc::now() + chrono::Duration::seconds(2);
+    let minute = corral::domain::reminder::minute_of(first_due);
+    for shard in 0..corral::domain::reminder::DUE_SHARDS / 2 {
+        for minute in [minute, minute + 1] {
+            let bucket = corral::domain::Bucket { minute, shard };
+            let now = Utc::now();
+            let lease = now + chrono::Duration::seconds(30);
+            let claim = app
+                .store
+                .claim_bucket(bucket, "node-b", lease, now)
+                .await
+                .unwrap();
+            assert!(matches!(claim, corral::store::Claim::Granted { .. }));
+        }
+    }
     for i in 0..COUNT {
         let now = Utc::now();
         let reminder = Reminder {
@@ -489,8 +506,24 @@ async fn two_schedulers_sharing_one_store_send_each_of_1000_reminders_exactly_on
     }
     assert_eq!(mails.len(), COUNT, "exactly one mail per reminder");
     assert_eq!(per_id.len(), COUNT);
-    let node_b_leases = metric(&app, "corral_reminders_fired_total", "").await;
-    assert!(node_b_leases >= COUNT as f64);
+    // Both nodes worked buckets.
+    let mut holders: HashMap<String, usize> = HashMap::new();
+    let probe_at = Utc::now();
+    let horizon = corral::domain::reminder::minute_of(probe_at) + 2;
+    for bucket in app.store.due_buckets(horizon).await.unwrap() {
+        let until = probe_at + chrono::Duration::milliseconds(1);
+        if let corral::store::Claim::Held { by } = app
+            .store
+            .claim_bucket(bucket, "probe", until, probe_at)
+            .await
+            .unwrap()
+        {
+            *holders.entry(by).or_default() += 1;
+        }
+    }
+    eprintln!("buckets held per node: {holders:?}");
+    let node_a = std::fs::read_to_string(app.data_dir.path().join("node_id")).unwrap();
+    assert!(holders.contains_key("node-b") && holders.contains_key(node_a.trim()));
     other.shutdown().await.unwrap();
     app.stop().await;
 }
@@ -782,5 +815,59 @@ async fn my_reminders_page_by_time_and_go_with_my_account() {
             "reminders go with the account"
         );
     }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_dead_nodes_leases_expire_and_another_node_takes_over() {
+    let sink = SmtpSink::start().await;
+    let app = TestApp::spawn_with(via(sink.port())).await;
+    let event: EventId = event(&app, "Relay Race", starts()).await.parse().unwrap();
+    let me: Value = send(&app, &app.token, Method::GET, "/v1/users/me", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let now = Utc::now();
+    let reminder = Reminder {
+        id: ReminderId::new(),
+        user_id: me["id"].as_str().unwrap().parse().unwrap(),
+        event_id: event,
+        remind_at: now + chrono::Duration::milliseconds(500),
+        email: Email::parse("tester@example.com").unwrap(),
+        state: ReminderState::Scheduled,
+        detail: None,
+        created_at: now,
+        updated_at: now,
+    };
+    // A node that died holding the reminder's bucket: its lease runs 2.5 s more.
+    let lease_end = Instant::now() + Duration::from_millis(2500);
+    let claim = app
+        .store
+        .claim_bucket(
+            reminder.due().bucket,
+            "dead-node",
+            now + chrono::Duration::milliseconds(2500),
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(claim, corral::store::Claim::Granted { taken_over: false });
+    let takeovers = metric(&app, "corral_reminder_lease_takeovers_total", "").await;
+    app.store.insert_reminder(&reminder).await.unwrap();
+
+    let id = reminder.id.to_string();
+    let mail = sink
+        .wait_for(Duration::from_secs(6), |m| {
+            m.header("Message-ID").is_some_and(|h| h.contains(&id))
+        })
+        .await
+        .expect("sent once the dead node's lease expired");
+    assert!(
+        mail.at >= lease_end,
+        "sent {:?} before the lease expired",
+        lease_end - mail.at
+    );
+    assert!(metric(&app, "corral_reminder_lease_takeovers_total", "").await > takeovers);
     app.stop().await;
 }
