@@ -210,23 +210,25 @@ impl Accounts {
         ))
     }
 
-    pub async fn set_time_zone(&self, id: UserId, zone: TimeZone) -> Result<User, AccountsError> {
-        self.update(id, |user| {
-            user.time_zone = zone;
-            Ok(())
-        })
-        .await
-    }
-
-    /// Makes `email` the primary address; the old primary stays as a secondary one.
-    pub async fn set_primary_email(&self, id: UserId, email: Email) -> Result<User, AccountsError> {
+    /// Changes the primary address and/or the time zone, both or neither. A new primary
+    /// address demotes the old one to a secondary address.
+    pub async fn change_profile(
+        &self,
+        id: UserId,
+        email: Option<Email>,
+        zone: Option<TimeZone>,
+    ) -> Result<User, AccountsError> {
         let max = self.rules.max_secondary_emails;
         self.update(id, |user| {
-            if user.email == email {
+            if let Some(zone) = zone {
+                user.time_zone = zone;
+            }
+            let Some(email) = &email else { return Ok(()) };
+            if user.email == *email {
                 return Ok(());
             }
             let old = std::mem::replace(&mut user.email, email.clone());
-            user.secondary_emails.retain(|e| *e != email);
+            user.secondary_emails.retain(|e| e != email);
             user.secondary_emails.insert(0, old);
             if user.secondary_emails.len() > max {
                 // Keeping the old primary would push out another address: refuse instead.

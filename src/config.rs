@@ -276,6 +276,20 @@ impl Settings {
         positive("reminders.lookahead_secs", r.lookahead_secs)?;
         positive("reminders.tick_ms", r.tick_ms)?;
         positive("reminders.lease_secs", r.lease_secs)?;
+        // A lease is renewed at the first tick in its second half, so ticks must come
+        // more often than that; and a bucket must be loaded before its first minute.
+        if r.tick_ms >= r.lease_secs * 500 {
+            return Err(ConfigError::Invalid {
+                key: "reminders.tick_ms",
+                reason: "must be less than half of reminders.lease_secs".into(),
+            });
+        }
+        if r.tick_ms > r.lookahead_secs * 1000 {
+            return Err(ConfigError::Invalid {
+                key: "reminders.tick_ms",
+                reason: "must not exceed reminders.lookahead_secs".into(),
+            });
+        }
         let m = &self.mail;
         positive("mail.max_attempts", u64::from(m.max_attempts))?;
         positive("mail.retry_initial_ms", m.retry_initial_ms)?;

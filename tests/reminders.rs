@@ -226,71 +226,76 @@ async fn rescheduling_changing_the_address_and_deleting_are_honoured() {
     let app = TestApp::spawn_with(via(sink.port())).await;
     let event = event(&app, "Night Market", starts()).await;
     add_email(&app, &app.token, "tester.alt@example.com").await;
-    let t0 = Instant::now();
+    let path = |id: &str| format!("/v1/reminders/{id}");
+    let message_of =
+        |id: String| move |m: &Received| m.header("Message-ID").is_some_and(|h| h.contains(&id));
 
-    // Delayed by two seconds and sent elsewhere.
-    let (delayed, _) = remind(&app, &app.token, &event, Duration::from_secs(2), None).await;
-    let later = Utc::now() + chrono::Duration::milliseconds(4000);
+    // Delayed by three seconds and sent elsewhere.
+    let (delayed, old_due) = remind(&app, &app.token, &event, Duration::from_secs(4), None).await;
+    let new_due = Instant::now() + Duration::from_secs(7);
+    let later = Utc::now() + chrono::Duration::seconds(7);
     let patch = json!({"remind_at": later.to_rfc3339(), "email": "tester.alt@example.com"});
     let r = send(
         &app,
         &app.token,
         Method::PATCH,
-        &format!("/v1/reminders/{delayed}"),
+        &path(&delayed),
         Some(patch),
     )
     .await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert!(
+        Instant::now() < old_due,
+        "the change landed before the old time"
+    );
     // Brought forward from a minute away.
     let (earlier, _) = remind(&app, &app.token, &event, Duration::from_secs(60), None).await;
-    let sooner = Utc::now() + chrono::Duration::milliseconds(2500);
+    let sooner_due = Instant::now() + Duration::from_secs(3);
+    let sooner = Utc::now() + chrono::Duration::seconds(3);
     let r = send(
         &app,
         &app.token,
         Method::PATCH,
-        &format!("/v1/reminders/{earlier}"),
+        &path(&earlier),
         Some(json!({"remind_at": sooner.to_rfc3339()})),
     )
     .await;
     assert_eq!(r.status(), 200);
     // Cancelled.
-    let (cancelled, _) = remind(&app, &app.token, &event, Duration::from_secs(2), None).await;
-    let r = send(
-        &app,
-        &app.token,
-        Method::DELETE,
-        &format!("/v1/reminders/{cancelled}"),
-        None,
-    )
-    .await;
+    let (cancelled, cancelled_due) =
+        remind(&app, &app.token, &event, Duration::from_secs(3), None).await;
+    let r = send(&app, &app.token, Method::DELETE, &path(&cancelled), None).await;
     assert_eq!(r.status(), 204);
+    assert!(Instant::now() < cancelled_due, "deleted before its time");
     assert_eq!(
-        send(
-            &app,
-            &app.token,
-            Method::GET,
-            &format!("/v1/reminders/{cancelled}"),
-            None
-        )
-        .await
-        .status(),
+        send(&app, &app.token, Method::GET, &path(&cancelled), None)
+            .await
+            .status(),
         404
     );
 
-    tokio::time::sleep(
-        (t0 + Duration::from_millis(6000)).saturating_duration_since(Instant::now()),
-    )
-    .await;
-    let moved = mails_for(&sink, &delayed);
-    assert_eq!(moved.len(), 1, "the delayed reminder is sent once");
-    assert_eq!(moved[0].to, vec!["tester.alt@example.com"]);
+    let forward = sink
+        .wait_for(Duration::from_secs(10), message_of(earlier.clone()))
+        .await
+        .expect("the brought-forward reminder is sent");
+    assert_eq!(forward.to, vec!["tester@example.com"]);
+    assert!(forward.at + Duration::from_millis(50) >= sooner_due);
+    let moved = sink
+        .wait_for(Duration::from_secs(15), message_of(delayed.clone()))
+        .await
+        .expect("the delayed reminder is sent");
+    assert_eq!(moved.to, vec!["tester.alt@example.com"]);
     assert!(
-        moved[0].at >= t0 + Duration::from_millis(3900),
+        moved.at + Duration::from_millis(50) >= new_due,
         "sent at its new time, not the old one"
     );
-    let forward = mails_for(&sink, &earlier);
-    assert_eq!(forward.len(), 1, "the brought-forward reminder is sent");
-    assert_eq!(forward[0].to, vec!["tester@example.com"]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        mails_for(&sink, &delayed).len(),
+        1,
+        "the delayed reminder is sent once"
+    );
+    assert_eq!(mails_for(&sink, &earlier).len(), 1);
     assert!(
         mails_for(&sink, &cancelled).is_empty(),
         "a deleted reminder is not sent"
@@ -869,5 +874,30 @@ async fn a_dead_nodes_leases_expire_and_another_node_takes_over() {
         lease_end - mail.at
     );
     assert!(metric(&app, "corral_reminder_lease_takeovers_total", "").await > takeovers);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_mail_queued_but_not_delivered_at_shutdown_goes_out_after_restart() {
+    let mut sink = SmtpSink::start().await;
+    sink.stop();
+    let app = TestApp::spawn_with(via(sink.port())).await;
+    let event = event(&app, "Lantern Walk", starts()).await;
+    let (id, _) = remind(&app, &app.token, &event, Duration::from_millis(300), None).await;
+    // Fired, its mail queued, and SMTP down: it waits for a retry.
+    wait_state(&app, &app.token, &id, "sending").await;
+    let token = app.token.clone();
+    let dir = app.stop().await;
+
+    sink.restart().await;
+    let app = TestApp::spawn_in(dir, via(sink.port())).await;
+    sink.wait_for(Duration::from_secs(5), |m| {
+        m.header("Message-ID").is_some_and(|h| h.contains(&id))
+    })
+    .await
+    .expect("the queued mail is delivered after the restart");
+    wait_state(&app, &token, &id, "sent").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(mails_for(&sink, &id).len(), 1);
     app.stop().await;
 }

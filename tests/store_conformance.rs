@@ -623,6 +623,25 @@ async fn reminders(store: &dyn Store) {
         .unwrap();
     assert_eq!(out, vec![false]);
     assert_eq!(state(store, rs[1].id).await.0, ReminderState::Scheduled);
+    // A mail rendered for the old address does not fire; the due row stays, to be
+    // rendered again.
+    let mut readdressed = rs[1].clone();
+    readdressed.email = Email::parse("bob@example.com").unwrap();
+    store.update_reminder(&rs[1], &readdressed).await.unwrap();
+    rs[1] = readdressed;
+    let out = store
+        .fire_reminders(&[(rs[1].due(), reminder_mail("a", &rs[1]))])
+        .await
+        .unwrap();
+    assert_eq!(out, vec![false]);
+    assert!(
+        store
+            .due_in(rs[1].due().bucket)
+            .await
+            .unwrap()
+            .contains(&rs[1].due())
+    );
+    assert_eq!(state(store, rs[1].id).await.0, ReminderState::Scheduled);
     // A reminder that fired cannot be updated from its scheduled copy.
     let mut late = rs[0].clone();
     late.email = Email::parse("late@example.com").unwrap();

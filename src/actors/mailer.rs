@@ -1,21 +1,34 @@
 //! `mailer` delivers the mails in this node's partition of the persisted `mail_queue`.
-//! It loads the partition when it starts (so a crash or restart loses nothing), learns of
-//! newly queued mails by message, and keeps the waiting ones in memory ordered by their
-//! next attempt. Up to `concurrency` deliveries run at once, each in its own task; the
+//! It loads the partition when it starts and again every `RESCAN` (so a crash, a restart
+//! or a lost message strands nothing), learns of newly queued mails by message, and keeps
+//! the waiting ones in memory ordered by their next attempt. Up to `concurrency` deliveries run at once, each in its own task; the
 //! outcome comes back as a message and is recorded in the store: delivered mails leave
 //! the queue, failures back off exponentially with jitter, and a mail that fails
-//! permanently or too often becomes a dead letter. Supervised by the root supervisor.
+//! permanently or too often becomes a dead letter. When it stops it waits (bounded) for
+//! the deliveries in flight and records them. Delivery is at least once: a crash between
+//! the SMTP server accepting a mail and the store recording it sends it again, with the
+//! same Message-ID. Supervised by the root supervisor.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::Utc;
+use futures_util::FutureExt;
+use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use super::Alarm;
 use crate::domain::{DeadLetter, MailId, MailJob, MailKind, ReminderState};
 use crate::mail::{Composer, DeliveryError, RetryPolicy, Transport};
 use crate::store::SharedStore;
+
+/// How often the queue is re-read from the store, for mails whose message was lost
+/// (queued while this actor restarted, say).
+const RESCAN: Duration = Duration::from_secs(10);
+/// How long stopping waits for deliveries in flight.
+const DRAIN_WAIT: Duration = Duration::from_secs(10);
 
 pub struct MailerArgs {
     pub store: SharedStore,
@@ -38,6 +51,7 @@ impl Clone for MailerArgs {
 }
 
 /// How one delivery attempt ended.
+#[derive(Clone)]
 pub enum Attempt {
     Delivered,
     Failed(DeliveryError),
@@ -50,6 +64,8 @@ pub enum MailerMsg {
     Queued(Box<MailJob>),
     /// The next waiting mail is due.
     Wake,
+    /// Re-read the queue from the store.
+    Rescan,
     /// A delivery attempt finished.
     Attempted(Box<MailJob>, Attempt),
 }
@@ -60,15 +76,27 @@ pub struct MailerState {
     args: MailerArgs,
     /// Mails waiting for their next attempt, by (next attempt, id).
     waiting: BTreeMap<(i64, MailId), MailJob>,
-    in_flight: HashSet<MailId>,
+    /// Each waiting mail's key in `waiting`.
+    keys: HashMap<MailId, i64>,
+    /// Deliveries running, each returning its mail and outcome.
+    in_flight: HashMap<MailId, JoinHandle<(MailJob, Attempt)>>,
     alarm: Alarm<MailerMsg>,
+    rescan: Option<JoinHandle<()>>,
 }
 
 impl MailerState {
+    /// Queues `job` for its next attempt, replacing a waiting copy; ignored while the same
+    /// mail is being delivered.
     fn wait(&mut self, job: MailJob) {
-        self.waiting.retain(|(_, id), _| *id != job.id);
-        self.waiting
-            .insert((job.next_attempt_at.timestamp_millis(), job.id), job);
+        if self.in_flight.contains_key(&job.id) {
+            return;
+        }
+        if let Some(at) = self.keys.remove(&job.id) {
+            self.waiting.remove(&(at, job.id));
+        }
+        let at = job.next_attempt_at.timestamp_millis();
+        self.keys.insert(job.id, at);
+        self.waiting.insert((at, job.id), job);
     }
 }
 
@@ -92,8 +120,10 @@ impl Actor for Mailer {
         let mut state = MailerState {
             args,
             waiting: BTreeMap::new(),
-            in_flight: HashSet::new(),
+            keys: HashMap::new(),
+            in_flight: HashMap::new(),
             alarm: Alarm::default(),
+            rescan: None,
         };
         for job in queued {
             state.wait(job);
@@ -106,6 +136,7 @@ impl Actor for Mailer {
         myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        state.rescan = Some(myself.send_interval(RESCAN, || MailerMsg::Rescan));
         dispatch(&myself, state);
         Ok(())
     }
@@ -116,6 +147,21 @@ impl Actor for Mailer {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         state.alarm.clear();
+        if let Some(rescan) = state.rescan.take() {
+            rescan.abort();
+        }
+        // Record the deliveries in flight, so a mail the server accepted is not sent
+        // again after a restart.
+        let running: Vec<_> = state.in_flight.drain().map(|(_, task)| task).collect();
+        let drained = tokio::time::timeout(DRAIN_WAIT, futures_util::future::join_all(running));
+        match drained.await {
+            Ok(done) => {
+                for (job, outcome) in done.into_iter().flatten() {
+                    record(state, job, outcome).await;
+                }
+            }
+            Err(_) => tracing::warn!("deliveries still running at stop; they may be sent again"),
+        }
         Ok(())
     }
 
@@ -126,15 +172,27 @@ impl Actor for Mailer {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            MailerMsg::Queued(job) => {
-                if !state.in_flight.contains(&job.id) {
-                    state.wait(*job);
-                }
-            }
+            MailerMsg::Queued(job) => state.wait(*job),
             MailerMsg::Wake => {}
+            MailerMsg::Rescan => match state
+                .args
+                .store
+                .queued_mail(state.args.composer.node())
+                .await
+            {
+                Ok(queued) => {
+                    for job in queued {
+                        if !state.keys.contains_key(&job.id) {
+                            state.wait(job);
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "mailer could not re-read its queue"),
+            },
             MailerMsg::Attempted(job, outcome) => {
-                state.in_flight.remove(&job.id);
-                record(state, *job, outcome).await;
+                if state.in_flight.remove(&job.id).is_some() {
+                    record(state, *job, outcome).await;
+                }
             }
         }
         dispatch(&myself, state);
@@ -204,14 +262,26 @@ fn dispatch(myself: &ActorRef<MailerMsg>, state: &mut MailerState) {
             break;
         }
         let job = entry.remove();
-        state.in_flight.insert(job.id);
+        state.keys.remove(&job.id);
+        let id = job.id;
         let args = state.args.clone();
         let myself = myself.clone();
-        tokio::spawn(async move {
-            let outcome = attempt(&args, &job).await;
-            // If the mailer stopped meanwhile, the job is still queued in the store.
-            let _ = myself.send_message(MailerMsg::Attempted(Box::new(job), outcome));
+        let task = tokio::spawn(async move {
+            let outcome = AssertUnwindSafe(attempt(&args, &job))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| {
+                    Attempt::Failed(DeliveryError {
+                        permanent: false,
+                        detail: "the delivery task panicked".into(),
+                    })
+                });
+            let report = MailerMsg::Attempted(Box::new(job.clone()), outcome.clone());
+            // If the mailer is stopping, it collects the result from this task instead.
+            let _ = myself.send_message(report);
+            (job, outcome)
         });
+        state.in_flight.insert(id, task);
     }
     let depth = state.waiting.len() + state.in_flight.len();
     metrics::gauge!("corral_mail_queue_depth").set(depth as f64);

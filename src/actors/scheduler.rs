@@ -1,6 +1,6 @@
 //! `scheduler` turns due reminders into queued mails, on time and once.
 //!
-//! Every `tick` it lists the `reminders_due` buckets (minute × shard) up to `lookahead`
+//! Every `tick` (counted from the end of the last one) it lists the `reminders_due` buckets (minute × shard) up to `lookahead`
 //! ahead, overdue ones included (that is the catch-up after a restart), takes or renews
 //! the lease of each through the store, and loads the due rows of the buckets it holds
 //! into an in-memory timer queue. An alarm wakes it at the earliest due time; it then
@@ -14,7 +14,6 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use super::mailer::MailerMsg;
@@ -26,6 +25,9 @@ use crate::store::{Claim, SharedStore, StoreError};
 
 /// Most reminders fired in one store call.
 const FIRE_BATCH: usize = 256;
+/// Most batches fired per message, so a catch-up backlog does not hold the actor: after
+/// that it wakes itself again, letting ticks and API messages in between.
+const BATCHES_PER_TURN: usize = 4;
 
 pub struct SchedulerArgs {
     pub store: SharedStore,
@@ -73,7 +75,8 @@ pub struct SchedulerState {
     /// Buckets this node holds, with the end of each lease.
     leases: HashMap<Bucket, DateTime<Utc>>,
     alarm: Alarm<SchedulerMsg>,
-    ticker: Option<JoinHandle<()>>,
+    /// The next tick, set when the last one finished (so slow ticks never pile up).
+    ticker: Alarm<SchedulerMsg>,
 }
 
 impl SchedulerState {
@@ -115,18 +118,17 @@ impl Actor for Scheduler {
             dues: HashMap::new(),
             leases: HashMap::new(),
             alarm: Alarm::default(),
-            ticker: None,
+            ticker: Alarm::default(),
         })
     }
 
     async fn post_start(
         &self,
         myself: ActorRef<Self::Msg>,
-        state: &mut Self::State,
+        _: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         // The first tick catches up every overdue reminder not yet sent.
         myself.send_message(SchedulerMsg::Tick)?;
-        state.ticker = Some(myself.send_interval(state.args.tick, || SchedulerMsg::Tick));
         Ok(())
     }
 
@@ -136,9 +138,7 @@ impl Actor for Scheduler {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         state.alarm.clear();
-        if let Some(ticker) = state.ticker.take() {
-            ticker.abort();
-        }
+        state.ticker.clear();
         Ok(())
     }
 
@@ -149,7 +149,12 @@ impl Actor for Scheduler {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         let result = match msg {
-            SchedulerMsg::Tick => tick(state).await,
+            SchedulerMsg::Tick => {
+                let result = tick(state).await;
+                let every = state.args.tick;
+                state.ticker.set(&myself, every, || SchedulerMsg::Tick);
+                result
+            }
             SchedulerMsg::Wake => Ok(()),
             SchedulerMsg::Scheduled { id, remind_at } => scheduled(state, id, remind_at).await,
             SchedulerMsg::Cancelled(id) => {
@@ -263,9 +268,10 @@ async fn scheduled(
     Ok(())
 }
 
-/// Fires every timer that is due, in batches.
+/// Fires the timers that are due, a few batches at a time (`arm` wakes the actor again
+/// at once if more are due).
 async fn fire_due(state: &mut SchedulerState) {
-    loop {
+    for _ in 0..BATCHES_PER_TURN {
         let now = Utc::now();
         let batch: Vec<Due> = state
             .timers
@@ -289,7 +295,8 @@ async fn fire_due(state: &mut SchedulerState) {
                 continue;
             }
             match render(state, &due).await {
-                Ok(Some(job)) => fires.push((due, job)),
+                Ok(Some((job, ReminderState::Scheduled))) => fires.push((due, job)),
+                Ok(Some((job, _))) => requeue(state, &due, job).await,
                 Ok(None) => {}
                 Err(e) => {
                     tracing::error!(reminder = %due.reminder, error = %e, "could not prepare a reminder; retrying at the next tick")
@@ -320,12 +327,38 @@ async fn fire_due(state: &mut SchedulerState) {
     }
 }
 
-/// The mail for a due reminder, or `None` (after cleaning up) when it should not fire.
-async fn render(state: &SchedulerState, due: &Due) -> Result<Option<MailJob>, StoreError> {
+/// A reminder that fired but whose mail was never queued: Scylla fires in two writes (the
+/// state change, then the mail with the due row's removal), and the second can fail. The
+/// due row still being there says the mail is missing, so it is queued now.
+async fn requeue(state: &SchedulerState, due: &Due, job: MailJob) {
+    let store = &state.args.store;
+    tracing::warn!(reminder = %due.reminder, "queueing the mail of a reminder fired without one");
+    let queued = async {
+        store.enqueue_mail(&job).await?;
+        store.drop_due(due).await
+    };
+    match queued.await {
+        Ok(()) => {
+            if let Some(mailer) = state.args.mailer.get() {
+                let _ = mailer.send_message(MailerMsg::Queued(Box::new(job)));
+            }
+        }
+        Err(e) => {
+            tracing::error!(reminder = %due.reminder, error = %e, "could not queue the mail; retrying at the next tick")
+        }
+    }
+}
+
+/// The mail for a due reminder, with the reminder's state (`scheduled`, or `sending` for
+/// a fire whose mail went missing), or `None` (after cleaning up) when it must not fire.
+async fn render(
+    state: &SchedulerState,
+    due: &Due,
+) -> Result<Option<(MailJob, ReminderState)>, StoreError> {
     let store = &state.args.store;
     let reminder = match store.get_reminder(due.reminder).await? {
         Some(r)
-            if r.state == ReminderState::Scheduled
+            if matches!(r.state, ReminderState::Scheduled | ReminderState::Sending)
                 && r.remind_at.timestamp_millis() == due.at_ms =>
         {
             r
@@ -343,7 +376,8 @@ async fn render(state: &SchedulerState, due: &Due) -> Result<Option<MailJob>, St
         store.drop_due(due).await?;
         return Ok(None);
     };
-    Ok(Some(state.args.composer.reminder(&reminder, &event, &user)))
+    let job = state.args.composer.reminder(&reminder, &event, &user);
+    Ok(Some((job, reminder.state)))
 }
 
 /// Sets the alarm for the earliest timer.

@@ -172,13 +172,7 @@ async fn update_me(
         .map(TimeZone::parse)
         .transpose()
         .map_err(bad)?;
-    let mut user = (*user).clone();
-    if let Some(zone) = zone {
-        user = state.accounts.set_time_zone(user.id, zone).await?;
-    }
-    if let Some(email) = email {
-        user = state.accounts.set_primary_email(user.id, email).await?;
-    }
+    let user = state.accounts.change_profile(user.id, email, zone).await?;
     Ok(Json(UserView::from(&user)))
 }
 

@@ -218,8 +218,10 @@ pub trait ReminderStore: Send + Sync {
     ) -> Result<Claim, StoreError>;
 
     /// For each (due row, rendered mail): if the reminder is still scheduled for that
-    /// time, marks it `sending` and queues the mail, in one step per reminder; either way
-    /// removes the due row. Returns, per entry, whether it fired.
+    /// time and address, marks it `sending` and queues the mail, in one step per reminder,
+    /// and removes the due row. A reminder whose address changed since the mail was
+    /// rendered keeps its due row (to be rendered again); any other that does not fire
+    /// loses its stale due row. Returns, per entry, whether it fired.
     async fn fire_reminders(&self, batch: &[(Due, MailJob)]) -> Result<Vec<bool>, StoreError>;
 
     /// Removes a due row whose reminder is gone, moved or no longer scheduled.

@@ -236,6 +236,15 @@ impl ReminderStore for EmbeddedStore {
         self.write(move |tx| {
             let mut fired = Vec::with_capacity(batch.len());
             for (due, job) in &batch {
+                let stored = read_reminder(tx, due.reminder)?;
+                if stored.is_some_and(|r| {
+                    r.remind_at.timestamp_millis() == due.at_ms && r.email != job.to
+                }) {
+                    // Its address changed after the mail was rendered: keep the due row,
+                    // so the next tick renders it again.
+                    fired.push(false);
+                    continue;
+                }
                 tx.open_table(REMINDERS_DUE)?.remove(due_key(due))?;
                 let ok = transition(tx, due.reminder, Some(due), ReminderState::Scheduled, |r| {
                     r.state = ReminderState::Sending;

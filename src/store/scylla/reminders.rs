@@ -128,7 +128,7 @@ impl Statements {
             fire: prepare(
                 s,
                 format!(
-                    "UPDATE {ks}.reminders SET state = '{sending}', updated_at = ? WHERE id = ? IF state = '{scheduled}' AND remind_at = ?"
+                    "UPDATE {ks}.reminders SET state = '{sending}', updated_at = ? WHERE id = ? IF state = '{scheduled}' AND remind_at = ? AND email = ?"
                 ),
             )
             .await?,
@@ -479,10 +479,27 @@ impl ScyllaStore {
         let key = due_key(due)?;
         let now = ms(Utc::now());
         let fired = self
-            .lwt(&st.fire, (now, due.reminder.0, CqlTimestamp(due.at_ms)))
+            .lwt(
+                &st.fire,
+                (
+                    now,
+                    due.reminder.0,
+                    CqlTimestamp(due.at_ms),
+                    job.to.as_str(),
+                ),
+            )
             .await?;
         if !fired {
-            self.run(&st.remove_due, key).await?;
+            // Only the address changed since the mail was rendered: keep the due row so
+            // the next tick renders it again. Anything else makes the row stale.
+            let readdressed = self.get_reminder(due.reminder).await?.is_some_and(|r| {
+                r.state == ReminderState::Scheduled
+                    && r.remind_at.timestamp_millis() == due.at_ms
+                    && r.email != job.to
+            });
+            if !readdressed {
+                self.run(&st.remove_due, key).await?;
+            }
             return Ok(false);
         }
         let mut batch = Batch::new(BatchType::Logged);
