@@ -5,6 +5,9 @@ mod load;
 mod report;
 mod scenarios;
 mod servers;
+#[allow(dead_code)]
+#[path = "../../tests/common/smtp.rs"]
+mod smtp;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -134,7 +137,9 @@ async fn run(
             Scenario::Random => scenarios::random(sizes, &command).await?,
             Scenario::Files => scenarios::files(sizes, &command).await?,
             Scenario::Events => scenarios::events(sizes, &command).await?,
-            Scenario::Uploads | Scenario::Reminders | Scenario::Scale => {
+            Scenario::Uploads => scenarios::uploads(sizes, &command).await?,
+            Scenario::Reminders => scenarios::reminders(sizes, &command).await?,
+            Scenario::Scale => {
                 println!("{name}: not written yet (issue 6 continues)");
                 continue;
             }
