@@ -12,6 +12,7 @@ pub mod domain;
 pub mod http;
 pub mod mail;
 pub mod media;
+pub mod seed;
 pub mod store;
 pub mod telemetry;
 
@@ -244,7 +245,7 @@ fn write_node_id(path: &std::path::Path) -> Result<String, AppError> {
     Ok(id)
 }
 
-async fn open_store(settings: &Settings) -> Result<SharedStore, AppError> {
+pub(crate) async fn open_store(settings: &Settings) -> Result<SharedStore, AppError> {
     Ok(match settings.storage.backend {
         Backend::Embedded => Arc::new(EmbeddedStore::open(&settings.storage.data_dir)?),
         Backend::Scylla => Arc::new(ScyllaStore::connect(&scylla_target(settings)).await?),

@@ -33,6 +33,16 @@ enum Command {
     },
     /// Apply schema/*.cql, in order, to the Scylla cluster in [scylla].
     Migrate,
+    /// Write generated images and events straight through the store (for demos and the
+    /// scale benchmark). On the embedded store, run it while the server is stopped.
+    Seed {
+        /// Image rows to write (they share 16 real files).
+        #[arg(long, default_value_t = 0)]
+        images: u64,
+        /// Events to write, spread over the next two months in four cities.
+        #[arg(long, default_value_t = 0)]
+        events: u64,
+    },
     /// Manage accounts.
     Admin {
         #[command(subcommand)]
@@ -77,6 +87,9 @@ async fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve { bind: None }) {
         Command::Serve { .. } => serve(settings).await,
         Command::Migrate => migrate(settings).await,
+        Command::Seed { images, events } => corral::seed::seed(&settings, images, events)
+            .await
+            .map_err(Into::into),
         Command::Admin { command } => admin(settings, command).await,
     };
     match result {

@@ -139,10 +139,7 @@ async fn run(
             Scenario::Events => scenarios::events(sizes, &command).await?,
             Scenario::Uploads => scenarios::uploads(sizes, &command).await?,
             Scenario::Reminders => scenarios::reminders(sizes, &command).await?,
-            Scenario::Scale => {
-                println!("{name}: not written yet (issue 6 continues)");
-                continue;
-            }
+            Scenario::Scale => scenarios::scale(sizes, &command).await?,
             Scenario::Ws => {
                 println!("{name}: waits for the WebSocket push (issue 7)");
                 continue;

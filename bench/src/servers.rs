@@ -55,7 +55,8 @@ fn free_port() -> anyhow::Result<SocketAddr> {
 
 /// Waits until `path` answers 200.
 async fn wait_ready(addr: SocketAddr, path: &str, child: &mut Child) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // Long enough for Corral to fill its random sample from millions of seeded rows.
+    let deadline = Instant::now() + Duration::from_secs(900);
     loop {
         if let Some(status) = child.try_wait()? {
             bail!("the server exited during start-up: {status}");
@@ -76,8 +77,12 @@ async fn wait_ready(addr: SocketAddr, path: &str, child: &mut Child) -> anyhow::
 /// Starts Corral on a fresh data dir with rate limits off (every request comes from one
 /// IP) and an admin account, with `env` (CORRAL_* settings) on top.
 pub async fn corral(env: &[(&str, String)]) -> anyhow::Result<Server> {
+    corral_in(tempfile::TempDir::new()?, env).await
+}
+
+/// Like [`corral`], on a data dir prepared already (seeded, say).
+pub async fn corral_in(dir: tempfile::TempDir, env: &[(&str, String)]) -> anyhow::Result<Server> {
     let addr = free_port()?;
-    let dir = tempfile::TempDir::new()?;
     let mut command = Command::new(std::env::current_exe()?);
     command
         .arg("serve-corral")
@@ -193,6 +198,17 @@ http {{
         child,
         data_dir: None,
     })
+}
+
+/// Resident memory of a process, in MiB.
+pub fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+            line.split_whitespace().nth(1)?.parse::<f64>().ok()
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 fn running_as_root() -> bool {

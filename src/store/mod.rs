@@ -48,6 +48,14 @@ pub trait ImageStore: Send + Sync {
     /// Stores a new image row and its index rows in one write.
     async fn insert_image(&self, image: &Image) -> Result<(), StoreError>;
 
+    /// Stores many new images (bulk seeding). The default writes them one by one.
+    async fn insert_images(&self, images: &[Image]) -> Result<(), StoreError> {
+        for image in images {
+            self.insert_image(image).await?;
+        }
+        Ok(())
+    }
+
     async fn get_image(&self, id: ImageId) -> Result<Option<Image>, StoreError>;
 
     /// One page of all images, for scans such as filling the random sample. Pass the last
@@ -132,6 +140,14 @@ pub enum EventIndex<'a> {
 pub trait EventStore: Send + Sync {
     /// Stores an event and its index rows.
     async fn insert_event(&self, event: &Event) -> Result<(), StoreError>;
+
+    /// Stores many new events (bulk seeding). The default writes them one by one.
+    async fn insert_events(&self, events: &[Event]) -> Result<(), StoreError> {
+        for event in events {
+            self.insert_event(event).await?;
+        }
+        Ok(())
+    }
 
     async fn get_event(&self, id: EventId) -> Result<Option<Event>, StoreError>;
 

@@ -129,6 +129,13 @@ impl EventStore for EmbeddedStore {
         .await
     }
 
+    /// One transaction for the whole batch.
+    async fn insert_events(&self, events: &[Event]) -> Result<(), StoreError> {
+        let events = events.to_vec();
+        self.write(move |tx| events.iter().try_for_each(|e| write_rows(tx, e)))
+            .await
+    }
+
     async fn get_event(&self, id: EventId) -> Result<Option<Event>, StoreError> {
         self.with_db(move |db| {
             let table = db.begin_read()?.open_table(EVENTS)?;

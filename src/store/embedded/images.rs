@@ -35,6 +35,13 @@ impl ImageStore for EmbeddedStore {
         .await
     }
 
+    /// One transaction for the whole batch.
+    async fn insert_images(&self, images: &[Image]) -> Result<(), StoreError> {
+        let images = images.to_vec();
+        self.write(move |tx| images.iter().try_for_each(|i| write_image(tx, i)))
+            .await
+    }
+
     async fn get_image(&self, id: ImageId) -> Result<Option<Image>, StoreError> {
         self.with_db(move |db| {
             let table = db.begin_read()?.open_table(IMAGES)?;
