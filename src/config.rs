@@ -90,6 +90,7 @@ pub struct UploadSettings {
 #[serde(deny_unknown_fields)]
 pub struct ImageSettings {
     pub reservoir_capacity: usize,
+    pub file_cache_mib: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -85,7 +85,9 @@ impl App {
         let node = node_id(&settings)?;
         let composer = Composer::new(&settings.mail.from, node.clone())?;
         let transport = Transport::from_settings(&settings.mail, &settings.outbox_dir())?;
-        let media = MediaRoot::open(&settings.storage.data_dir).map_err(AppError::DataDir)?;
+        let cache = settings.images.file_cache_mib.saturating_mul(1024 * 1024);
+        let media =
+            MediaRoot::open(&settings.storage.data_dir, cache).map_err(AppError::DataDir)?;
         let actors = Actors::default();
         let u = &settings.uploads;
         let args = SupervisorArgs {
@@ -135,7 +137,7 @@ impl App {
                 max_secondary_emails: settings.accounts.max_secondary_emails,
             },
         );
-        let state = http::AppState {
+        let state = http::AppState::new(http::Shared {
             accounts,
             limits: http::RateLimits::new(&settings.rate_limits),
             upload_slots: Arc::new(Semaphore::new(settings.uploads.max_in_flight)),
@@ -145,7 +147,7 @@ impl App {
             actors,
             composer,
             metrics: telemetry::metrics(),
-        };
+        });
         Ok(Self {
             state,
             supervisor,

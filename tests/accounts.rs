@@ -360,6 +360,9 @@ async fn users_cannot_see_or_change_each_other_s_images() {
         .await
         .unwrap();
     assert_eq!(retagged["tags"], json!(["llama"]));
+    // Served once (so it is in the small-file cache), then deleted: gone from /i too.
+    let file = format!("/i/{}", image["name"].as_str().unwrap());
+    assert_eq!(app.get(&file).await.status(), 200);
     assert_eq!(
         call(&app, Method::DELETE, &path, &a)
             .send()
@@ -369,6 +372,7 @@ async fn users_cannot_see_or_change_each_other_s_images() {
         204
     );
     problem(app.get(&path).await, 404).await;
+    problem(app.get(&file).await, 404).await;
     assert!(app.files_under("images").is_empty());
 }
 

@@ -203,6 +203,7 @@ impl Image {
             name: self.name.clone(),
             width: self.width,
             height: self.height,
+            rendered: std::sync::OnceLock::new(),
         }
     }
 }
@@ -214,6 +215,11 @@ pub struct ImageSummary {
     pub name: String,
     pub width: u32,
     pub height: u32,
+    /// The entry as `/random` renders it in JSON, made once on first use: a sample entry
+    /// is served many times, and re-serialising it each time was most of that route's
+    /// cost.
+    #[serde(skip)]
+    pub rendered: std::sync::OnceLock<bytes::Bytes>,
 }
 
 #[cfg(test)]

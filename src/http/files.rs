@@ -1,6 +1,6 @@
 //! Image bytes by name: `GET /i/{name}`. Names are content addresses, so a response never
 //! changes: strong ETag (the sha1), immutable caching, 304 on a match, single byte ranges.
-//! Served straight from disk; the store is not consulted.
+//! Served from disk (small files from memory once read); the store is not consulted.
 
 use std::io::SeekFrom;
 
@@ -15,6 +15,7 @@ use utoipa_axum::routes;
 
 use super::{ApiError, AppState};
 use crate::domain::ImageName;
+use crate::media::Opened;
 
 /// Read size when streaming a file out.
 const CHUNK: usize = 64 * 1024;
@@ -51,8 +52,8 @@ async fn serve_file(
     let missing = || ApiError::not_found(format!("no image named {raw:?}"));
     let name = ImageName::parse(&raw).ok_or_else(missing)?;
     let etag = format!("\"{}\"", name.sha1());
-    let mut file = match tokio::fs::File::open(state.media.path_of(&name)).await {
-        Ok(file) => file,
+    let opened = match state.media.open_file(&name).await {
+        Ok(opened) => opened,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(missing()),
         Err(e) => return Err(ApiError::Internal(format!("opening {name}: {e}"))),
     };
@@ -65,21 +66,26 @@ async fn serve_file(
     if etag_matches(&headers, &etag) {
         return Ok((StatusCode::NOT_MODIFIED, common).into_response());
     }
-    let length = file
-        .metadata()
-        .await
-        .map_err(|e| ApiError::Internal(format!("stat {name}: {e}")))?
-        .len();
+    let length = match &opened {
+        Opened::Whole(bytes) => bytes.len() as u64,
+        Opened::Large(_, length) => *length,
+    };
     let (status, start, count) = match requested_range(&headers, length)? {
         Some((start, end)) => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
         None => (StatusCode::OK, 0, length),
     };
-    if start > 0 {
-        file.seek(SeekFrom::Start(start))
-            .await
-            .map_err(|e| ApiError::Internal(format!("seek {name}: {e}")))?;
-    }
-    let body = Body::from_stream(ReaderStream::with_capacity(file.take(count), CHUNK));
+    let body = match opened {
+        Opened::Whole(bytes) => Body::from(bytes.slice(start as usize..(start + count) as usize)),
+        Opened::Large(file, _) => {
+            let mut file = tokio::fs::File::from_std(file);
+            if start > 0 {
+                file.seek(SeekFrom::Start(start))
+                    .await
+                    .map_err(|e| ApiError::Internal(format!("seek {name}: {e}")))?;
+            }
+            Body::from_stream(ReaderStream::with_capacity(file.take(count), CHUNK))
+        }
+    };
     let mut response = (status, common, body).into_response();
     let h = response.headers_mut();
     h.insert(

@@ -361,24 +361,41 @@ async fn random(
                 ))
             })?,
     };
+    // `{"images":[...]}` (RandomImages) from each entry's JSON, rendered once per entry
+    // (the public URL prefix is fixed for the process's life).
     let public_url = &state.settings.http.public_url;
-    let images = state
-        .actors
-        .sample
-        .pick(count)
-        .into_iter()
-        .map(|s| RandomImage {
-            id: s.id,
-            url: file_url(public_url, &s.name),
-            name: s.name.clone(),
-            width: s.width,
-            height: s.height,
-        })
-        .collect();
+    let picks = state.actors.sample.pick(count);
+    let mut body = Vec::with_capacity(16 + picks.len() * 192);
+    body.extend_from_slice(b"{\"images\":[");
+    for (i, s) in picks.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        let json = match s.rendered.get() {
+            Some(json) => json.clone(),
+            None => {
+                let image = RandomImage {
+                    id: s.id,
+                    url: file_url(public_url, &s.name),
+                    name: s.name.clone(),
+                    width: s.width,
+                    height: s.height,
+                };
+                let json = serde_json::to_vec(&image)
+                    .map_err(|e| ApiError::Internal(format!("rendering a sample entry: {e}")))?;
+                s.rendered.get_or_init(|| json.into()).clone()
+            }
+        };
+        body.extend_from_slice(&json);
+    }
+    body.extend_from_slice(b"]}");
     // A random pick must never be cached; the files it points to are cached forever.
     Ok((
-        [(header::CACHE_CONTROL, "no-store")],
-        Json(RandomImages { images }),
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
     )
         .into_response())
 }

@@ -1,25 +1,51 @@
-//! Where files live: `<data>/images/ab/cd/<sha1>.<ext>` and `<data>/tmp` for uploads in flight.
+//! Where files live: `<data>/images/ab/cd/<sha1>.<ext>` and `<data>/tmp` for uploads in
+//! flight, plus a bounded in-memory cache of small files (content-addressed files never
+//! change, so a cached copy is only ever stale once the file is deleted, which drops it).
 
-use std::io;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use bytes::Bytes;
 use tempfile::TempPath;
 
 use crate::domain::ImageName;
 
+/// Files up to this size are read whole, in one blocking call, and may be cached.
+pub const SMALL_FILE: u64 = 256 * 1024;
+/// A cached file not read for this long is dropped (bounds how long another node, sharing
+/// the volume, can serve a file deleted elsewhere).
+const IDLE: Duration = Duration::from_secs(600);
+
 /// The directory tree holding image files. Cheap to clone.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct MediaRoot {
     images: PathBuf,
     tmp: PathBuf,
+    hot: moka::sync::Cache<String, Bytes>,
+}
+
+/// A stored file, opened for serving.
+pub enum Opened {
+    /// A small file's bytes.
+    Whole(Bytes),
+    /// A larger file, to be streamed, and its length.
+    Large(std::fs::File, u64),
 }
 
 impl MediaRoot {
     /// Creates the directories if needed and removes temp files a crash left behind.
-    pub fn open(data_dir: &Path) -> io::Result<Self> {
+    /// Keeps up to `cache_bytes` of small files in memory (0: none).
+    pub fn open(data_dir: &Path, cache_bytes: u64) -> io::Result<Self> {
+        let hot = moka::sync::Cache::builder()
+            .max_capacity(cache_bytes)
+            .weigher(|_: &String, b: &Bytes| u32::try_from(b.len()).unwrap_or(u32::MAX))
+            .time_to_idle(IDLE)
+            .build();
         let root = Self {
             images: data_dir.join("images"),
             tmp: data_dir.join("tmp"),
+            hot,
         };
         std::fs::create_dir_all(&root.images)?;
         if root.tmp.exists() {
@@ -56,8 +82,36 @@ impl MediaRoot {
         Ok(true)
     }
 
-    /// Removes a stored file (used to undo a commit whose metadata could not be written).
+    /// Opens a stored file: a small one is read whole (from the cache when it is there),
+    /// a larger one is handed back open. `NotFound` if it does not exist.
+    pub async fn open_file(&self, name: &ImageName) -> io::Result<Opened> {
+        let key = name.to_string();
+        if let Some(bytes) = self.hot.get(&key) {
+            return Ok(Opened::Whole(bytes));
+        }
+        let path = self.path_of(name);
+        let opened = tokio::task::spawn_blocking(move || -> io::Result<Opened> {
+            let mut file = std::fs::File::open(path)?;
+            let length = file.metadata()?.len();
+            if length > SMALL_FILE {
+                return Ok(Opened::Large(file, length));
+            }
+            let mut bytes = Vec::with_capacity(length as usize);
+            file.read_to_end(&mut bytes)?;
+            Ok(Opened::Whole(bytes.into()))
+        })
+        .await
+        .map_err(io::Error::other)??;
+        if let Opened::Whole(bytes) = &opened {
+            self.hot.insert(key, bytes.clone());
+        }
+        Ok(opened)
+    }
+
+    /// Removes a stored file (used to undo a commit whose metadata could not be written,
+    /// and when its last image is deleted), and its cached copy.
     pub fn remove(&self, name: &ImageName) -> io::Result<()> {
+        self.hot.invalidate(&name.to_string());
         match std::fs::remove_file(self.path_of(name)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),

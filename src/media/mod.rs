@@ -6,7 +6,7 @@ mod layout;
 mod staging;
 
 pub use inspect::{DecodeLimits, Inspected, inspect};
-pub use layout::MediaRoot;
+pub use layout::{MediaRoot, Opened};
 pub use staging::{StagedUpload, stage};
 
 /// Why an upload's bytes were refused or could not be kept.
