@@ -451,20 +451,25 @@ async fn two_schedulers_sharing_one_store_send_each_of_1000_reminders_exactly_on
         .unwrap();
     let user: UserId = me["id"].as_str().unwrap().parse().unwrap();
     // Written straight to the store, so neither scheduler hears of them by message: both
-    // find them in the due buckets and compete for the leases. Whichever ticks first
-    // would take every bucket, so half the shards start out leased to node B (as if it
-    // had claimed them first): both nodes then have work, and neither may touch the
-    // other's.
+    // find them in the due buckets. Whichever ticked first would lease every bucket, so
+    // the shards start out leased half to each node (as if each had claimed them first):
+    // both then have work, and neither may touch the other's.
+    let node_a = std::fs::read_to_string(app.data_dir.path().join("node_id")).unwrap();
     let first_due = Utc::now() + chrono::Duration::seconds(2);
     let minute = corral::domain::reminder::minute_of(first_due);
-    for shard in 0..corral::domain::reminder::DUE_SHARDS / 2 {
+    for shard in 0..corral::domain::reminder::DUE_SHARDS {
+        let node = if shard % 2 == 0 {
+            "node-b"
+        } else {
+            node_a.trim()
+        };
         for minute in [minute, minute + 1] {
             let bucket = corral::domain::Bucket { minute, shard };
             let now = Utc::now();
             let lease = now + chrono::Duration::seconds(30);
             let claim = app
                 .store
-                .claim_bucket(bucket, "node-b", lease, now)
+                .claim_bucket(bucket, node, lease, now)
                 .await
                 .unwrap();
             assert!(matches!(claim, corral::store::Claim::Granted { .. }));
@@ -527,7 +532,6 @@ async fn two_schedulers_sharing_one_store_send_each_of_1000_reminders_exactly_on
         }
     }
     eprintln!("buckets held per node: {holders:?}");
-    let node_a = std::fs::read_to_string(app.data_dir.path().join("node_id")).unwrap();
     assert!(holders.contains_key("node-b") && holders.contains_key(node_a.trim()));
     other.shutdown().await.unwrap();
     app.stop().await;

@@ -74,6 +74,9 @@ pub struct SchedulerState {
     dues: HashMap<ReminderId, Due>,
     /// Buckets this node holds, with the end of each lease.
     leases: HashMap<Bucket, DateTime<Utc>>,
+    /// Buckets another node holds, and when to try claiming each again (so a busy
+    /// cluster does not write a claim per bucket per tick).
+    others: HashMap<Bucket, DateTime<Utc>>,
     alarm: Alarm<SchedulerMsg>,
     /// The next tick, set when the last one finished (so slow ticks never pile up).
     ticker: Alarm<SchedulerMsg>,
@@ -117,6 +120,7 @@ impl Actor for Scheduler {
             timers: BTreeSet::new(),
             dues: HashMap::new(),
             leases: HashMap::new(),
+            others: HashMap::new(),
             alarm: Alarm::default(),
             ticker: Alarm::default(),
         })
@@ -182,6 +186,7 @@ async fn tick(state: &mut SchedulerState) -> Result<(), StoreError> {
         .await?;
     let listed: HashSet<Bucket> = buckets.iter().copied().collect();
     state.leases.retain(|b, _| listed.contains(b));
+    state.others.retain(|b, _| listed.contains(b));
     for bucket in buckets {
         if !hold(state, bucket, now).await? {
             continue;
@@ -216,6 +221,9 @@ async fn hold(
     {
         return Ok(true);
     }
+    if state.others.get(&bucket).is_some_and(|retry| *retry > now) {
+        return Ok(false);
+    }
     let until = now + lease;
     let node = state.args.composer.node().to_owned();
     match state
@@ -229,12 +237,17 @@ async fn hold(
                 metrics::counter!("corral_reminder_lease_takeovers_total").increment(1);
                 tracing::info!(?bucket, "took over an expired bucket lease");
             }
+            state.others.remove(&bucket);
             state.leases.insert(bucket, until);
             Ok(true)
         }
         Claim::Held { by } => {
             tracing::debug!(?bucket, %by, "bucket is leased to another node");
             state.leases.remove(&bucket);
+            // Try again after a quarter lease, or five ticks if sooner: a dead node's
+            // buckets are taken over at most that long after its leases end.
+            let tick = chrono::Duration::from_std(state.args.tick * 5).unwrap_or_default();
+            state.others.insert(bucket, now + tick.min(lease / 4));
             let theirs: Vec<ReminderId> = state
                 .dues
                 .values()
