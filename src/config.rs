@@ -60,6 +60,7 @@ pub enum Backend {
 pub struct StorageSettings {
     pub backend: Backend,
     pub data_dir: PathBuf,
+    pub cache_mib: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

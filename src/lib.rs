@@ -249,7 +249,14 @@ fn write_node_id(path: &std::path::Path) -> Result<String, AppError> {
 
 pub(crate) async fn open_store(settings: &Settings) -> Result<SharedStore, AppError> {
     Ok(match settings.storage.backend {
-        Backend::Embedded => Arc::new(EmbeddedStore::open(&settings.storage.data_dir)?),
+        Backend::Embedded => {
+            let cache = settings.storage.cache_mib.saturating_mul(1024 * 1024);
+            let cache = usize::try_from(cache).unwrap_or(usize::MAX);
+            Arc::new(EmbeddedStore::open_with_cache(
+                &settings.storage.data_dir,
+                cache,
+            )?)
+        }
         Backend::Scylla => Arc::new(ScyllaStore::connect(&scylla_target(settings)).await?),
     })
 }

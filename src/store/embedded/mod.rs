@@ -65,6 +65,9 @@ const MAIL_QUEUE: TableDefinition<(&str, u128), &[u8]> = TableDefinition::new("m
 /// `mail_dead`: mail id -> JSON dead letter.
 const MAIL_DEAD: TableDefinition<u128, &[u8]> = TableDefinition::new("mail_dead");
 
+/// The page cache when none is configured (`storage.cache_mib`'s default).
+const DEFAULT_CACHE_BYTES: usize = 256 * 1024 * 1024;
+
 /// How long `close` waits for in-flight calls to release the database.
 const CLOSE_WAIT: Duration = Duration::from_secs(10);
 
@@ -89,10 +92,18 @@ redb_errors!(
 );
 
 impl EmbeddedStore {
-    /// Opens (or creates) `<data_dir>/corral.redb` and makes sure every table exists.
+    /// Opens (or creates) `<data_dir>/corral.redb` with the default page cache.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with_cache(data_dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens (or creates) `<data_dir>/corral.redb`, caching up to `cache_bytes` of pages in
+    /// memory, and makes sure every table exists.
+    pub fn open_with_cache(data_dir: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Embedded(e.to_string()))?;
-        let db = Database::create(data_dir.join("corral.redb"))?;
+        let db = redb::Builder::new()
+            .set_cache_size(cache_bytes)
+            .create(data_dir.join("corral.redb"))?;
         let tx = db.begin_write()?;
         tx.open_table(IMAGES)?;
         tx.open_table(IMAGES_BY_SHA1)?;
