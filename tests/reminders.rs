@@ -661,104 +661,60 @@ async fn bad_reminders_get_4xx_problem_json() {
     assert!(created["remind_at"].as_str().unwrap().ends_with('Z'));
     let id = created["id"].as_str().unwrap();
 
-    // Someone else's reminder does not exist for you.
+    // Someone else's reminder does not exist for you; and more bad input.
     let other = app.new_user("other").await;
-    for method in [Method::GET, Method::DELETE] {
-        problem(
-            send(&app, &other, method, &format!("/v1/reminders/{id}"), None).await,
-            404,
-        )
-        .await;
-    }
-    problem(
-        send(
-            &app,
+    let mine = format!("/v1/reminders/{id}");
+    let cases: Vec<(&str, Method, &str, Option<Value>, u16)> = vec![
+        (&other, Method::GET, &mine, None, 404),
+        (&other, Method::DELETE, &mine, None, 404),
+        (
             &other,
             Method::PATCH,
-            &format!("/v1/reminders/{id}"),
+            &mine,
             Some(json!({"remind_at": soon})),
-        )
-        .await,
-        404,
-    )
-    .await;
-    problem(
-        send(
-            &app,
+            404,
+        ),
+        (
             &app.token,
             Method::GET,
             "/v1/reminders/not-an-id",
             None,
-        )
-        .await,
-        404,
-    )
-    .await;
-    problem(
-        send(
-            &app,
+            404,
+        ),
+        (&app.token, Method::PATCH, &mine, Some(json!({})), 400),
+        (
             &app.token,
             Method::PATCH,
-            &format!("/v1/reminders/{id}"),
-            Some(json!({})),
-        )
-        .await,
-        400,
-    )
-    .await;
-    problem(
-        send(
-            &app,
-            &app.token,
-            Method::PATCH,
-            &format!("/v1/reminders/{id}"),
+            &mine,
             Some(json!({"remind_at": past})),
-        )
-        .await,
-        422,
-    )
-    .await;
-    problem(
-        send(
-            &app,
+            422,
+        ),
+        (
             &app.token,
             Method::GET,
             "/v1/reminders?cursor=garbage",
             None,
-        )
-        .await,
-        400,
-    )
-    .await;
-    problem(
-        send(&app, &app.token, Method::GET, "/v1/reminders?limit=0", None).await,
-        400,
-    )
-    .await;
-    problem(
-        send(
-            &app,
+            400,
+        ),
+        (&app.token, Method::GET, "/v1/reminders?limit=0", None, 400),
+        (
             &app.token,
             Method::PATCH,
             "/v1/users/me",
             Some(json!({"time_zone": "Mars/Olympus"})),
-        )
-        .await,
-        400,
-    )
-    .await;
-    problem(
-        send(
-            &app,
+            400,
+        ),
+        (
             &app.token,
             Method::PATCH,
             "/v1/users/me",
             Some(json!({})),
-        )
-        .await,
-        400,
-    )
-    .await;
+            400,
+        ),
+    ];
+    for (token, method, path, body, status) in cases {
+        problem(send(&app, token, method, path, body).await, status).await;
+    }
     app.stop().await;
 }
 

@@ -30,24 +30,13 @@ const RESCAN: Duration = Duration::from_secs(10);
 /// How long stopping waits for deliveries in flight.
 const DRAIN_WAIT: Duration = Duration::from_secs(10);
 
+#[derive(Clone)]
 pub struct MailerArgs {
     pub store: SharedStore,
     pub transport: Arc<Transport>,
     pub composer: Composer,
     pub policy: RetryPolicy,
     pub concurrency: usize,
-}
-
-impl Clone for MailerArgs {
-    fn clone(&self) -> Self {
-        Self {
-            store: self.store.clone(),
-            transport: self.transport.clone(),
-            composer: self.composer.clone(),
-            policy: self.policy,
-            concurrency: self.concurrency,
-        }
-    }
 }
 
 /// How one delivery attempt ended.

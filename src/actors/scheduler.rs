@@ -29,6 +29,7 @@ const FIRE_BATCH: usize = 256;
 /// that it wakes itself again, letting ticks and API messages in between.
 const BATCHES_PER_TURN: usize = 4;
 
+#[derive(Clone)]
 pub struct SchedulerArgs {
     pub store: SharedStore,
     pub composer: Composer,
@@ -36,19 +37,6 @@ pub struct SchedulerArgs {
     pub lookahead: Duration,
     pub tick: Duration,
     pub lease: Duration,
-}
-
-impl Clone for SchedulerArgs {
-    fn clone(&self) -> Self {
-        Self {
-            store: self.store.clone(),
-            composer: self.composer.clone(),
-            mailer: self.mailer.clone(),
-            lookahead: self.lookahead,
-            tick: self.tick,
-            lease: self.lease,
-        }
-    }
 }
 
 pub enum SchedulerMsg {
