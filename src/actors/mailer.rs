@@ -55,6 +55,8 @@ pub enum MailerMsg {
     Wake,
     /// Re-read the queue from the store.
     Rescan,
+    /// Record the deliveries collected so far, in one store call.
+    Flush,
     /// A delivery attempt finished.
     Attempted(Box<MailJob>, Attempt),
 }
@@ -69,6 +71,10 @@ pub struct MailerState {
     keys: HashMap<MailId, i64>,
     /// Deliveries running, each returning its mail and outcome.
     in_flight: HashMap<MailId, JoinHandle<(MailJob, Attempt)>>,
+    /// Delivered mails not yet recorded in the store (a `Flush` is on its way). They are
+    /// still in the stored queue, so a rescan must not pick them up again.
+    delivered: Vec<MailJob>,
+    unrecorded: std::collections::HashSet<MailId>,
     alarm: Alarm<MailerMsg>,
     rescan: Option<JoinHandle<()>>,
 }
@@ -77,7 +83,7 @@ impl MailerState {
     /// Queues `job` for its next attempt, replacing a waiting copy; ignored while the same
     /// mail is being delivered.
     fn wait(&mut self, job: MailJob) {
-        if self.in_flight.contains_key(&job.id) {
+        if self.in_flight.contains_key(&job.id) || self.unrecorded.contains(&job.id) {
             return;
         }
         if let Some(at) = self.keys.remove(&job.id) {
@@ -111,6 +117,8 @@ impl Actor for Mailer {
             waiting: BTreeMap::new(),
             keys: HashMap::new(),
             in_flight: HashMap::new(),
+            delivered: Vec::new(),
+            unrecorded: std::collections::HashSet::new(),
             alarm: Alarm::default(),
             rescan: None,
         };
@@ -151,6 +159,7 @@ impl Actor for Mailer {
             }
             Err(_) => tracing::warn!("deliveries still running at stop; they may be sent again"),
         }
+        flush(state).await;
         Ok(())
     }
 
@@ -180,9 +189,16 @@ impl Actor for Mailer {
             },
             MailerMsg::Attempted(job, outcome) => {
                 if state.in_flight.remove(&job.id).is_some() {
+                    let first = state.delivered.is_empty();
                     record(state, *job, outcome).await;
+                    // Messages already queued (more outcomes) are handled before the
+                    // flush, so one transaction records them all.
+                    if first && !state.delivered.is_empty() {
+                        myself.send_message(MailerMsg::Flush)?;
+                    }
                 }
             }
+            MailerMsg::Flush => flush(state).await,
         }
         dispatch(&myself, state);
         Ok(())
@@ -200,9 +216,8 @@ async fn record(state: &mut MailerState, mut job: MailJob, outcome: Attempt) {
                 let late = (Utc::now() - remind_at).to_std().unwrap_or_default();
                 metrics::histogram!("corral_reminder_lateness_seconds").record(late.as_secs_f64());
             }
-            if let Err(e) = store.mail_sent(&job).await {
-                tracing::error!(mail = %job.id, error = %e, "could not record a delivered mail; it may be sent again after a restart");
-            }
+            state.unrecorded.insert(job.id);
+            state.delivered.push(job);
         }
         Attempt::Cancelled => {
             if let Err(e) = store.discard_mail(&job).await {
@@ -236,6 +251,20 @@ async fn record(state: &mut MailerState, mut job: MailJob, outcome: Attempt) {
             }
             state.wait(job);
         }
+    }
+}
+
+/// Records the delivered mails in one store call.
+async fn flush(state: &mut MailerState) {
+    if state.delivered.is_empty() {
+        return;
+    }
+    let batch = std::mem::take(&mut state.delivered);
+    if let Err(e) = state.args.store.mails_sent(&batch).await {
+        tracing::error!(mails = batch.len(), error = %e, "could not record delivered mails; they may be sent again after a restart");
+    }
+    for job in &batch {
+        state.unrecorded.remove(&job.id);
     }
 }
 

@@ -263,6 +263,15 @@ pub trait MailStore: Send + Sync {
     /// Removes a delivered mail; its reminder, if any, becomes `sent`.
     async fn mail_sent(&self, job: &MailJob) -> Result<(), StoreError>;
 
+    /// [`MailStore::mail_sent`] for many mails (the mailer records deliveries in
+    /// batches). The default records them one by one.
+    async fn mails_sent(&self, jobs: &[MailJob]) -> Result<(), StoreError> {
+        for job in jobs {
+            self.mail_sent(job).await?;
+        }
+        Ok(())
+    }
+
     /// Moves a mail to the dead letters; its reminder, if any, becomes `failed`.
     async fn mail_dead(&self, letter: &DeadLetter) -> Result<(), StoreError>;
 

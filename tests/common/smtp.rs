@@ -140,6 +140,7 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         tokio::select! {
             accepted = listener.accept() => {
                 if let Ok((stream, _)) = accepted {
+                    let _ = stream.set_nodelay(true);
                     connections.spawn(session(stream, shared.clone()));
                 }
             }

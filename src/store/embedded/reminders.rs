@@ -336,13 +336,20 @@ impl MailStore for EmbeddedStore {
     }
 
     async fn mail_sent(&self, job: &MailJob) -> Result<(), StoreError> {
-        let job = job.clone();
+        self.mails_sent(std::slice::from_ref(job)).await
+    }
+
+    /// One transaction for the whole batch.
+    async fn mails_sent(&self, jobs: &[MailJob]) -> Result<(), StoreError> {
+        let jobs = jobs.to_vec();
         self.write(move |tx| {
-            remove_job(tx, &job)?;
-            if let Some(id) = reminder_of(&job) {
-                transition(tx, id, None, ReminderState::Sending, |r| {
-                    r.state = ReminderState::Sent;
-                })?;
+            for job in &jobs {
+                remove_job(tx, job)?;
+                if let Some(id) = reminder_of(job) {
+                    transition(tx, id, None, ReminderState::Sending, |r| {
+                        r.state = ReminderState::Sent;
+                    })?;
+                }
             }
             Ok(())
         })
