@@ -34,6 +34,7 @@ pub struct Settings {
     pub node: NodeSettings,
     pub reminders: ReminderSettings,
     pub mail: MailSettings,
+    pub ws: WsSettings,
     pub log: LogSettings,
 }
 
@@ -139,6 +140,16 @@ pub struct ReminderSettings {
     pub lookahead_secs: u64,
     pub tick_ms: u64,
     pub lease_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WsSettings {
+    pub max_connections: usize,
+    pub queue: usize,
+    pub max_message_bytes: usize,
+    pub ping_secs: u64,
+    pub idle_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -278,6 +289,20 @@ impl Settings {
         positive("reminders.lookahead_secs", r.lookahead_secs)?;
         positive("reminders.tick_ms", r.tick_ms)?;
         positive("reminders.lease_secs", r.lease_secs)?;
+        let w = &self.ws;
+        positive("ws.max_connections", w.max_connections as u64)?;
+        positive("ws.queue", w.queue as u64)?;
+        positive("ws.max_message_bytes", w.max_message_bytes as u64)?;
+        positive("ws.ping_secs", w.ping_secs)?;
+        if w.idle_secs <= w.ping_secs {
+            return Err(ConfigError::Invalid {
+                key: "ws.idle_secs",
+                reason: format!(
+                    "must be longer than ws.ping_secs ({}), or every connection times out",
+                    w.ping_secs
+                ),
+            });
+        }
         // A lease is renewed at the first tick in its second half, so ticks must come
         // more often than that; and a bucket must be loaded before its first minute.
         if r.tick_ms >= r.lease_secs * 500 {

@@ -15,6 +15,7 @@ pub mod media;
 pub mod seed;
 pub mod store;
 pub mod telemetry;
+pub mod ws;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use accounts::{AccountRules, Accounts};
+use actors::hub::HubArgs;
 use actors::mailer::MailerArgs;
 use actors::scheduler::SchedulerArgs;
 use actors::supervisor::{RestartBudget, SupervisorArgs, SupervisorMsg};
@@ -82,6 +84,8 @@ impl App {
         store: SharedStore,
         owns_store: bool,
     ) -> Result<Self, AppError> {
+        // The recorder first: the actors register their series as they start.
+        let metrics = telemetry::metrics();
         let node = node_id(&settings)?;
         let composer = Composer::new(&settings.mail.from, node.clone())?;
         let transport = Transport::from_settings(&settings.mail, &settings.outbox_dir())?;
@@ -105,6 +109,9 @@ impl App {
                 },
                 image_pool: actors.image_pool.clone(),
             },
+            hub: HubArgs {
+                public_url: settings.http.public_url.clone(),
+            },
             upload_workers: settings.upload_workers(),
             mailer: MailerArgs {
                 store: store.clone(),
@@ -112,6 +119,7 @@ impl App {
                 composer: composer.clone(),
                 policy: RetryPolicy::from_settings(&settings.mail),
                 concurrency: settings.mail.concurrency,
+                hub: actors.hub.clone(),
             },
             scheduler: SchedulerArgs {
                 store: store.clone(),
@@ -146,7 +154,9 @@ impl App {
             media,
             actors,
             composer,
-            metrics: telemetry::metrics(),
+            metrics,
+            ws_gate: ws::WsGate::default(),
+            stopping: tokio::sync::watch::Sender::new(false),
         });
         Ok(Self {
             state,
@@ -187,8 +197,11 @@ impl App {
         let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
             let _ = tcp.set_nodelay(true);
         });
+        let state = self.state.clone();
         let server = axum::serve(listener, service).with_graceful_shutdown(async move {
             shutdown.await;
+            // Upgraded connections (WebSockets) are not tracked by graceful shutdown.
+            state.stopping.send_replace(true);
             let _ = stopping_tx.send(true);
         });
         let deadline = async move {
@@ -209,6 +222,7 @@ impl App {
 
     /// Stops the actors and closes the store (the second half of an ordered shutdown).
     pub async fn shutdown(self) -> Result<(), AppError> {
+        self.state.stopping.send_replace(true);
         let _ = self
             .supervisor
             .stop_and_wait(None, Some(ACTOR_STOP_WAIT))

@@ -266,12 +266,17 @@ impl SmtpPool {
             })
     }
 
-    /// An idle connection that still answers NOOP, or a new one.
+    /// An idle connection that still answers NOOP, or a new one. Failing to connect,
+    /// greet, start TLS or authenticate is never a verdict on the mail: it is transient
+    /// whatever the reply code (a 535 for a bad password must not dead-letter the queue).
     async fn checkout(&self) -> Result<AsyncSmtpConnection, DeliveryError> {
         loop {
             let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
             let Some((mut conn, since)) = idle else {
-                return self.connect().await;
+                return self.connect().await.map_err(|mut e| {
+                    e.permanent = false;
+                    e
+                });
             };
             if since.elapsed() < SMTP_IDLE && conn.test_connected().await {
                 return Ok(conn);

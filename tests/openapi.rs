@@ -36,6 +36,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("patch", "/v1/reminders/{id}"),
     ("delete", "/v1/reminders/{id}"),
     ("get", "/v1/admin/mail/dead"),
+    ("get", "/v1/ws"),
     ("get", "/metrics"),
     ("get", "/healthz"),
     ("get", "/readyz"),

@@ -8,6 +8,7 @@ mod servers;
 #[allow(dead_code)]
 #[path = "../../tests/common/smtp.rs"]
 mod smtp;
+mod ws;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -140,10 +141,7 @@ async fn run(
             Scenario::Uploads => scenarios::uploads(sizes, &command).await?,
             Scenario::Reminders => scenarios::reminders(sizes, &command).await?,
             Scenario::Scale => scenarios::scale(sizes, &command).await?,
-            Scenario::Ws => {
-                println!("{name}: waits for the WebSocket push (issue 7)");
-                continue;
-            }
+            Scenario::Ws => ws::ws(sizes, &command).await?,
         };
         report.print();
         let (json, svg) = report.write(out)?;

@@ -33,6 +33,11 @@ pub struct Sizes {
     pub reminder_window: Duration,
     /// Image rows seeded for the scale scenario.
     pub scale_images: u64,
+    /// WebSocket clients of the ws scenario, the uploads they hear of, and the uploads'
+    /// rate (a second).
+    pub ws_clients: usize,
+    pub ws_uploads: usize,
+    pub ws_rate: u64,
 }
 
 impl Sizes {
@@ -48,6 +53,9 @@ impl Sizes {
             reminders: 5_000,
             reminder_window: Duration::from_secs(60),
             scale_images: 1_000_000,
+            ws_clients: 1000,
+            ws_uploads: 100,
+            ws_rate: 10,
         }
     }
 
@@ -61,6 +69,9 @@ impl Sizes {
             uploads_per_rate: 5_000,
             reminders: 100_000,
             scale_images: 10_000_000,
+            ws_clients: 5000,
+            ws_uploads: 150,
+            ws_rate: 5,
             ..Self::default_run()
         }
     }
@@ -78,6 +89,9 @@ impl Sizes {
             reminders: 5,
             reminder_window: Duration::from_secs(1),
             scale_images: 100,
+            ws_clients: 3,
+            ws_uploads: 2,
+            ws_rate: 10,
         }
     }
 }
@@ -102,7 +116,7 @@ async fn json_call(
 }
 
 /// Signs the bench admin in; returns the token.
-async fn admin_token(addr: SocketAddr) -> anyhow::Result<String> {
+pub(crate) async fn admin_token(addr: SocketAddr) -> anyhow::Result<String> {
     let (status, body) = json_call(
         addr,
         "POST",
@@ -118,7 +132,7 @@ async fn admin_token(addr: SocketAddr) -> anyhow::Result<String> {
 }
 
 /// A distinct small PNG per `n` (a gradient keyed by n).
-fn png(n: usize) -> Vec<u8> {
+pub(crate) fn png(n: usize) -> Vec<u8> {
     let img = image::RgbImage::from_fn(48, 48, |x, y| {
         image::Rgb([
             (x as usize * 5 + n) as u8,
@@ -160,7 +174,7 @@ async fn measure(server: &Server, label: &str, mode: Mode, sizes: &Sizes, work: 
     Measured::of(label, mode, &run, server_cpu, my_cpu)
 }
 
-fn report(scenario: &str, command: &str) -> Report {
+pub(crate) fn report(scenario: &str, command: &str) -> Report {
     Report {
         scenario: scenario.into(),
         started_at: chrono::Utc::now().to_rfc3339(),

@@ -19,10 +19,12 @@ use futures_util::FutureExt;
 use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use super::Alarm;
-use crate::domain::{DeadLetter, MailId, MailJob, MailKind, ReminderState};
+use super::hub::{HubMsg, publish};
+use super::{ActorSlot, Alarm};
+use crate::domain::{DeadLetter, MailId, MailJob, MailKind, Reminder, ReminderState};
 use crate::mail::{Composer, DeliveryError, RetryPolicy, Transport};
 use crate::store::SharedStore;
+use crate::ws::protocol::ReminderUpdate;
 
 /// How often the queue is re-read from the store, for mails whose message was lost
 /// (queued while this actor restarted, say).
@@ -37,6 +39,8 @@ pub struct MailerArgs {
     pub composer: Composer,
     pub policy: RetryPolicy,
     pub concurrency: usize,
+    /// Told when a reminder's mail is sent or fails for good.
+    pub hub: ActorSlot<HubMsg>,
 }
 
 /// How one delivery attempt ended.
@@ -58,7 +62,15 @@ pub enum MailerMsg {
     /// Record the deliveries collected so far, in one store call.
     Flush,
     /// A delivery attempt finished.
-    Attempted(Box<MailJob>, Attempt),
+    Attempted(Box<Outcome>),
+}
+
+/// A finished attempt: the mail, how it went, and its reminder as read before sending.
+#[derive(Clone)]
+pub struct Outcome {
+    job: MailJob,
+    attempt: Attempt,
+    reminder: Option<Reminder>,
 }
 
 pub struct Mailer;
@@ -70,10 +82,12 @@ pub struct MailerState {
     /// Each waiting mail's key in `waiting`.
     keys: HashMap<MailId, i64>,
     /// Deliveries running, each returning its mail and outcome.
-    in_flight: HashMap<MailId, JoinHandle<(MailJob, Attempt)>>,
+    in_flight: HashMap<MailId, JoinHandle<Outcome>>,
     /// Delivered mails not yet recorded in the store (a `Flush` is on its way). They are
     /// still in the stored queue, so a rescan must not pick them up again.
     delivered: Vec<MailJob>,
+    /// The reminders of `delivered`, to announce as sent once recorded.
+    sent: Vec<Reminder>,
     unrecorded: std::collections::HashSet<MailId>,
     alarm: Alarm<MailerMsg>,
     rescan: Option<JoinHandle<()>>,
@@ -118,6 +132,7 @@ impl Actor for Mailer {
             keys: HashMap::new(),
             in_flight: HashMap::new(),
             delivered: Vec::new(),
+            sent: Vec::new(),
             unrecorded: std::collections::HashSet::new(),
             alarm: Alarm::default(),
             rescan: None,
@@ -153,8 +168,8 @@ impl Actor for Mailer {
         let drained = tokio::time::timeout(DRAIN_WAIT, futures_util::future::join_all(running));
         match drained.await {
             Ok(done) => {
-                for (job, outcome) in done.into_iter().flatten() {
-                    record(state, job, outcome).await;
+                for outcome in done.into_iter().flatten() {
+                    record(state, outcome).await;
                 }
             }
             Err(_) => tracing::warn!("deliveries still running at stop; they may be sent again"),
@@ -187,10 +202,10 @@ impl Actor for Mailer {
                 }
                 Err(e) => tracing::warn!(error = %e, "mailer could not re-read its queue"),
             },
-            MailerMsg::Attempted(job, outcome) => {
-                if state.in_flight.remove(&job.id).is_some() {
+            MailerMsg::Attempted(outcome) => {
+                if state.in_flight.remove(&outcome.job.id).is_some() {
                     let first = state.delivered.is_empty();
-                    record(state, *job, outcome).await;
+                    record(state, *outcome).await;
                     // Messages already queued (more outcomes) are handled before the
                     // flush, so one transaction records them all.
                     if first && !state.delivered.is_empty() {
@@ -206,10 +221,15 @@ impl Actor for Mailer {
 }
 
 /// Records an attempt's outcome in the store (and the metrics).
-async fn record(state: &mut MailerState, mut job: MailJob, outcome: Attempt) {
+async fn record(state: &mut MailerState, outcome: Outcome) {
+    let Outcome {
+        mut job,
+        attempt,
+        reminder,
+    } = outcome;
     let store = &state.args.store;
     let kind = job.kind.name();
-    match outcome {
+    match attempt {
         Attempt::Delivered => {
             metrics::counter!("corral_mails_sent_total", "kind" => kind).increment(1);
             if let MailKind::Reminder { remind_at, .. } = job.kind {
@@ -218,6 +238,7 @@ async fn record(state: &mut MailerState, mut job: MailJob, outcome: Attempt) {
             }
             state.unrecorded.insert(job.id);
             state.delivered.push(job);
+            state.sent.extend(reminder);
         }
         Attempt::Cancelled => {
             if let Err(e) = store.discard_mail(&job).await {
@@ -238,6 +259,16 @@ async fn record(state: &mut MailerState, mut job: MailJob, outcome: Attempt) {
                 };
                 if let Err(e) = store.mail_dead(&letter).await {
                     tracing::error!(mail = %letter.job.id, error = %e, "could not record a dead letter");
+                    return;
+                }
+                if let Some(mut r) = reminder {
+                    r.state = ReminderState::Failed;
+                    r.detail = Some(letter.reason);
+                    r.updated_at = letter.died_at;
+                    publish(
+                        &state.args.hub,
+                        HubMsg::Reminder(ReminderUpdate::Failed, Box::new(r)),
+                    );
                 }
                 return;
             }
@@ -260,8 +291,22 @@ async fn flush(state: &mut MailerState) {
         return;
     }
     let batch = std::mem::take(&mut state.delivered);
-    if let Err(e) = state.args.store.mails_sent(&batch).await {
-        tracing::error!(mails = batch.len(), error = %e, "could not record delivered mails; they may be sent again after a restart");
+    let sent = std::mem::take(&mut state.sent);
+    match state.args.store.mails_sent(&batch).await {
+        Ok(()) => {
+            let now = Utc::now();
+            for mut r in sent {
+                r.state = ReminderState::Sent;
+                r.updated_at = now;
+                publish(
+                    &state.args.hub,
+                    HubMsg::Reminder(ReminderUpdate::Sent, Box::new(r)),
+                );
+            }
+        }
+        Err(e) => {
+            tracing::error!(mails = batch.len(), error = %e, "could not record delivered mails; they may be sent again after a restart");
+        }
     }
     for job in &batch {
         state.unrecorded.remove(&job.id);
@@ -285,19 +330,25 @@ fn dispatch(myself: &ActorRef<MailerMsg>, state: &mut MailerState) {
         let args = state.args.clone();
         let myself = myself.clone();
         let task = tokio::spawn(async move {
-            let outcome = AssertUnwindSafe(attempt(&args, &job))
+            let (attempt, reminder) = AssertUnwindSafe(attempt(&args, &job))
                 .catch_unwind()
                 .await
                 .unwrap_or_else(|_| {
-                    Attempt::Failed(DeliveryError {
+                    let failed = Attempt::Failed(DeliveryError {
                         permanent: false,
                         detail: "the delivery task panicked".into(),
-                    })
+                    });
+                    (failed, None)
                 });
-            let report = MailerMsg::Attempted(Box::new(job.clone()), outcome.clone());
+            let outcome = Outcome {
+                job,
+                attempt,
+                reminder,
+            };
+            let report = MailerMsg::Attempted(Box::new(outcome.clone()));
             // If the mailer is stopping, it collects the result from this task instead.
             let _ = myself.send_message(report);
-            (job, outcome)
+            outcome
         });
         state.in_flight.insert(id, task);
     }
@@ -316,19 +367,22 @@ fn dispatch(myself: &ActorRef<MailerMsg>, state: &mut MailerState) {
     }
 }
 
-async fn attempt(args: &MailerArgs, job: &MailJob) -> Attempt {
+/// One delivery; a reminder's mail first checks that its reminder still wants it.
+async fn attempt(args: &MailerArgs, job: &MailJob) -> (Attempt, Option<Reminder>) {
+    let mut current = None;
     if let MailKind::Reminder { reminder, .. } = job.kind {
         match args.store.get_reminder(reminder).await {
-            Ok(Some(r)) if r.state == ReminderState::Sending => {}
-            Ok(_) => return Attempt::Cancelled,
+            Ok(Some(r)) if r.state == ReminderState::Sending => current = Some(r),
+            Ok(_) => return (Attempt::Cancelled, None),
             // Deliver anyway: a missed cancellation beats a missed reminder.
             Err(e) => tracing::warn!(mail = %job.id, error = %e, "could not check the reminder"),
         }
     }
-    match args.transport.deliver(args.composer.from(), job).await {
+    let attempt = match args.transport.deliver(args.composer.from(), job).await {
         Ok(()) => Attempt::Delivered,
         Err(e) => Attempt::Failed(e),
-    }
+    };
+    (attempt, current)
 }
 
 /// Queues a mail: writes it to the store (so it survives a crash), then tells the

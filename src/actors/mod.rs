@@ -2,12 +2,14 @@
 //!
 //! ```text
 //! supervisor (root)
+//! ├── hub          fans pushes out to WebSocket connections, each with a bounded queue
 //! ├── image_pool   reservoir sample of all images; publishes a snapshot /random reads
 //! ├── uploads      factory of upload workers: inspect, commit, record, tell image_pool
 //! ├── mailer       delivers this node's persisted mail queue, retries, dead letters
 //! └── scheduler    leases due-reminder buckets, fires reminders on time into the mailer
 //! ```
 
+pub mod hub;
 pub mod image_pool;
 pub mod mailer;
 pub mod scheduler;
@@ -63,6 +65,7 @@ pub struct Actors {
     pub uploads: ActorSlot<uploads::UploadsMsg>,
     pub mailer: ActorSlot<MailerMsg>,
     pub scheduler: ActorSlot<SchedulerMsg>,
+    pub hub: ActorSlot<hub::HubMsg>,
     /// The random sample `image_pool` publishes; read without messaging the actor.
     pub sample: Sample,
 }
@@ -74,6 +77,7 @@ impl Actors {
             && self.uploads.get().is_some()
             && self.mailer.get().is_some()
             && self.scheduler.get().is_some()
+            && self.hub.get().is_some()
     }
 }
 

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 
+use super::hub::{Hub, HubArgs};
 use super::image_pool::{ImagePool, ImagePoolArgs};
 use super::mailer::{Mailer, MailerArgs};
 use super::scheduler::{Scheduler, SchedulerArgs};
@@ -21,6 +22,7 @@ const CHILD_STOP_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Child {
+    Hub,
     ImagePool,
     Uploads,
     Mailer,
@@ -29,7 +31,8 @@ pub enum Child {
 
 impl Child {
     /// In start order; they stop in reverse.
-    const ALL: [Child; 4] = [
+    const ALL: [Child; 5] = [
+        Child::Hub,
         Child::ImagePool,
         Child::Uploads,
         Child::Mailer,
@@ -38,6 +41,7 @@ impl Child {
 
     fn name(self) -> &'static str {
         match self {
+            Child::Hub => "hub",
             Child::ImagePool => "image_pool",
             Child::Uploads => "uploads",
             Child::Mailer => "mailer",
@@ -60,6 +64,7 @@ pub struct SupervisorArgs {
     pub reservoir_capacity: usize,
     pub upload_deps: UploadDeps,
     pub upload_workers: usize,
+    pub hub: HubArgs,
     pub mailer: MailerArgs,
     pub scheduler: SchedulerArgs,
     pub budget: RestartBudget,
@@ -110,12 +115,13 @@ impl Actor for Supervisor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         // Stop in reverse start order: the scheduler before the mailer it feeds, uploads
-        // before the pool they tell.
+        // before the pool they tell, the hub (which everyone tells) last.
         let actors = &state.args.actors;
         stop(&actors.scheduler).await;
         stop(&actors.mailer).await;
         stop(&actors.uploads).await;
         stop(&actors.image_pool).await;
+        stop(&actors.hub).await;
         Ok(())
     }
 
@@ -164,6 +170,7 @@ async fn restart(state: &mut SupervisorState, child: Child, myself: &ActorRef<Su
             "restart budget spent; the child stays down"
         );
         match child {
+            Child::Hub => state.args.actors.hub.set(None),
             Child::ImagePool => state.args.actors.image_pool.set(None),
             Child::Uploads => state.args.actors.uploads.set(None),
             Child::Mailer => state.args.actors.mailer.set(None),
@@ -203,6 +210,11 @@ async fn start_child(
 ) -> Result<(), ActorProcessingErr> {
     let args = &state.args;
     let cell = match child {
+        Child::Hub => {
+            let (hub, _) = Actor::spawn_linked(None, Hub, args.hub.clone(), me).await?;
+            args.actors.hub.set(Some(hub.clone()));
+            hub.get_cell()
+        }
         Child::ImagePool => {
             let pool_args = ImagePoolArgs {
                 store: args.store.clone(),

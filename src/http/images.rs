@@ -17,9 +17,10 @@ use utoipa_axum::routes;
 use super::extract::{ApiJson, CurrentUser, MaybeUser};
 use super::paging::{PageQuery, next_cursor};
 use super::{ApiError, AppState};
+use crate::actors::hub::{self, HubMsg};
 use crate::actors::uploads::key_of;
 use crate::actors::{Ingested, UploadMsg};
-use crate::domain::{Image, ImageFormat, ImageId, Tags, User, UserId};
+use crate::domain::{Image, ImageFormat, ImageId, ImageSummary, Tags, User, UserId};
 use crate::media::{MediaError, StagedUpload, stage};
 
 /// Most images one `/random` call returns.
@@ -40,7 +41,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// An image as the API shows it.
 #[derive(Serialize, ToSchema)]
-pub struct ImageView {
+pub(crate) struct ImageView {
     #[schema(value_type = String, format = Uuid)]
     id: ImageId,
     /// `<sha1>.<ext>`: the file's permanent name.
@@ -59,7 +60,7 @@ pub struct ImageView {
 }
 
 impl ImageView {
-    fn new(image: Image, public_url: &str) -> Self {
+    pub(crate) fn new(image: Image, public_url: &str) -> Self {
         Self {
             url: file_url(public_url, &image.name),
             id: image.id,
@@ -152,6 +153,10 @@ async fn upload(
     metrics::counter!("corral_uploads_total", "outcome" => outcome).increment(1);
     let done = result?;
     metrics::counter!("corral_upload_bytes_total").increment(done.image.bytes);
+    hub::publish(
+        &state.actors.hub,
+        HubMsg::ImageCreated(Box::new(done.image.clone())),
+    );
     let location = format!("/v1/images/{}", done.image.id);
     let view = ImageView::new(done.image, &state.settings.http.public_url);
     Ok((
@@ -332,6 +337,23 @@ struct RandomImages {
     images: Vec<RandomImage>,
 }
 
+/// A sample entry as `/random` shows it (a `RandomImage`), in JSON, rendered on first use.
+pub(crate) fn sample_entry(s: &ImageSummary, public_url: &str) -> bytes::Bytes {
+    s.rendered
+        .get_or_init(|| {
+            let image = RandomImage {
+                id: s.id,
+                url: file_url(public_url, &s.name),
+                name: s.name.clone(),
+                width: s.width,
+                height: s.height,
+            };
+            // A struct of strings and numbers: serialising it cannot fail.
+            serde_json::to_vec(&image).unwrap_or_default().into()
+        })
+        .clone()
+}
+
 /// Random images.
 ///
 /// Up to `count` distinct images drawn from the in-memory sample (fewer when fewer exist).
@@ -371,22 +393,7 @@ async fn random(
         if i > 0 {
             body.push(b',');
         }
-        let json = match s.rendered.get() {
-            Some(json) => json.clone(),
-            None => {
-                let image = RandomImage {
-                    id: s.id,
-                    url: file_url(public_url, &s.name),
-                    name: s.name.clone(),
-                    width: s.width,
-                    height: s.height,
-                };
-                let json = serde_json::to_vec(&image)
-                    .map_err(|e| ApiError::Internal(format!("rendering a sample entry: {e}")))?;
-                s.rendered.get_or_init(|| json.into()).clone()
-            }
-        };
-        body.extend_from_slice(&json);
+        body.extend_from_slice(&sample_entry(s, public_url));
     }
     body.extend_from_slice(b"]}");
     // A random pick must never be cached; the files it points to are cached forever.

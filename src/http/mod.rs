@@ -4,16 +4,17 @@
 mod admin;
 pub mod error;
 mod events;
-mod extract;
+pub(crate) mod extract;
 mod files;
 pub mod gateway;
-mod images;
+pub(crate) mod images;
 mod openapi;
 mod ops;
 mod paging;
-mod reminders;
+pub(crate) mod reminders;
 mod sessions;
 mod users;
+mod web;
 
 use std::sync::Arc;
 
@@ -64,6 +65,10 @@ pub struct Shared {
     /// Renders the mails this node queues.
     pub composer: crate::mail::Composer,
     pub metrics: PrometheusHandle,
+    /// Open WebSocket connections, against `ws.max_connections`.
+    pub ws_gate: crate::ws::WsGate,
+    /// Set when the server starts shutting down; open WebSockets close (1001).
+    pub stopping: tokio::sync::watch::Sender<bool>,
 }
 
 /// The documented routes and their OpenAPI document.
@@ -76,6 +81,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(admin::router())
         .merge(events::router())
         .merge(reminders::router())
+        .merge(crate::ws::router())
         .merge(ops::router())
         .split_for_parts();
     (routes, openapi::finish(doc))
@@ -90,6 +96,7 @@ pub fn router(state: AppState) -> Router {
             "/openapi.json",
             axum::routing::get(move || async move { Json(doc.as_ref().clone()) }),
         )
+        .merge(web::router(&state.settings.http.public_url))
         .merge(SwaggerUi::new("/docs").url("/docs/openapi.json", openapi::finish(api().1)))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {

@@ -16,6 +16,7 @@ use utoipa::{Modify, OpenApi as _};
         (name = "accounts", description = "Sign-up, sessions and your account"),
         (name = "events", description = "The events catalogue"),
         (name = "reminders", description = "Mail reminders of events"),
+        (name = "push", description = "Live updates over WebSocket"),
         (name = "admin", description = "Admin-only routes"),
         (name = "ops", description = "Metrics, health and readiness"),
     ),

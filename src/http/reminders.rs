@@ -17,10 +17,12 @@ use super::extract::{ApiJson, CurrentUser};
 use super::paging::parse_limit;
 use super::{ApiError, AppState};
 use crate::actors::SchedulerMsg;
+use crate::actors::hub::{self, HubMsg};
 use crate::domain::{
     Email, EventId, Reminder, ReminderId, ReminderKey, ReminderState, User, UserId,
 };
 use crate::store::StoreError;
+use crate::ws::protocol::ReminderUpdate;
 
 /// How far ahead a reminder may be set.
 const MAX_AHEAD_DAYS: i64 = 3660;
@@ -33,7 +35,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 #[derive(Serialize, ToSchema)]
-struct ReminderView {
+pub(crate) struct ReminderView {
     #[schema(value_type = String, format = Uuid)]
     id: ReminderId,
     #[schema(value_type = String, format = Uuid)]
@@ -121,6 +123,14 @@ fn tell_scheduler(state: &AppState, msg: SchedulerMsg) {
     }
 }
 
+/// Tells the owner's WebSocket connections.
+fn push(state: &AppState, update: ReminderUpdate, reminder: &Reminder) {
+    hub::publish(
+        &state.actors.hub,
+        HubMsg::Reminder(update, Box::new(reminder.clone())),
+    );
+}
+
 /// Set a reminder for an event.
 #[utoipa::path(
     post, path = "/v1/reminders", tag = "reminders",
@@ -167,6 +177,7 @@ async fn create_reminder(
             remind_at,
         },
     );
+    push(&state, ReminderUpdate::Scheduled, &reminder);
     let location = format!("/v1/reminders/{}", reminder.id);
     Ok((
         StatusCode::CREATED,
@@ -277,6 +288,7 @@ async fn update_reminder(
             remind_at: after.remind_at,
         },
     );
+    push(&state, ReminderUpdate::Rescheduled, &after);
     Ok(Json(after.into()))
 }
 
@@ -299,6 +311,7 @@ async fn delete_reminder(
     let reminder = find(&state, user.id, &id).await?;
     state.store.delete_reminder(&reminder).await?;
     tell_scheduler(&state, SchedulerMsg::Cancelled(reminder.id));
+    push(&state, ReminderUpdate::Cancelled, &reminder);
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -1,0 +1,274 @@
+//! The web page at `/`, driven in headless Chromium over WebDriver (fantoccini and
+//! chromedriver): sign up, upload an image, see it arrive in the live strip over the
+//! WebSocket, and see the random grid load it. Without Chromium and chromedriver the test
+//! says so and passes, unless `REQUIRE_BROWSER=1` (which `.ci/run` sets) makes a
+//! missing browser a failure.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{TestApp, png};
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{Value, json};
+
+/// An executable on PATH (or named by `env`), if there is one.
+fn find(env: &str, names: &[&str]) -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os(env) {
+        return Some(PathBuf::from(path));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .flat_map(|dir| names.iter().map(move |name| dir.join(name)))
+        .find(|candidate| candidate.is_file())
+}
+
+/// chromedriver on a free loopback port, killed when dropped.
+struct Driver {
+    child: Child,
+    url: String,
+}
+
+impl Driver {
+    async fn start(binary: &Path) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(binary)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver starts");
+        // Owned from here, so it is killed even if the wait below panics.
+        let driver = Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let client = reqwest::Client::new();
+        for _ in 0..100 {
+            if let Ok(response) = client.get(format!("{}/status", driver.url)).send().await
+                && response.status().is_success()
+            {
+                return driver;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("chromedriver did not answer on {}", driver.url);
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn browser(driver: &Driver, chromium: &Path) -> Client {
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": chromium,
+            "args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000"],
+        }),
+    );
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&driver.url)
+        .await
+        .expect("a Chromium session")
+}
+
+/// Waits (up to 10 s) until `selector`'s text contains `needle`; returns the text.
+async fn text_with(page: &Client, selector: &str, needle: &str) -> String {
+    let mut last = String::new();
+    for _ in 0..100 {
+        if let Ok(element) = page.find(Locator::Css(selector)).await {
+            last = element.text().await.unwrap_or_default();
+            if last.contains(needle) {
+                return last;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{selector} never showed {needle:?}; it shows {last:?}");
+}
+
+/// Waits (up to 10 s) for an element matching `selector`.
+async fn element(page: &Client, selector: &str) -> fantoccini::elements::Element {
+    page.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css(selector))
+        .await
+        .unwrap_or_else(|e| panic!("no {selector} appeared: {e}"))
+}
+
+#[tokio::test]
+async fn sign_up_upload_and_see_it_live_and_in_the_random_grid() {
+    let required = std::env::var("REQUIRE_BROWSER").is_ok_and(|v| v == "1");
+    let driver = find("CHROMEDRIVER", &["chromedriver"]);
+    let chromium = find(
+        "CHROMIUM",
+        &["chromium", "chromium-browser", "google-chrome"],
+    );
+    let (Some(driver), Some(chromium)) = (driver, chromium) else {
+        assert!(
+            !required,
+            "REQUIRE_BROWSER=1 but chromium and chromedriver are not both installed"
+        );
+        eprintln!(
+            "skipping the browser test: chromium and chromedriver are not both on PATH \
+             (apt-get install chromium chromium-driver)"
+        );
+        return;
+    };
+    let app = TestApp::spawn_with(|s| s.rate_limits.enabled = false).await;
+    let driver = Driver::start(&driver).await;
+    let page = browser(&driver, &chromium).await;
+    let outcome = drive(&app, &page).await;
+    let _ = page.close().await;
+    outcome.unwrap_or_else(|e| panic!("{e}"));
+}
+
+async fn drive(app: &TestApp, page: &Client) -> Result<(), fantoccini::error::CmdError> {
+    page.goto(&app.url("/")).await?;
+    text_with(page, "#ws-status", "live").await;
+
+    // Sign up (the page signs in after it).
+    element(page, "#signup-username")
+        .await
+        .send_keys("walker")
+        .await?;
+    page.find(Locator::Id("signup-email"))
+        .await?
+        .send_keys("walker@example.com")
+        .await?;
+    page.find(Locator::Id("signup-password"))
+        .await?
+        .send_keys("password-walker")
+        .await?;
+    page.find(Locator::Id("signup-submit"))
+        .await?
+        .click()
+        .await?;
+    text_with(page, "#session-status", "Signed in as walker").await;
+    let user = app
+        .store
+        .find_user("walker")
+        .await
+        .unwrap()
+        .expect("walker signed up");
+
+    // Upload a PNG through the file input.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("llama.png");
+    let bytes = png(24, 16, 42);
+    std::fs::write(&file, &bytes).unwrap();
+    page.find(Locator::Id("upload-file"))
+        .await?
+        .send_keys(file.to_str().unwrap())
+        .await?;
+    page.find(Locator::Id("upload-tags"))
+        .await?
+        .send_keys("llama, browser")
+        .await?;
+    page.find(Locator::Id("upload-submit"))
+        .await?
+        .click()
+        .await?;
+    let name = format!("{}.png", common::sha1_hex(&bytes));
+    text_with(page, "#upload-status", "Uploaded").await;
+    let mine: Value = app
+        .client
+        .get(app.url("/v1/users/me/images"))
+        .bearer_auth(app.log_in(user.username.as_str()).await)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = mine["images"][0]["id"]
+        .as_str()
+        .expect("the upload is walker's")
+        .to_owned();
+    assert_eq!(mine["images"][0]["name"], name.as_str());
+
+    // It arrives in the live strip over the WebSocket...
+    let live = element(page, &format!("#live-strip img[data-id='{id}']")).await;
+    assert!(
+        live.attr("alt").await?.is_some_and(|alt| !alt.is_empty()),
+        "images have alt text"
+    );
+
+    // ...and the random grid, the only image in the pool, shows it, loaded from /i/.
+    page.find(Locator::Id("random-refresh"))
+        .await?
+        .click()
+        .await?;
+    let grid = element(page, &format!("#random-grid img[data-id='{id}']")).await;
+    assert!(
+        grid.attr("src")
+            .await?
+            .is_some_and(|src| src.ends_with(&format!("/i/{name}")))
+    );
+    let mut loaded = Value::Null;
+    for _ in 0..50 {
+        loaded = page
+            .execute(
+                "const img = document.querySelector(arguments[0]); return img && img.complete && img.naturalWidth;",
+                vec![json!(format!("#random-grid img[data-id='{id}']"))],
+            )
+            .await?;
+        if loaded == json!(24) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(loaded, json!(24), "the grid image loaded at its real width");
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_page_and_its_assets_are_served_from_the_binary() {
+    let app = TestApp::spawn().await;
+    for (path, kind, needle) in [
+        ("/", "text/html", "/web/app.js"),
+        ("/web/app.js", "text/javascript", "/v1/ws"),
+        ("/web/style.css", "text/css", "{"),
+    ] {
+        let response = app.get(path).await;
+        assert_eq!(response.status(), 200, "{path}");
+        let headers = response.headers().clone();
+        assert!(
+            headers["content-type"].to_str().unwrap().starts_with(kind),
+            "{path}"
+        );
+        assert_eq!(headers["cache-control"], "no-cache", "{path}");
+        assert!(
+            headers["content-security-policy"]
+                .to_str()
+                .unwrap()
+                .contains("script-src 'self'"),
+            "{path}"
+        );
+        assert!(response.text().await.unwrap().contains(needle), "{path}");
+        // Revalidation: the same ETag is a 304 without a body.
+        let etag = headers["etag"].clone();
+        let again = app
+            .client
+            .get(app.url(path))
+            .header("if-none-match", etag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(again.status(), 304, "{path}");
+        assert!(again.bytes().await.unwrap().is_empty());
+    }
+}

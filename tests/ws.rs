@@ -1,0 +1,629 @@
+//! `GET /v1/ws` with real WebSocket clients (tokio-tungstenite): new uploads reach
+//! `images` subscribers, `images.random` ticks from the pool, reminder updates reach only
+//! their owner, refusals are error frames on a connection that stays open, a client that
+//! stops reading lags without growing the server's queue, 1,000 clients each get a
+//! broadcast, and the connection limit, heartbeat and frame size limit hold.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use common::{TestApp, png};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Bytes, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+fn request(
+    app: &TestApp,
+    token: Option<&str>,
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    let mut request = format!("ws://{}/v1/ws", app.addr)
+        .into_client_request()
+        .unwrap();
+    if let Some(token) = token {
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    request
+}
+
+async fn connect(app: &TestApp, token: Option<&str>) -> Ws {
+    let (ws, response) = tokio_tungstenite::connect_async(request(app, token))
+        .await
+        .expect("websocket handshake");
+    assert_eq!(response.status(), 101);
+    ws
+}
+
+async fn send(ws: &mut Ws, msg: Value) {
+    ws.send(Message::text(msg.to_string())).await.unwrap();
+}
+
+/// The next JSON frame within `wait`, or None.
+async fn next_within(ws: &mut Ws, wait: Duration) -> Option<Value> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let msg = tokio::time::timeout_at(deadline, ws.next()).await.ok()??;
+        match msg.expect("websocket read") {
+            Message::Text(text) => return Some(serde_json::from_str(&text).expect("JSON frame")),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+}
+
+async fn next(ws: &mut Ws) -> Value {
+    next_within(ws, Duration::from_secs(10))
+        .await
+        .expect("a frame within 10 s")
+}
+
+/// Subscribes and waits for the acknowledgement.
+async fn subscribe(ws: &mut Ws, topic: &str) {
+    send(ws, json!({"op": "subscribe", "topic": topic})).await;
+    let ack = next(ws).await;
+    assert_eq!(ack, json!({"topic": topic, "event": "subscribed"}));
+}
+
+fn quiet(s: &mut corral::config::Settings) {
+    s.rate_limits.enabled = false;
+}
+
+#[tokio::test]
+async fn an_upload_reaches_an_images_subscriber_within_a_second() {
+    let app = TestApp::spawn_with(quiet).await;
+    let mut ws = connect(&app, None).await;
+    subscribe(&mut ws, "images").await;
+
+    let started = Instant::now();
+    let image = app.upload_png(png(12, 9, 1)).await;
+    let pushed = next(&mut ws).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(pushed["topic"], "images");
+    assert_eq!(pushed["event"], "created");
+    assert_eq!(
+        pushed["data"], image,
+        "the push shows the image as the API does"
+    );
+
+    // The same bytes again are another upload (its own record, the same file).
+    let again: Value = app
+        .upload_raw(png(12, 9, 1), "image/png")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let pushed = next(&mut ws).await;
+    assert_eq!(pushed["data"]["id"], again["id"]);
+    assert_ne!(again["id"], image["id"]);
+    assert_eq!(pushed["data"]["name"], image["name"]);
+
+    // Unsubscribed, nothing more arrives.
+    send(&mut ws, json!({"op": "unsubscribe", "topic": "images"})).await;
+    assert_eq!(
+        next(&mut ws).await,
+        json!({"topic": "images", "event": "unsubscribed"})
+    );
+    app.upload_png(png(12, 9, 2)).await;
+    assert_eq!(next_within(&mut ws, Duration::from_millis(500)).await, None);
+}
+
+#[tokio::test]
+async fn images_random_ticks_at_its_interval_with_images_from_the_pool() {
+    let app = TestApp::spawn_with(quiet).await;
+    let mut ids = HashSet::new();
+    for seed in 0..3 {
+        ids.insert(
+            app.upload_png(png(8, 8, seed)).await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let mut ws = connect(&app, None).await;
+
+    send(
+        &mut ws,
+        json!({"op": "subscribe", "topic": "images.random", "interval_ms": 50}),
+    )
+    .await;
+    let refused = next(&mut ws).await;
+    assert_eq!(refused["event"], "error");
+    assert!(
+        refused["detail"].as_str().unwrap().contains("100"),
+        "{refused}"
+    );
+
+    send(
+        &mut ws,
+        json!({"op": "subscribe", "topic": "images.random", "interval_ms": 200}),
+    )
+    .await;
+    assert_eq!(next(&mut ws).await["event"], "subscribed");
+    let started = Instant::now();
+    let mut arrivals = Vec::new();
+    for _ in 0..5 {
+        let tick = next(&mut ws).await;
+        arrivals.push(started.elapsed());
+        assert_eq!(tick["topic"], "images.random");
+        assert_eq!(tick["event"], "image");
+        let id = tick["data"]["id"].as_str().unwrap();
+        assert!(ids.contains(id), "{id} is one of the uploaded images");
+        assert!(tick["data"]["url"].as_str().unwrap().starts_with("/i/"));
+    }
+    // Five ticks 200 ms apart: the first after ~200 ms, the fifth after ~1 s.
+    assert!(arrivals[0] >= Duration::from_millis(150), "{arrivals:?}");
+    assert!(arrivals[4] >= Duration::from_millis(950), "{arrivals:?}");
+    assert!(arrivals[4] < Duration::from_millis(2000), "{arrivals:?}");
+
+    send(
+        &mut ws,
+        json!({"op": "unsubscribe", "topic": "images.random"}),
+    )
+    .await;
+    assert_eq!(next(&mut ws).await["event"], "unsubscribed");
+    assert_eq!(next_within(&mut ws, Duration::from_millis(500)).await, None);
+}
+
+/// Creates an event (as admin `root`) a year ahead; returns its id.
+async fn event(app: &TestApp) -> String {
+    let admin = app.admin().await;
+    let starts = Utc::now() + chrono::Duration::days(365);
+    let response = app
+        .client
+        .post(app.url("/v1/events"))
+        .bearer_auth(admin)
+        .json(&json!({
+            "title": "Llama parade",
+            "description": "Bring a hat.",
+            "topics": ["parade"],
+            "starts_at": starts.to_rfc3339(),
+            "ends_at": (starts + chrono::Duration::hours(2)).to_rfc3339(),
+            "location": {"name": "Champ de Mars", "lat": 48.8556, "lon": 2.2986},
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    response.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn reminder_updates_reach_their_owner_and_no_one_else() {
+    let app = TestApp::spawn_with(|s| {
+        quiet(s);
+        s.reminders.tick_ms = 100;
+    })
+    .await;
+    let event = event(&app).await;
+    let alice = app.new_user("alice").await;
+    let bob = app.new_user("bob").await;
+
+    // Alice signs in with the upgrade's header, Bob with the auth message.
+    let mut a = connect(&app, Some(&alice)).await;
+    subscribe(&mut a, "reminders").await;
+    let mut b = connect(&app, None).await;
+    send(&mut b, json!({"op": "auth", "token": bob})).await;
+    let who = next(&mut b).await;
+    assert_eq!(who["event"], "authenticated");
+    assert_eq!(who["data"]["username"], "bob");
+    subscribe(&mut b, "reminders").await;
+
+    let at = Utc::now() + chrono::Duration::seconds(1);
+    let created = app
+        .client
+        .post(app.url("/v1/reminders"))
+        .bearer_auth(&alice)
+        .json(&json!({"event_id": event, "remind_at": at.to_rfc3339()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let id = created.json::<Value>().await.unwrap()["id"].clone();
+
+    let scheduled = next(&mut a).await;
+    assert_eq!(
+        (&scheduled["topic"], &scheduled["event"]),
+        (&json!("reminders"), &json!("scheduled"))
+    );
+    assert_eq!(scheduled["data"]["id"], id);
+    let sent = next(&mut a).await;
+    assert_eq!(sent["event"], "sent", "{sent}");
+    assert_eq!(sent["data"]["id"], id);
+    assert_eq!(sent["data"]["state"], "sent");
+    assert!(
+        sent["data"].get("user_id").is_none(),
+        "pushes show what the API shows"
+    );
+
+    assert_eq!(
+        next_within(&mut b, Duration::from_millis(500)).await,
+        None,
+        "Bob hears nothing of Alice's reminder"
+    );
+
+    // Bob's own reminder, moved and then deleted, reaches Bob only.
+    let at = Utc::now() + chrono::Duration::hours(1);
+    let created = app
+        .client
+        .post(app.url("/v1/reminders"))
+        .bearer_auth(&bob)
+        .json(&json!({"event_id": event, "remind_at": at.to_rfc3339()}))
+        .send()
+        .await
+        .unwrap();
+    let bobs = created.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(next(&mut b).await["event"], "scheduled");
+    let path = app.url(&format!("/v1/reminders/{bobs}"));
+    let later = (at + chrono::Duration::hours(1)).to_rfc3339();
+    let moved = app
+        .client
+        .patch(&path)
+        .bearer_auth(&bob)
+        .json(&json!({"remind_at": later}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(moved.status(), 200);
+    assert_eq!(next(&mut b).await["event"], "rescheduled");
+    let deleted = app
+        .client
+        .delete(&path)
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    let cancelled = next(&mut b).await;
+    assert_eq!(cancelled["event"], "cancelled");
+    assert_eq!(cancelled["data"]["id"], bobs);
+    assert_eq!(next_within(&mut a, Duration::from_millis(300)).await, None);
+}
+
+#[tokio::test]
+async fn refusals_are_error_frames_and_the_connection_stays() {
+    let app = TestApp::spawn_with(quiet).await;
+    let mut ws = connect(&app, None).await;
+
+    send(&mut ws, json!({"op": "subscribe", "topic": "reminders"})).await;
+    let refused = next(&mut ws).await;
+    assert_eq!(refused["event"], "error");
+    assert_eq!(refused["topic"], "reminders");
+    assert!(
+        refused["detail"].as_str().unwrap().contains("sign in"),
+        "{refused}"
+    );
+
+    for bad in [
+        Message::text("not json"),
+        Message::text(r#"{"op": "dance"}"#),
+        Message::text(r#"{"op": "subscribe"}"#),
+        Message::text(r#"{"op": "subscribe", "topic": "llamas"}"#),
+        Message::text(r#"{"op": "auth", "token": "nope"}"#),
+        Message::binary(Bytes::from_static(b"\x00\x01")),
+    ] {
+        ws.send(bad.clone()).await.unwrap();
+        let reply = next(&mut ws).await;
+        assert_eq!(reply["event"], "error", "{bad:?} -> {reply}");
+        assert!(!reply["detail"].as_str().unwrap().is_empty());
+    }
+    // Still open and serving.
+    subscribe(&mut ws, "images").await;
+
+    // A message over ws.max_message_bytes closes the connection with 1009.
+    ws.send(Message::text("x".repeat(10_000))).await.unwrap();
+    let close = loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("closed in time")
+        {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(close.expect("a close code").code, CloseCode::Size);
+
+    // Over HTTP: a bad token is 401 before the upgrade; a plain GET is 400.
+    let refused = tokio_tungstenite::connect_async(request(&app, Some("nope"))).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 401)
+        }
+        other => panic!("expected 401, got {other:?}"),
+    }
+    let plain = app.get("/v1/ws").await;
+    assert_eq!(plain.status(), 400);
+    assert_eq!(plain.headers()["content-type"], "application/problem+json");
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_lags_and_its_queue_stays_bounded() {
+    const QUEUE: usize = 16;
+    const BATCH: u32 = 100;
+    let app = TestApp::spawn_with(|s| {
+        quiet(s);
+        s.ws.queue = QUEUE;
+    })
+    .await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(2048).unwrap();
+    let stream = socket.connect(app.addr).await.unwrap();
+    let (mut ws, _) =
+        tokio_tungstenite::client_async(request(&app, None), MaybeTlsStream::Plain(stream))
+            .await
+            .unwrap();
+    subscribe(&mut ws, "images").await;
+
+    // The client reads nothing while images are uploaded, until the server has had to
+    // drop frames for it: first the kernel's socket buffers fill (they grow to a few MB;
+    // 32 long tags make each frame ~2.5 KB), then its queue.
+    let tags = (0..32)
+        .map(|i| format!("{i:02}{}", "t".repeat(62)))
+        .collect::<Vec<_>>()
+        .join(",");
+    let path = format!("/v1/images?tags={tags}");
+    let lagged = || async {
+        let metrics = app.get("/metrics").await.text().await.unwrap();
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("corral_ws_lagged_total "))
+            .expect("corral_ws_lagged_total exported")
+            .parse::<f64>()
+            .unwrap()
+    };
+    let mut uploaded = 0u32;
+    let mut batches_after_lag = 0;
+    while batches_after_lag < 2 {
+        assert!(
+            uploaded < 8000,
+            "no frame was dropped after {uploaded} uploads"
+        );
+        futures_util::stream::iter(uploaded..uploaded + BATCH)
+            .for_each_concurrent(4, |seed| {
+                let request = app
+                    .authed(reqwest::Method::POST, &path)
+                    .header("content-type", "image/png")
+                    .body(png(4, 4, 10_000 + seed));
+                async move { assert_eq!(request.send().await.unwrap().status(), 201) }
+            })
+            .await;
+        uploaded += BATCH;
+        if lagged().await > 0.0 {
+            batches_after_lag += 1;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Reading again: the frames the kernel held, the count of those dropped, then at
+    // most QUEUE frames, which is all the server kept for this client.
+    let (mut created, mut missed, mut since_lagged) = (0u64, 0u64, 0usize);
+    while let Some(frame) = next_within(&mut ws, Duration::from_secs(1)).await {
+        match frame["event"].as_str().unwrap() {
+            "created" => {
+                created += 1;
+                since_lagged += 1;
+            }
+            "lagged" => {
+                missed += frame["data"]["missed"].as_u64().unwrap();
+                since_lagged = 0;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(missed > 0, "the client is told it lagged");
+    assert_eq!(
+        created + missed,
+        u64::from(uploaded),
+        "every upload is either received or counted as missed"
+    );
+    assert!(
+        since_lagged <= QUEUE,
+        "{since_lagged} frames were queued for the client (bound {QUEUE})"
+    );
+}
+
+#[tokio::test]
+async fn a_thousand_clients_each_receive_one_broadcast() {
+    const CLIENTS: usize = 1000;
+    let app = TestApp::spawn_with(quiet).await;
+    let clients = futures_util::stream::iter(0..CLIENTS)
+        .map(|_| async {
+            let mut ws = connect(&app, None).await;
+            subscribe(&mut ws, "images").await;
+            ws
+        })
+        .buffer_unordered(50)
+        .collect::<Vec<_>>()
+        .await;
+
+    let image = app.upload_png(png(10, 10, 7)).await;
+    let received = futures_util::future::join_all(clients.into_iter().map(|mut ws| async move {
+        let frame = next(&mut ws).await;
+        frame["data"]["id"].clone()
+    }))
+    .await;
+    assert_eq!(received.len(), CLIENTS);
+    assert!(received.iter().all(|id| *id == image["id"]));
+}
+
+#[tokio::test]
+async fn the_connection_limit_and_the_heartbeat_hold() {
+    let app = TestApp::spawn_with(|s| {
+        quiet(s);
+        s.ws.max_connections = 2;
+        s.ws.ping_secs = 1;
+        s.ws.idle_secs = 2;
+    })
+    .await;
+    let mut reader = connect(&app, None).await;
+    let mut silent = connect(&app, None).await;
+    match tokio_tungstenite::connect_async(request(&app, None)).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 503);
+            assert!(response.headers().contains_key("retry-after"));
+        }
+        other => panic!("expected 503, got {other:?}"),
+    }
+
+    // A client that keeps reading answers the pings and stays; one that neither reads
+    // nor sends is closed as idle.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(4) {
+        assert_eq!(
+            next_within(&mut reader, Duration::from_millis(200)).await,
+            None
+        );
+    }
+    let close = loop {
+        match tokio::time::timeout(Duration::from_secs(5), silent.next())
+            .await
+            .expect("closed in time")
+        {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(close.expect("a close code").code, CloseCode::Away);
+    subscribe(&mut reader, "images").await;
+
+    // The idle client's place is free again.
+    drop(silent);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match tokio_tungstenite::connect_async(request(&app, None)).await {
+            Ok(_) => break,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("the freed place was not reusable: {e}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_restarted_hub_is_joined_again_and_a_signed_out_session_stops_its_pushes() {
+    let app = TestApp::spawn_with(|s| {
+        quiet(s);
+        s.ws.ping_secs = 1;
+        s.ws.idle_secs = 5;
+    })
+    .await;
+    let token = app.new_user("carol").await;
+    let mut ws = connect(&app, Some(&token)).await;
+    subscribe(&mut ws, "images").await;
+    subscribe(&mut ws, "reminders").await;
+
+    // The hub dies; the supervisor starts a new one, which the connection joins.
+    let old = app.actors.hub.get().expect("hub running");
+    old.kill();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while app
+        .actors
+        .hub
+        .get()
+        .is_none_or(|hub| hub.get_id() == old.get_id())
+    {
+        assert!(Instant::now() < deadline, "the hub was not restarted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Within a heartbeat the connection is subscribed again.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let image = app.upload_png(png(6, 6, 99)).await;
+    let pushed = next(&mut ws).await;
+    assert_eq!(pushed["data"]["id"], image["id"], "{pushed}");
+
+    // Signing out ends the connection's session at the next heartbeat.
+    let out = app
+        .client
+        .delete(app.url("/v1/sessions"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 204);
+    let ended = next(&mut ws).await;
+    assert_eq!(ended["event"], "error", "{ended}");
+    assert_eq!(ended["topic"], "reminders");
+    assert!(ended["detail"].as_str().unwrap().contains("session ended"));
+}
+
+#[tokio::test]
+async fn shutting_down_closes_websockets_with_1001() {
+    let mut app = TestApp::spawn_with(quiet).await;
+    let mut ws = connect(&app, None).await;
+    subscribe(&mut ws, "images").await;
+    app.request_stop();
+    let close = loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("closed in time")
+        {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(close.expect("a close code").code, CloseCode::Away);
+}
+
+#[tokio::test]
+async fn a_reminder_whose_mail_is_refused_is_pushed_as_failed() {
+    let sink = common::smtp::SmtpSink::start().await;
+    let port = sink.port();
+    let app = TestApp::spawn_with(move |s| {
+        quiet(s);
+        s.reminders.tick_ms = 100;
+        s.mail.transport = corral::config::MailTransportKind::Smtp;
+        s.mail.smtp.host = "127.0.0.1".into();
+        s.mail.smtp.port = port;
+        s.mail.smtp.tls = corral::config::SmtpTls::None;
+    })
+    .await;
+    let event = event(&app).await;
+    let token = app.new_user("dora").await;
+    sink.reject("dora@example.com");
+    let mut ws = connect(&app, Some(&token)).await;
+    subscribe(&mut ws, "reminders").await;
+
+    let at = Utc::now() + chrono::Duration::seconds(1);
+    let created = app
+        .client
+        .post(app.url("/v1/reminders"))
+        .bearer_auth(&token)
+        .json(&json!({"event_id": event, "remind_at": at.to_rfc3339()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    assert_eq!(next(&mut ws).await["event"], "scheduled");
+    let failed = next(&mut ws).await;
+    assert_eq!(failed["event"], "failed", "{failed}");
+    assert_eq!(failed["data"]["state"], "failed");
+    assert!(
+        failed["data"]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("550")),
+        "{failed}"
+    );
+}

@@ -1,0 +1,639 @@
+// Corral's web page: random images, live uploads over the WebSocket (/v1/ws), image
+// upload, sign-up / sign-in, event search and reminders. Plain DOM, fetch and
+// async/await: no libraries, no build step. Server text only ever goes through
+// textContent / DOM APIs, never innerHTML.
+'use strict';
+
+const TOKEN_KEY = 'corral.token';
+const USER_KEY = 'corral.user';
+const LIVE_MAX = 20;
+const WS_MIN_DELAY = 1000;
+const WS_MAX_DELAY = 30000;
+
+const state = {
+  token: storageGet(TOKEN_KEY),
+  user: parseJson(storageGet(USER_KEY)), // { username, email }
+  ws: null,
+  wsDelay: WS_MIN_DELAY,
+  wsTimer: null,
+  wsOpenedBefore: false,
+  events: new Map(), // event id -> event, for reminder titles
+  eventLookups: new Set(), // event ids already fetched (or being fetched)
+  reminders: new Map(), // reminder id -> reminder
+  eventsQuery: new URLSearchParams(),
+  eventsNext: null,
+};
+
+const timeFormat = new Intl.DateTimeFormat(undefined, { dateStyle: 'medium', timeStyle: 'short' });
+
+// ---------------------------------------------------------------- small helpers
+
+function $(selector) {
+  return document.querySelector(selector);
+}
+
+/** Creates an element with properties and children (strings become text nodes). */
+function el(tag, props = {}, ...children) {
+  const node = Object.assign(document.createElement(tag), props);
+  node.append(...children);
+  return node;
+}
+
+function parseJson(text) {
+  try {
+    return text ? JSON.parse(text) : null;
+  } catch {
+    return null;
+  }
+}
+
+function storageGet(key) {
+  try {
+    return localStorage.getItem(key);
+  } catch {
+    return null;
+  }
+}
+
+function storageSet(key, value) {
+  try {
+    if (value == null) localStorage.removeItem(key);
+    else localStorage.setItem(key, value);
+  } catch {
+    // Storage is off (private mode): the session lasts as long as the page.
+  }
+}
+
+/** Shows a message in a status region; kind is 'ok', 'error' or '' (neutral). */
+function setStatus(target, text, kind = '') {
+  target.textContent = text;
+  target.dataset.kind = kind;
+}
+
+function formatTime(iso) {
+  const date = new Date(iso);
+  return Number.isNaN(date.getTime()) ? String(iso) : timeFormat.format(date);
+}
+
+function timeElement(iso) {
+  return el('time', { dateTime: iso }, formatTime(iso));
+}
+
+/** A Date as a datetime-local input value, in local time. */
+function toLocalInput(date) {
+  const pad = (n) => String(n).padStart(2, '0');
+  return `${date.getFullYear()}-${pad(date.getMonth() + 1)}-${pad(date.getDate())}` +
+    `T${pad(date.getHours())}:${pad(date.getMinutes())}`;
+}
+
+/** Disables a button while an async action runs. */
+async function whileBusy(button, action) {
+  button.disabled = true;
+  try {
+    await action();
+  } finally {
+    button.disabled = false;
+  }
+}
+
+// ---------------------------------------------------------------- the HTTP API
+
+class ApiError extends Error {
+  constructor(status, title, detail) {
+    super(status ? `${status} ${title}: ${detail}` : detail);
+    this.status = status;
+    this.detail = detail;
+  }
+}
+
+/** Calls the API; resolves to the parsed JSON (null for 204), throws ApiError. */
+async function api(path, { method = 'GET', json, body, headers = {}, auth = true, token } = {}) {
+  const sent = { Accept: 'application/json', ...headers };
+  const bearer = token || (auth ? state.token : null);
+  if (bearer) sent.Authorization = `Bearer ${bearer}`;
+  if (json !== undefined) {
+    sent['Content-Type'] = 'application/json';
+    body = JSON.stringify(json);
+  }
+  let response;
+  let text;
+  try {
+    response = await fetch(path, { method, headers: sent, body });
+    text = await response.text();
+  } catch (e) {
+    throw new ApiError(0, '', `Network error: ${e.message || e}. Check your connection and try again.`);
+  }
+  const data = parseJson(text);
+  if (!response.ok) {
+    const title = (data && data.title) || response.statusText || 'Error';
+    const detail = (data && data.detail) || text || 'the server gave no detail';
+    if (response.status === 401 && bearer && bearer === state.token) forgetSession();
+    throw new ApiError(response.status, title, detail);
+  }
+  return data;
+}
+
+// ---------------------------------------------------------------- accounts
+
+function renderSession() {
+  const signedIn = Boolean(state.token && state.user);
+  $('#session-status').textContent = signedIn ? `Signed in as ${state.user.username}` : 'Not signed in';
+  $('#signout').hidden = !signedIn;
+  document.body.classList.toggle('signed-in', signedIn);
+  renderReminders();
+}
+
+function saveSession(token, user) {
+  state.token = token;
+  state.user = user;
+  storageSet(TOKEN_KEY, token);
+  storageSet(USER_KEY, JSON.stringify(user));
+  renderSession();
+}
+
+function forgetSession() {
+  if (!state.token && !state.user) return;
+  wsSend({ op: 'unsubscribe', topic: 'reminders' });
+  state.token = null;
+  state.user = null;
+  state.reminders.clear();
+  storageSet(TOKEN_KEY, null);
+  storageSet(USER_KEY, null);
+  renderSession();
+}
+
+/** Refreshes the stored account from the server (drops the session if it ended). */
+async function refreshMe() {
+  try {
+    const me = await api('/v1/users/me');
+    saveSession(state.token, { username: me.username, email: me.email });
+    loadReminders();
+  } catch (e) {
+    if (e.status === 401) setStatus($('#account-status'), 'Your session has ended; sign in again.', 'error');
+  }
+}
+
+async function signIn(login, password) {
+  const session = await api('/v1/sessions', { method: 'POST', json: { login, password }, auth: false });
+  const me = await api('/v1/users/me', { token: session.token });
+  saveSession(session.token, { username: me.username, email: me.email });
+  wsAuth();
+  loadReminders();
+}
+
+/** Creates an account; retries without the time zone if the server does not know it. */
+async function signUp(username, email, password) {
+  const body = { username, email, password };
+  const zone = Intl.DateTimeFormat().resolvedOptions().timeZone;
+  if (zone) body.time_zone = zone;
+  try {
+    return await api('/v1/users', { method: 'POST', json: body, auth: false });
+  } catch (e) {
+    if (e.status !== 400 || !body.time_zone || !/time zone/i.test(e.detail)) throw e;
+    delete body.time_zone;
+    return api('/v1/users', { method: 'POST', json: body, auth: false });
+  }
+}
+
+async function onSignIn(event) {
+  event.preventDefault();
+  const status = $('#account-status');
+  const login = $('#signin-username').value.trim();
+  setStatus(status, 'Signing in…');
+  await whileBusy($('#signin-submit'), async () => {
+    try {
+      await signIn(login, $('#signin-password').value);
+      $('#signin-form').reset();
+      setStatus(status, `Welcome back, ${state.user.username}.`, 'ok');
+    } catch (e) {
+      setStatus(status, e.message, 'error');
+    }
+  });
+}
+
+async function onSignUp(event) {
+  event.preventDefault();
+  const status = $('#account-status');
+  const username = $('#signup-username').value.trim();
+  const password = $('#signup-password').value;
+  setStatus(status, 'Creating your account…');
+  await whileBusy($('#signup-submit'), async () => {
+    try {
+      await signUp(username, $('#signup-email').value.trim(), password);
+      setStatus(status, `Account ${username} created; signing in…`);
+      await signIn(username, password); // sign-up returns the account, not a token
+      $('#signup-form').reset();
+      setStatus(status, `Welcome, ${state.user.username}!`, 'ok');
+    } catch (e) {
+      setStatus(status, e.message, 'error');
+    }
+  });
+}
+
+async function onSignOut() {
+  const status = $('#account-status');
+  await whileBusy($('#signout'), async () => {
+    try {
+      await api('/v1/sessions', { method: 'DELETE' });
+      setStatus(status, 'Signed out.', 'ok');
+    } catch (e) {
+      setStatus(status, `Signed out on this page; the server said: ${e.message}`, 'error');
+    }
+    forgetSession();
+  });
+}
+
+// ---------------------------------------------------------------- images
+
+function altText(image, fallback) {
+  return image.tags && image.tags.length
+    ? `Image tagged ${image.tags.join(', ')}`
+    : `${fallback} ${image.name}`;
+}
+
+/** A linked thumbnail; the <img> carries data-id. */
+function imageFigure(image, alt) {
+  const img = el('img', { src: image.url, alt, loading: 'lazy', decoding: 'async' });
+  if (image.width) img.width = image.width;
+  if (image.height) img.height = image.height;
+  img.dataset.id = image.id;
+  return el('figure', {}, el('a', { href: image.url }, img));
+}
+
+async function loadRandom() {
+  const input = $('#random-count');
+  const status = $('#random-status');
+  const count = Math.min(100, Math.max(1, parseInt(input.value, 10) || 12));
+  input.value = count;
+  setStatus(status, 'Loading…');
+  await whileBusy($('#random-refresh'), async () => {
+    try {
+      const { images } = await api(`/v1/images/random?count=${count}`, { auth: false });
+      $('#random-grid').replaceChildren(...images.map((i) => imageFigure(i, altText(i, 'Random image'))));
+      setStatus(status, images.length ? `${images.length} random images.` : 'No images yet: upload one!');
+    } catch (e) {
+      setStatus(status, e.message, 'error');
+    }
+  });
+}
+
+/** Adds an image to the live strip (newest first, at most LIVE_MAX). */
+function addLive(image) {
+  const strip = $('#live-strip');
+  if (!image || !image.id || strip.querySelector(`img[data-id="${CSS.escape(image.id)}"]`)) return;
+  strip.prepend(imageFigure(image, altText(image, 'New upload')));
+  while (strip.children.length > LIVE_MAX) strip.lastElementChild.remove();
+  $('#live-empty').hidden = true;
+}
+
+function showChosenFile() {
+  const file = $('#upload-file').files[0];
+  $('#upload-chosen').textContent = file ? `Chosen: ${file.name} (${Math.ceil(file.size / 1024)} KiB)` : '';
+}
+
+function setupDropZone() {
+  const zone = $('#upload-drop');
+  const input = $('#upload-file');
+  for (const type of ['dragenter', 'dragover']) {
+    zone.addEventListener(type, (e) => {
+      e.preventDefault();
+      zone.classList.add('dragging');
+    });
+  }
+  zone.addEventListener('dragleave', () => zone.classList.remove('dragging'));
+  zone.addEventListener('drop', (e) => {
+    e.preventDefault();
+    zone.classList.remove('dragging');
+    if (e.dataTransfer && e.dataTransfer.files.length) {
+      input.files = e.dataTransfer.files;
+      showChosenFile();
+    }
+  });
+  input.addEventListener('change', showChosenFile);
+}
+
+async function onUpload(event) {
+  event.preventDefault();
+  const status = $('#upload-status');
+  const preview = $('#upload-preview');
+  const file = $('#upload-file').files[0];
+  if (!file) {
+    setStatus(status, 'Choose an image (or drop one on the zone) first.', 'error');
+    return;
+  }
+  const tags = $('#upload-tags').value.split(',').map((t) => t.trim()).filter(Boolean).join(',');
+  const query = tags ? `?tags=${encodeURIComponent(tags)}` : '';
+  setStatus(status, `Uploading ${file.name}…`);
+  await whileBusy($('#upload-submit'), async () => {
+    try {
+      const image = await api(`/v1/images${query}`, {
+        method: 'POST',
+        body: file,
+        headers: { 'Content-Type': file.type || 'application/octet-stream' },
+      });
+      setStatus(status, `Uploaded ${file.name} as ${image.name}`, 'ok');
+      preview.replaceChildren(
+        imageFigure(image, altText(image, 'Uploaded image')),
+        el('figcaption', {}, `${image.width}×${image.height} ${image.format || ''}`),
+      );
+      preview.hidden = false;
+      $('#upload-form').reset();
+      showChosenFile();
+    } catch (e) {
+      preview.hidden = true;
+      setStatus(status, e.message, 'error');
+    }
+  });
+}
+
+// ---------------------------------------------------------------- events
+
+/** Where the browser is, as a promise of { latitude, longitude }. */
+function locate() {
+  return new Promise((resolve, reject) => {
+    if (!navigator.geolocation) {
+      reject(new Error('This browser cannot tell where you are.'));
+      return;
+    }
+    navigator.geolocation.getCurrentPosition(
+      (position) => resolve(position.coords),
+      (error) => reject(new Error(`Could not find your location: ${error.message}`)),
+      { timeout: 15000, maximumAge: 300000 },
+    );
+  });
+}
+
+/** The search's query string, from the filter form. */
+async function eventsQuery() {
+  const params = new URLSearchParams();
+  const topic = $('#events-topic').value.trim();
+  const from = $('#events-from').value;
+  const to = $('#events-to').value;
+  if (topic) params.set('topic', topic);
+  if (from) params.set('from', new Date(`${from}T00:00`).toISOString());
+  if (to) {
+    const end = new Date(`${to}T00:00`);
+    end.setDate(end.getDate() + 1); // the whole "to" day
+    params.set('to', end.toISOString());
+  }
+  if ($('#events-near').checked) {
+    setStatus($('#events-status'), 'Finding your location…');
+    const { latitude, longitude } = await locate();
+    params.set('near', `${latitude.toFixed(5)},${longitude.toFixed(5)}`);
+    params.set('radius_km', $('#events-radius').value || '50');
+  }
+  return params;
+}
+
+async function onSearchEvents(event) {
+  if (event) event.preventDefault();
+  await whileBusy($('#events-search'), async () => {
+    try {
+      state.eventsQuery = await eventsQuery();
+    } catch (e) {
+      setStatus($('#events-status'), e.message, 'error');
+      return;
+    }
+    await loadEvents(false);
+  });
+}
+
+async function loadEvents(more) {
+  const status = $('#events-status');
+  const list = $('#events-list');
+  const params = new URLSearchParams(state.eventsQuery);
+  if (more && state.eventsNext) params.set('cursor', state.eventsNext);
+  setStatus(status, 'Searching…');
+  try {
+    const page = await api(`/v1/events?${params}`, { auth: false });
+    if (!more) list.replaceChildren();
+    for (const e of page.events) {
+      state.events.set(e.id, e);
+      list.append(eventItem(e));
+    }
+    state.eventsNext = page.next || null;
+    $('#events-more').hidden = !state.eventsNext;
+    const shown = list.children.length;
+    setStatus(status, shown ? `${shown} event${shown === 1 ? '' : 's'}${state.eventsNext ? ' so far' : ''}.` : 'No events match.');
+  } catch (e) {
+    setStatus(status, e.message, 'error');
+  }
+}
+
+function eventItem(event) {
+  const li = el('li', { className: 'event' });
+  li.dataset.id = event.id;
+  const where = [event.location && event.location.name, (event.topics || []).join(', ')].filter(Boolean);
+  li.append(
+    el('h3', {}, event.title),
+    el('p', { className: 'when' }, timeElement(event.starts_at), ' – ', timeElement(event.ends_at)),
+    el('p', { className: 'where' }, where.join(' · ')),
+  );
+  if (event.description) li.append(el('p', { className: 'description' }, event.description));
+  li.append(reminderForm(event));
+  return li;
+}
+
+/** 1 hour before the start if that is still ahead, else 1 minute from now. */
+function defaultRemindAt(startsAt) {
+  const hourBefore = Date.parse(startsAt) - 3600 * 1000;
+  const soon = Date.now() + 60 * 1000;
+  return new Date(hourBefore > soon ? hourBefore : soon);
+}
+
+function reminderForm(event) {
+  const id = `remind-at-${event.id}`;
+  const input = el('input', { type: 'datetime-local', id, required: true, value: toLocalInput(defaultRemindAt(event.starts_at)) });
+  input.dataset.auto = '1'; // untouched: the default is recomputed when sent
+  input.addEventListener('input', () => delete input.dataset.auto);
+  const button = el('button', { type: 'submit' }, 'Remind me');
+  const status = el('span', { className: 'status' });
+  status.setAttribute('role', 'status');
+  status.setAttribute('aria-live', 'polite');
+  const form = el('form', { className: 'remind needs-auth' }, el('label', { htmlFor: id }, 'Remind me at'), input, button, status);
+  form.addEventListener('submit', (e) => {
+    e.preventDefault();
+    whileBusy(button, () => createReminder(event, input, status));
+  });
+  return form;
+}
+
+async function createReminder(event, input, status) {
+  const at = input.dataset.auto ? defaultRemindAt(event.starts_at) : new Date(input.value);
+  if (Number.isNaN(at.getTime())) {
+    setStatus(status, 'Pick a date and time.', 'error');
+    return;
+  }
+  setStatus(status, 'Setting…');
+  try {
+    // No `email`: the server uses the account's primary address.
+    const reminder = await api('/v1/reminders', { method: 'POST', json: { event_id: event.id, remind_at: at.toISOString() } });
+    upsertReminder(reminder);
+    setStatus(status, `Reminder set for ${formatTime(reminder.remind_at)}.`, 'ok');
+  } catch (e) {
+    setStatus(status, e.message, 'error');
+  }
+}
+
+// ---------------------------------------------------------------- reminders
+
+async function loadReminders() {
+  if (!state.token) return;
+  const status = $('#reminders-status');
+  try {
+    const page = await api('/v1/reminders?limit=100');
+    state.reminders = new Map(page.reminders.map((r) => [r.id, r]));
+    renderReminders();
+    setStatus(status, page.next ? 'Showing your first 100 reminders.' : '');
+  } catch (e) {
+    setStatus(status, e.message, 'error');
+  }
+}
+
+function upsertReminder(reminder) {
+  state.reminders.set(reminder.id, { ...state.reminders.get(reminder.id), ...reminder });
+  renderReminders();
+}
+
+/** Applies a `reminders` WebSocket message. */
+function applyReminderMessage(event, data) {
+  if (!data || !data.id) return;
+  if (event === 'cancelled') {
+    if (state.reminders.has(data.id)) upsertReminder({ ...data, state: 'cancelled' });
+    return;
+  }
+  upsertReminder({ ...data, state: data.state || event });
+}
+
+/** The event's title, fetching it once in the background when unknown. */
+function eventTitle(id) {
+  const known = state.events.get(id);
+  if (known) return known.title;
+  if (!state.eventLookups.has(id)) {
+    state.eventLookups.add(id);
+    api(`/v1/events/${encodeURIComponent(id)}`, { auth: false })
+      .then((e) => {
+        state.events.set(id, e);
+        renderReminders();
+      })
+      .catch(() => {});
+  }
+  return `Event ${id}`;
+}
+
+function reminderItem(r) {
+  const li = el('li', { className: 'reminder' });
+  li.dataset.id = r.id;
+  li.dataset.state = r.state;
+  li.append(el('span', { className: 'badge' }, r.state), ' ', el('strong', {}, eventTitle(r.event_id)));
+  if (r.remind_at) li.append(el('span', { className: 'hint' }, ' at ', timeElement(r.remind_at)));
+  if (r.email) li.append(el('span', { className: 'hint' }, ` to ${r.email}`));
+  if (r.detail) li.append(el('p', { className: 'detail' }, r.detail));
+  return li;
+}
+
+function renderReminders() {
+  const signedIn = Boolean(state.token && state.user);
+  const items = [...state.reminders.values()]
+    .sort((a, b) => String(a.remind_at || '').localeCompare(String(b.remind_at || '')));
+  $('#reminders-list').replaceChildren(...items.map(reminderItem));
+  $('#reminders-empty').hidden = !signedIn || items.length > 0;
+}
+
+// ---------------------------------------------------------------- WebSocket
+
+function wsUrl() {
+  return (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/v1/ws';
+}
+
+function setWsStatus(live) {
+  const status = $('#ws-status');
+  status.textContent = live ? 'live' : 'offline';
+  status.dataset.state = live ? 'live' : 'offline';
+}
+
+function wsSend(message) {
+  if (state.ws && state.ws.readyState === WebSocket.OPEN) state.ws.send(JSON.stringify(message));
+}
+
+/** Authenticates the socket and follows the user's reminders. */
+function wsAuth() {
+  if (!state.token) return;
+  wsSend({ op: 'auth', token: state.token });
+  wsSend({ op: 'subscribe', topic: 'reminders' });
+}
+
+function connectWs() {
+  clearTimeout(state.wsTimer);
+  let ws;
+  try {
+    ws = new WebSocket(wsUrl());
+  } catch {
+    scheduleReconnect();
+    return;
+  }
+  state.ws = ws;
+  ws.addEventListener('open', () => {
+    state.wsDelay = WS_MIN_DELAY;
+    setWsStatus(true);
+    setStatus($('#live-status'), '');
+    wsSend({ op: 'subscribe', topic: 'images' });
+    wsAuth();
+    if (state.wsOpenedBefore) loadReminders(); // catch up on what was missed
+    state.wsOpenedBefore = true;
+  });
+  ws.addEventListener('message', (e) => onWsMessage(e.data));
+  ws.addEventListener('close', () => {
+    if (state.ws !== ws) return;
+    state.ws = null;
+    setWsStatus(false);
+    scheduleReconnect();
+  });
+}
+
+function scheduleReconnect() {
+  const delay = state.wsDelay;
+  state.wsDelay = Math.min(delay * 2, WS_MAX_DELAY);
+  setStatus($('#live-status'), `Disconnected; reconnecting in ${Math.round(delay / 1000)} s.`);
+  state.wsTimer = setTimeout(connectWs, delay);
+}
+
+function onWsMessage(raw) {
+  const msg = typeof raw === 'string' ? parseJson(raw) : null;
+  if (!msg) return;
+  if (msg.event === 'lagged') {
+    const missed = (msg.data && msg.data.missed) || 'some';
+    // The count covers every topic: catch up on reminders from the API.
+    setStatus($('#live-status'), `Missed ${missed} updates while catching up.`);
+    if (state.token) loadReminders();
+  } else if (msg.event === 'error') {
+    setStatus($('#live-status'), `Live updates: ${msg.detail || 'error'}`, 'error');
+  } else if (msg.topic === 'images' && msg.event === 'created') {
+    addLive(msg.data);
+  } else if (msg.topic === 'reminders' && msg.data) {
+    applyReminderMessage(msg.event, msg.data);
+  }
+}
+
+// ---------------------------------------------------------------- start
+
+function init() {
+  $('#signin-form').addEventListener('submit', onSignIn);
+  $('#signup-form').addEventListener('submit', onSignUp);
+  $('#signout').addEventListener('click', onSignOut);
+  $('#upload-form').addEventListener('submit', onUpload);
+  $('#random-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    loadRandom();
+  });
+  $('#events-form').addEventListener('submit', onSearchEvents);
+  $('#events-more').addEventListener('click', () => whileBusy($('#events-more'), () => loadEvents(true)));
+  setupDropZone();
+  renderSession();
+  if (state.token) refreshMe();
+  loadRandom();
+  onSearchEvents();
+  connectWs();
+}
+
+init();
