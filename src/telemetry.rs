@@ -21,6 +21,18 @@ pub fn metrics() -> PrometheusHandle {
             match recorder {
                 Ok(recorder) => {
                     let handle = recorder.handle();
+                    // Histograms keep every sample until upkeep folds them into their
+                    // buckets; without it they grow between scrapes (or forever, unscraped).
+                    // A thread, not a task: the recorder outlives any one runtime.
+                    let upkeep = handle.clone();
+                    let _ = std::thread::Builder::new()
+                        .name("metrics-upkeep".into())
+                        .spawn(move || {
+                            loop {
+                                std::thread::sleep(std::time::Duration::from_secs(5));
+                                upkeep.run_upkeep();
+                            }
+                        });
                     // Fails only if another recorder is installed; then ours just renders empty.
                     let _ = metrics::set_global_recorder(recorder);
                     handle
