@@ -14,6 +14,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// The same allocator as the `corral` binary, so `serve-corral` runs as it does (and the
+/// references get it too).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand, ValueEnum};
 
 use scenarios::Sizes;

@@ -33,6 +33,16 @@ impl Sample {
             .collect()
     }
 
+    /// Calls `each` on up to `count` distinct entries, without cloning them (for the hot
+    /// `/random` route).
+    pub fn pick_each(&self, count: usize, mut each: impl FnMut(&ImageSummary)) {
+        let snapshot = self.0.load();
+        let amount = count.min(snapshot.len());
+        for i in rand::seq::index::sample(&mut rand::rng(), snapshot.len(), amount) {
+            each(&snapshot[i]);
+        }
+    }
+
     /// Whether the sample has been filled from the store at least once (for `/readyz`).
     pub fn is_filled(&self) -> bool {
         self.1.load(std::sync::atomic::Ordering::Acquire)

@@ -338,20 +338,18 @@ struct RandomImages {
 }
 
 /// A sample entry as `/random` shows it (a `RandomImage`), in JSON, rendered on first use.
-pub(crate) fn sample_entry(s: &ImageSummary, public_url: &str) -> bytes::Bytes {
-    s.rendered
-        .get_or_init(|| {
-            let image = RandomImage {
-                id: s.id,
-                url: file_url(public_url, &s.name),
-                name: s.name.clone(),
-                width: s.width,
-                height: s.height,
-            };
-            // A struct of strings and numbers: serialising it cannot fail.
-            serde_json::to_vec(&image).unwrap_or_default().into()
-        })
-        .clone()
+pub(crate) fn sample_entry<'a>(s: &'a ImageSummary, public_url: &str) -> &'a bytes::Bytes {
+    s.rendered.get_or_init(|| {
+        let image = RandomImage {
+            id: s.id,
+            url: file_url(public_url, &s.name),
+            name: s.name.clone(),
+            width: s.width,
+            height: s.height,
+        };
+        // A struct of strings and numbers: serialising it cannot fail.
+        serde_json::to_vec(&image).unwrap_or_default().into()
+    })
 }
 
 /// Random images.
@@ -386,15 +384,15 @@ async fn random(
     // `{"images":[...]}` (RandomImages) from each entry's JSON, rendered once per entry
     // (the public URL prefix is fixed for the process's life).
     let public_url = &state.settings.http.public_url;
-    let picks = state.actors.sample.pick(count);
-    let mut body = Vec::with_capacity(16 + picks.len() * 192);
+    let mut body = Vec::with_capacity(16 + count * 192);
     body.extend_from_slice(b"{\"images\":[");
-    for (i, s) in picks.iter().enumerate() {
-        if i > 0 {
+    let mut first = true;
+    state.actors.sample.pick_each(count, |s| {
+        if !std::mem::take(&mut first) {
             body.push(b',');
         }
-        body.extend_from_slice(&sample_entry(s, public_url));
-    }
+        body.extend_from_slice(sample_entry(s, public_url));
+    });
     body.extend_from_slice(b"]}");
     // A random pick must never be cached; the files it points to are cached forever.
     Ok((

@@ -5,9 +5,8 @@ use std::time::Instant;
 
 use axum::Json;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::header;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::http::{Method, StatusCode, header};
+use axum::response::IntoResponse;
 use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -66,19 +65,54 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Status>, ApiError>
     Ok(Json(Status { status: "ready" }))
 }
 
-/// Counts requests by route and status and records their latency.
-pub async fn track_metrics(request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = request.method().to_string();
-    let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
-    metrics::counter!("corral_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
-        .increment(1);
-    metrics::histogram!("corral_http_request_duration_seconds", "method" => method, "route" => route)
-        .record(started.elapsed().as_secs_f64());
-    response
+/// What a request is counted under: its method and matched route, taken before it runs.
+pub struct Measured {
+    started: Instant,
+    method: Method,
+    route: String,
+}
+
+impl Measured {
+    pub fn start(request: &Request) -> Self {
+        Self {
+            started: Instant::now(),
+            method: request.method().clone(),
+            route: request
+                .extensions()
+                .get::<MatchedPath>()
+                .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned()),
+        }
+    }
+
+    /// Counts the request by route and status and records its latency.
+    pub fn finish(self, status: StatusCode) {
+        // Standard methods and common statuses are static strings: no allocation.
+        let method = metrics::SharedString::const_str(method_name(&self.method));
+        let status = match status.as_u16() {
+            200 => metrics::SharedString::const_str("200"),
+            201 => metrics::SharedString::const_str("201"),
+            204 => metrics::SharedString::const_str("204"),
+            304 => metrics::SharedString::const_str("304"),
+            404 => metrics::SharedString::const_str("404"),
+            other => metrics::SharedString::from_owned(other.to_string()),
+        };
+        let route = metrics::SharedString::from(std::sync::Arc::<str>::from(self.route));
+        metrics::counter!("corral_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
+            .increment(1);
+        metrics::histogram!("corral_http_request_duration_seconds", "method" => method, "route" => route)
+            .record(self.started.elapsed().as_secs_f64());
+    }
+}
+
+fn method_name(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::PUT => "PUT",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
 }

@@ -122,8 +122,7 @@ pub fn image_created(image: &Image, public_url: &str) -> Utf8Bytes {
 /// `images.random` / `image`: one entry of the sample, shaped as in `/v1/images/random`.
 pub fn random_image(entry: &ImageSummary, public_url: &str) -> Utf8Bytes {
     // The entry's JSON is rendered once and cached; splice it in rather than re-encode.
-    let data = sample_entry(entry, public_url);
-    let data = String::from_utf8_lossy(&data);
+    let data = String::from_utf8_lossy(sample_entry(entry, public_url));
     format!(r#"{{"topic":"images.random","event":"image","data":{data}}}"#).into()
 }
 
