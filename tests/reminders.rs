@@ -33,32 +33,6 @@ fn via(port: u16) -> impl Fn(&mut Settings) + Copy {
     }
 }
 
-/// Creates an event (as a fresh admin) starting at `starts`; returns its id.
-async fn event(app: &TestApp, title: &str, starts: DateTime<Utc>) -> String {
-    let admin = match app.store.find_user("root").await.unwrap() {
-        Some(_) => app.log_in("root").await,
-        None => app.admin().await,
-    };
-    let response = app
-        .client
-        .post(app.url("/v1/events"))
-        .bearer_auth(admin)
-        .json(&json!({
-            "title": title,
-            "description": "Bring a hat.",
-            "topics": ["parade"],
-            "starts_at": starts.to_rfc3339(),
-            "ends_at": (starts + chrono::Duration::hours(2)).to_rfc3339(),
-            "location": {"name": "Champ de Mars", "lat": 48.8556, "lon": 2.2986},
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
-    let body: Value = response.json().await.unwrap();
-    body["id"].as_str().unwrap().to_owned()
-}
-
 fn starts() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2031, 6, 1, 18, 0, 0).unwrap()
 }
@@ -151,7 +125,7 @@ async fn add_email(app: &TestApp, token: &str, email: &str) {
 async fn a_reminder_arrives_on_time_by_smtp_at_the_chosen_address_naming_the_event() {
     let sink = SmtpSink::start().await;
     let app = TestApp::spawn_with(via(sink.port())).await;
-    let event = event(&app, "Llama Parade", starts()).await;
+    let event = app.create_event("Llama Parade", starts()).await;
     add_email(&app, &app.token, "tester.alt@example.com").await;
     let zone = send(
         &app,
@@ -224,7 +198,7 @@ async fn a_reminder_arrives_on_time_by_smtp_at_the_chosen_address_naming_the_eve
 async fn rescheduling_changing_the_address_and_deleting_are_honoured() {
     let sink = SmtpSink::start().await;
     let app = TestApp::spawn_with(via(sink.port())).await;
-    let event = event(&app, "Night Market", starts()).await;
+    let event = app.create_event("Night Market", starts()).await;
     add_email(&app, &app.token, "tester.alt@example.com").await;
     let path = |id: &str| format!("/v1/reminders/{id}");
     let message_of =
@@ -307,7 +281,7 @@ async fn rescheduling_changing_the_address_and_deleting_are_honoured() {
 async fn reminders_due_while_the_server_was_down_are_sent_once_after_restart() {
     let sink = SmtpSink::start().await;
     let app = TestApp::spawn_with(via(sink.port())).await;
-    let event = event(&app, "Harbour Swim", starts()).await;
+    let event = app.create_event("Harbour Swim", starts()).await;
     let (first, due) = remind(&app, &app.token, &event, Duration::from_secs(3), None).await;
     let (second, _) = remind(&app, &app.token, &event, Duration::from_secs(3), None).await;
     let token = app.token.clone();
@@ -349,7 +323,7 @@ async fn with_smtp_down_the_mail_is_retried_and_delivered_when_it_returns() {
     let mut sink = SmtpSink::start().await;
     sink.stop();
     let app = TestApp::spawn_with(via(sink.port())).await;
-    let event = event(&app, "Rooftop Cinema", starts()).await;
+    let event = app.create_event("Rooftop Cinema", starts()).await;
     let retries_before = metric(&app, "corral_mail_retries_total", "kind=\"reminder\"").await;
     let (id, _) = remind(&app, &app.token, &event, Duration::from_millis(500), None).await;
 
@@ -387,7 +361,7 @@ async fn a_permanently_refused_address_ends_as_a_dead_letter() {
     let sink = SmtpSink::start().await;
     sink.reject("doomed@example.com");
     let app = TestApp::spawn_with(via(sink.port())).await;
-    let event = event(&app, "Kite Festival", starts()).await;
+    let event = app.create_event("Kite Festival", starts()).await;
     add_email(&app, &app.token, "doomed@example.com").await;
     let (id, _) = remind(
         &app,
@@ -443,7 +417,11 @@ async fn two_schedulers_sharing_one_store_send_each_of_1000_reminders_exactly_on
         .await
         .expect("second node starts");
 
-    let event: EventId = event(&app, "Marathon", starts()).await.parse().unwrap();
+    let event: EventId = app
+        .create_event("Marathon", starts())
+        .await
+        .parse()
+        .unwrap();
     let me: Value = send(&app, &app.token, Method::GET, "/v1/users/me", None)
         .await
         .json()
@@ -595,7 +573,7 @@ async fn problem(response: reqwest::Response, status: u16) -> Value {
 #[tokio::test]
 async fn bad_reminders_get_4xx_problem_json() {
     let app = TestApp::spawn_with(|s| s.rate_limits.enabled = false).await;
-    let event = event(&app, "Jazz Night", starts()).await;
+    let event = app.create_event("Jazz Night", starts()).await;
     let post = |body: Value| send(&app, &app.token, Method::POST, "/v1/reminders", Some(body));
     let soon = (Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
 
@@ -721,7 +699,7 @@ async fn bad_reminders_get_4xx_problem_json() {
 #[tokio::test]
 async fn my_reminders_page_by_time_and_go_with_my_account() {
     let app = TestApp::spawn_with(|s| s.rate_limits.enabled = false).await;
-    let event = event(&app, "Book Fair", starts()).await;
+    let event = app.create_event("Book Fair", starts()).await;
     let token = app.new_user("planner").await;
     let mut ids = Vec::new();
     // Created out of time order; listed in it.
@@ -787,7 +765,11 @@ async fn my_reminders_page_by_time_and_go_with_my_account() {
 async fn a_dead_nodes_leases_expire_and_another_node_takes_over() {
     let sink = SmtpSink::start().await;
     let app = TestApp::spawn_with(via(sink.port())).await;
-    let event: EventId = event(&app, "Relay Race", starts()).await.parse().unwrap();
+    let event: EventId = app
+        .create_event("Relay Race", starts())
+        .await
+        .parse()
+        .unwrap();
     let me: Value = send(&app, &app.token, Method::GET, "/v1/users/me", None)
         .await
         .json()
@@ -842,7 +824,7 @@ async fn a_mail_queued_but_not_delivered_at_shutdown_goes_out_after_restart() {
     let mut sink = SmtpSink::start().await;
     sink.stop();
     let app = TestApp::spawn_with(via(sink.port())).await;
-    let event = event(&app, "Lantern Walk", starts()).await;
+    let event = app.create_event("Lantern Walk", starts()).await;
     let (id, _) = remind(&app, &app.token, &event, Duration::from_millis(300), None).await;
     // Fired, its mail queued, and SMTP down: it waits for a retry.
     wait_state(&app, &app.token, &id, "sending").await;

@@ -178,30 +178,34 @@ async fn images_random_ticks_at_its_interval_with_images_from_the_pool() {
     assert_eq!(next_within(&mut ws, Duration::from_millis(500)).await, None);
 }
 
-/// Creates an event (as admin `root`) a year ahead; returns its id.
-async fn event(app: &TestApp) -> String {
-    let admin = app.admin().await;
-    let starts = Utc::now() + chrono::Duration::days(365);
-    let response = app
-        .client
-        .post(app.url("/v1/events"))
-        .bearer_auth(admin)
-        .json(&json!({
-            "title": "Llama parade",
-            "description": "Bring a hat.",
-            "topics": ["parade"],
-            "starts_at": starts.to_rfc3339(),
-            "ends_at": (starts + chrono::Duration::hours(2)).to_rfc3339(),
-            "location": {"name": "Champ de Mars", "lat": 48.8556, "lon": 2.2986},
-        }))
+/// Sets a reminder of `event` at `at` for the holder of `token`.
+async fn remind(
+    app: &TestApp,
+    token: &str,
+    event: &str,
+    at: chrono::DateTime<Utc>,
+) -> reqwest::Response {
+    app.client
+        .post(app.url("/v1/reminders"))
+        .bearer_auth(token)
+        .json(&json!({"event_id": event, "remind_at": at.to_rfc3339()}))
         .send()
         .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
-    response.json::<Value>().await.unwrap()["id"]
-        .as_str()
         .unwrap()
-        .to_owned()
+}
+
+/// Reads until the server's close frame (within 5 s); returns its code.
+async fn close_code(ws: &mut Ws) -> CloseCode {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("closed in time")
+        {
+            Some(Ok(Message::Close(frame))) => return frame.expect("a close code").code,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
 }
 
 #[tokio::test]
@@ -211,7 +215,9 @@ async fn reminder_updates_reach_their_owner_and_no_one_else() {
         s.reminders.tick_ms = 100;
     })
     .await;
-    let event = event(&app).await;
+    let event = app
+        .create_event("Llama parade", Utc::now() + chrono::Duration::days(365))
+        .await;
     let alice = app.new_user("alice").await;
     let bob = app.new_user("bob").await;
 
@@ -226,14 +232,7 @@ async fn reminder_updates_reach_their_owner_and_no_one_else() {
     subscribe(&mut b, "reminders").await;
 
     let at = Utc::now() + chrono::Duration::seconds(1);
-    let created = app
-        .client
-        .post(app.url("/v1/reminders"))
-        .bearer_auth(&alice)
-        .json(&json!({"event_id": event, "remind_at": at.to_rfc3339()}))
-        .send()
-        .await
-        .unwrap();
+    let created = remind(&app, &alice, &event, at).await;
     assert_eq!(created.status(), 201);
     let id = created.json::<Value>().await.unwrap()["id"].clone();
 
@@ -260,14 +259,7 @@ async fn reminder_updates_reach_their_owner_and_no_one_else() {
 
     // Bob's own reminder, moved and then deleted, reaches Bob only.
     let at = Utc::now() + chrono::Duration::hours(1);
-    let created = app
-        .client
-        .post(app.url("/v1/reminders"))
-        .bearer_auth(&bob)
-        .json(&json!({"event_id": event, "remind_at": at.to_rfc3339()}))
-        .send()
-        .await
-        .unwrap();
+    let created = remind(&app, &bob, &event, at).await;
     let bobs = created.json::<Value>().await.unwrap()["id"]
         .as_str()
         .unwrap()
@@ -331,17 +323,7 @@ async fn refusals_are_error_frames_and_the_connection_stays() {
 
     // A message over ws.max_message_bytes closes the connection with 1009.
     ws.send(Message::text("x".repeat(10_000))).await.unwrap();
-    let close = loop {
-        match tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .expect("closed in time")
-        {
-            Some(Ok(Message::Close(frame))) => break frame,
-            Some(Ok(_)) => continue,
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    };
-    assert_eq!(close.expect("a close code").code, CloseCode::Size);
+    assert_eq!(close_code(&mut ws).await, CloseCode::Size);
 
     // Over HTTP: a bad token is 401 before the upgrade; a plain GET is 400.
     let refused = tokio_tungstenite::connect_async(request(&app, Some("nope"))).await;
@@ -494,17 +476,7 @@ async fn the_connection_limit_and_the_heartbeat_hold() {
             None
         );
     }
-    let close = loop {
-        match tokio::time::timeout(Duration::from_secs(5), silent.next())
-            .await
-            .expect("closed in time")
-        {
-            Some(Ok(Message::Close(frame))) => break frame,
-            Some(Ok(_)) => continue,
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    };
-    assert_eq!(close.expect("a close code").code, CloseCode::Away);
+    assert_eq!(close_code(&mut silent).await, CloseCode::Away);
     subscribe(&mut reader, "images").await;
 
     // The idle client's place is free again.
@@ -574,17 +546,7 @@ async fn shutting_down_closes_websockets_with_1001() {
     let mut ws = connect(&app, None).await;
     subscribe(&mut ws, "images").await;
     app.request_stop();
-    let close = loop {
-        match tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .expect("closed in time")
-        {
-            Some(Ok(Message::Close(frame))) => break frame,
-            Some(Ok(_)) => continue,
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    };
-    assert_eq!(close.expect("a close code").code, CloseCode::Away);
+    assert_eq!(close_code(&mut ws).await, CloseCode::Away);
 }
 
 #[tokio::test]
@@ -600,21 +562,16 @@ async fn a_reminder_whose_mail_is_refused_is_pushed_as_failed() {
         s.mail.smtp.tls = corral::config::SmtpTls::None;
     })
     .await;
-    let event = event(&app).await;
+    let event = app
+        .create_event("Llama parade", Utc::now() + chrono::Duration::days(365))
+        .await;
     let token = app.new_user("dora").await;
     sink.reject("dora@example.com");
     let mut ws = connect(&app, Some(&token)).await;
     subscribe(&mut ws, "reminders").await;
 
     let at = Utc::now() + chrono::Duration::seconds(1);
-    let created = app
-        .client
-        .post(app.url("/v1/reminders"))
-        .bearer_auth(&token)
-        .json(&json!({"event_id": event, "remind_at": at.to_rfc3339()}))
-        .send()
-        .await
-        .unwrap();
+    let created = remind(&app, &token, &event, at).await;
     assert_eq!(created.status(), 201);
     assert_eq!(next(&mut ws).await["event"], "scheduled");
     let failed = next(&mut ws).await;

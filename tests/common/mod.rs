@@ -150,6 +150,33 @@ impl TestApp {
         self.log_in("root").await
     }
 
+    /// Creates an event (as the admin `root`, made on first use) starting at `starts`;
+    /// returns its id.
+    pub async fn create_event(&self, title: &str, starts: chrono::DateTime<chrono::Utc>) -> String {
+        let admin = match self.store.find_user("root").await.unwrap() {
+            Some(_) => self.log_in("root").await,
+            None => self.admin().await,
+        };
+        let response = self
+            .client
+            .post(self.url("/v1/events"))
+            .bearer_auth(admin)
+            .json(&serde_json::json!({
+                "title": title,
+                "description": "Bring a hat.",
+                "topics": ["parade"],
+                "starts_at": starts.to_rfc3339(),
+                "ends_at": (starts + chrono::Duration::hours(2)).to_rfc3339(),
+                "location": {"name": "Champ de Mars", "lat": 48.8556, "lon": 2.2986},
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+        let body: serde_json::Value = response.json().await.unwrap();
+        body["id"].as_str().unwrap().to_owned()
+    }
+
     /// A request builder carrying the `tester` session.
     pub fn authed(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.client
