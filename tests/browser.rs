@@ -136,6 +136,16 @@ async fn sign_up_upload_and_see_it_live_and_in_the_random_grid() {
     outcome.unwrap_or_else(|e| panic!("{e}"));
 }
 
+/// Types `text` into the element with id `id`.
+async fn fill(page: &Client, id: &str, text: &str) -> Result<(), fantoccini::error::CmdError> {
+    page.find(Locator::Id(id)).await?.send_keys(text).await
+}
+
+/// Clicks the element with id `id`.
+async fn click(page: &Client, id: &str) -> Result<(), fantoccini::error::CmdError> {
+    page.find(Locator::Id(id)).await?.click().await
+}
+
 async fn drive(app: &TestApp, page: &Client) -> Result<(), fantoccini::error::CmdError> {
     page.goto(&app.url("/")).await?;
     text_with(page, "#ws-status", "live").await;
@@ -145,18 +155,9 @@ async fn drive(app: &TestApp, page: &Client) -> Result<(), fantoccini::error::Cm
         .await
         .send_keys("walker")
         .await?;
-    page.find(Locator::Id("signup-email"))
-        .await?
-        .send_keys("walker@example.com")
-        .await?;
-    page.find(Locator::Id("signup-password"))
-        .await?
-        .send_keys("password-walker")
-        .await?;
-    page.find(Locator::Id("signup-submit"))
-        .await?
-        .click()
-        .await?;
+    fill(page, "signup-email", "walker@example.com").await?;
+    fill(page, "signup-password", "password-walker").await?;
+    click(page, "signup-submit").await?;
     text_with(page, "#session-status", "Signed in as walker").await;
     let user = app
         .store
@@ -170,18 +171,9 @@ async fn drive(app: &TestApp, page: &Client) -> Result<(), fantoccini::error::Cm
     let file = dir.path().join("llama.png");
     let bytes = png(24, 16, 42);
     std::fs::write(&file, &bytes).unwrap();
-    page.find(Locator::Id("upload-file"))
-        .await?
-        .send_keys(file.to_str().unwrap())
-        .await?;
-    page.find(Locator::Id("upload-tags"))
-        .await?
-        .send_keys("llama, browser")
-        .await?;
-    page.find(Locator::Id("upload-submit"))
-        .await?
-        .click()
-        .await?;
+    fill(page, "upload-file", file.to_str().unwrap()).await?;
+    fill(page, "upload-tags", "llama, browser").await?;
+    click(page, "upload-submit").await?;
     let name = format!("{}.png", common::sha1_hex(&bytes));
     text_with(page, "#upload-status", "Uploaded").await;
     let mine: Value = app
@@ -208,10 +200,7 @@ async fn drive(app: &TestApp, page: &Client) -> Result<(), fantoccini::error::Cm
     );
 
     // ...and the random grid, the only image in the pool, shows it, loaded from /i/.
-    page.find(Locator::Id("random-refresh"))
-        .await?
-        .click()
-        .await?;
+    click(page, "random-refresh").await?;
     let grid = element(page, &format!("#random-grid img[data-id='{id}']")).await;
     assert!(
         grid.attr("src")
