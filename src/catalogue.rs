@@ -60,11 +60,17 @@ pub async fn search(store: &SharedStore, search: &Search) -> Result<Page, StoreE
                     .topic
                     .as_deref()
                     .map_or(EventIndex::Time, EventIndex::Topic);
+                // Without a place the index answers the search exactly: read one page.
+                let want = if search.near.is_some() {
+                    BATCH
+                } else {
+                    search.limit.clamp(1, BATCH)
+                };
                 let page = store
-                    .events_page(index, search.from, search.to, cursor, BATCH)
+                    .events_page(index, search.from, search.to, cursor, want)
                     .await?;
                 Batch {
-                    exhausted: page.rows < BATCH,
+                    exhausted: page.rows < want,
                     read_until: page.last,
                     events: page.events,
                 }

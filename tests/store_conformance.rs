@@ -815,6 +815,57 @@ async fn the_embedded_store_conforms_and_keeps_its_data_across_a_reopen() {
     assert_eq!(reopened.get_image(some.id).await.unwrap(), Some(some));
 }
 
+/// The embedded store commits writes that arrive together with one fsync, but each as its
+/// own transaction: a refused write in the crowd leaves nothing behind and takes none of
+/// its neighbours with it, and every write that was answered survives a reopen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_embedded_writes_commit_independently_and_durably() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let store = std::sync::Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let mut writes = tokio::task::JoinSet::new();
+    for n in 0..300 {
+        let store = store.clone();
+        writes.spawn(async move {
+            // Every tenth sign-up reuses the name of the one before it, with its own address.
+            let name = if n % 10 == 9 {
+                format!("crowd{}", n - 1)
+            } else {
+                format!("crowd{n}")
+            };
+            let mut u = user(&name);
+            u.email = Email::parse(&format!("crowd{n}@example.com")).unwrap();
+            (n, store.create_user(&u).await)
+        });
+    }
+    let (mut landed, mut refused) = (Vec::new(), Vec::new());
+    while let Some(joined) = writes.join_next().await {
+        match joined.unwrap() {
+            (n, Ok(())) => landed.push(n),
+            (n, Err(StoreError::Conflict("username"))) => refused.push(n),
+            (n, Err(e)) => panic!("write {n} failed: {e}"),
+        }
+    }
+    // Of each clashing pair exactly one landed, whichever came first.
+    assert_eq!((landed.len(), refused.len()), (270, 30));
+    store.close().await.unwrap();
+
+    let reopened = EmbeddedStore::open(dir.path()).unwrap();
+    for n in landed {
+        let found = reopened
+            .find_user(&format!("crowd{n}@example.com"))
+            .await
+            .unwrap();
+        assert!(found.is_some(), "answered write {n} was lost");
+    }
+    for n in refused {
+        let found = reopened
+            .find_user(&format!("crowd{n}@example.com"))
+            .await
+            .unwrap();
+        assert_eq!(found, None, "refused write {n} left its address behind");
+    }
+}
+
 #[tokio::test]
 async fn the_scylla_store_conforms() {
     let Some(nodes) = std::env::var("CORRAL_SCYLLA__NODES")

@@ -32,8 +32,7 @@ fn claim_emails(tx: &WriteTransaction, user: &User) -> Result<(), StoreError> {
 impl AccountStore for EmbeddedStore {
     async fn create_user(&self, user: &User) -> Result<(), StoreError> {
         let user = user.clone();
-        self.with_db(move |db| {
-            let tx = db.begin_write()?;
+        self.write(move |tx| {
             let id = user.id.0.as_u128();
             {
                 let mut names = tx.open_table(USERS_BY_USERNAME)?;
@@ -42,27 +41,25 @@ impl AccountStore for EmbeddedStore {
                 }
                 names.insert(user.username.as_str(), id)?;
             }
-            claim_emails(&tx, &user)?;
+            claim_emails(tx, &user)?;
             tx.open_table(USERS)?
                 .insert(id, encode(&user)?.as_slice())?;
-            tx.commit()?;
             Ok(())
         })
         .await
     }
 
     async fn get_user(&self, id: UserId) -> Result<Option<User>, StoreError> {
-        self.with_db(move |db| {
+        self.read_now(|db| {
             let table = db.begin_read()?.open_table(USERS)?;
             let row = table.get(id.0.as_u128())?;
             row.map(|v| decode(v.value())).transpose()
         })
-        .await
     }
 
     async fn find_user(&self, login: &str) -> Result<Option<User>, StoreError> {
         let login = login.trim().to_lowercase();
-        self.with_db(move |db| {
+        self.read_now(|db| {
             let tx = db.begin_read()?;
             let by_name = tx
                 .open_table(USERS_BY_USERNAME)?
@@ -79,13 +76,11 @@ impl AccountStore for EmbeddedStore {
             let row = tx.open_table(USERS)?.get(id)?;
             row.map(|v| decode(v.value())).transpose()
         })
-        .await
     }
 
     async fn update_user(&self, before: &User, after: &User) -> Result<(), StoreError> {
         let (before, after) = (before.clone(), after.clone());
-        self.with_db(move |db| {
-            let tx = db.begin_write()?;
+        self.write(move |tx| {
             // Compare and swap: the record must still be what the caller read.
             let current: Option<User> = tx
                 .open_table(USERS)?
@@ -95,7 +90,7 @@ impl AccountStore for EmbeddedStore {
             if current.as_ref() != Some(&before) {
                 return Err(StoreError::Changed);
             }
-            claim_emails(&tx, &after)?;
+            claim_emails(tx, &after)?;
             {
                 let mut emails = tx.open_table(USERS_BY_EMAIL)?;
                 for gone in before.emails().filter(|e| !after.emails().any(|a| a == *e)) {
@@ -104,7 +99,6 @@ impl AccountStore for EmbeddedStore {
             }
             tx.open_table(USERS)?
                 .insert(after.id.0.as_u128(), encode(&after)?.as_slice())?;
-            tx.commit()?;
             Ok(())
         })
         .await
@@ -112,8 +106,7 @@ impl AccountStore for EmbeddedStore {
 
     async fn delete_user(&self, user: &User) -> Result<(), StoreError> {
         let user = user.clone();
-        self.with_db(move |db| {
-            let tx = db.begin_write()?;
+        self.write(move |tx| {
             let id = user.id.0.as_u128();
             tx.open_table(USERS)?.remove(id)?;
             tx.open_table(USERS_BY_USERNAME)?
@@ -126,7 +119,6 @@ impl AccountStore for EmbeddedStore {
             }
             tx.open_table(SESSIONS)?
                 .retain_in((id, [0u8; 32])..=(id, [u8::MAX; 32]), |_, _| false)?;
-            tx.commit()?;
             Ok(())
         })
         .await
@@ -143,8 +135,7 @@ impl AccountStore for EmbeddedStore {
 
     async fn create_session(&self, session: &Session) -> Result<(), StoreError> {
         let session = session.clone();
-        self.with_db(move |db| {
-            let tx = db.begin_write()?;
+        self.write(move |tx| {
             let user = session.user_id.0.as_u128();
             {
                 let mut sessions = tx.open_table(SESSIONS)?;
@@ -155,7 +146,6 @@ impl AccountStore for EmbeddedStore {
                 })?;
                 sessions.insert((user, session.token_hash.0), encode(&session)?.as_slice())?;
             }
-            tx.commit()?;
             Ok(())
         })
         .await
@@ -166,21 +156,18 @@ impl AccountStore for EmbeddedStore {
         user: UserId,
         hash: TokenHash,
     ) -> Result<Option<Session>, StoreError> {
-        self.with_db(move |db| {
+        self.read_now(|db| {
             let table = db.begin_read()?.open_table(SESSIONS)?;
             let row = table.get((user.0.as_u128(), hash.0))?;
             let session: Option<Session> = row.map(|v| decode(v.value())).transpose()?;
             Ok(session.filter(|s| s.expires_at > Utc::now()))
         })
-        .await
     }
 
     async fn delete_session(&self, user: UserId, hash: TokenHash) -> Result<(), StoreError> {
-        self.with_db(move |db| {
-            let tx = db.begin_write()?;
+        self.write(move |tx| {
             tx.open_table(SESSIONS)?
                 .remove((user.0.as_u128(), hash.0))?;
-            tx.commit()?;
             Ok(())
         })
         .await

@@ -120,10 +120,8 @@ fn time_ids(
 impl EventStore for EmbeddedStore {
     async fn insert_event(&self, event: &Event) -> Result<(), StoreError> {
         let event = event.clone();
-        self.with_db(move |db| {
-            let tx = db.begin_write()?;
-            write_rows(&tx, &event)?;
-            tx.commit()?;
+        self.write(move |tx| {
+            write_rows(tx, &event)?;
             Ok(())
         })
         .await
@@ -137,21 +135,18 @@ impl EventStore for EmbeddedStore {
     }
 
     async fn get_event(&self, id: EventId) -> Result<Option<Event>, StoreError> {
-        self.with_db(move |db| {
+        self.read_now(|db| {
             let table = db.begin_read()?.open_table(EVENTS)?;
             let row = table.get(id.0.as_u128())?;
             row.map(|v| decode(v.value())).transpose()
         })
-        .await
     }
 
     async fn update_event(&self, before: &Event, after: &Event) -> Result<(), StoreError> {
         let (before, after) = (before.clone(), after.clone());
-        self.with_db(move |db| {
-            let tx = db.begin_write()?;
-            remove_rows(&tx, &before)?;
-            write_rows(&tx, &after)?;
-            tx.commit()?;
+        self.write(move |tx| {
+            remove_rows(tx, &before)?;
+            write_rows(tx, &after)?;
             Ok(())
         })
         .await
@@ -159,10 +154,8 @@ impl EventStore for EmbeddedStore {
 
     async fn delete_event(&self, event: &Event) -> Result<(), StoreError> {
         let event = event.clone();
-        self.with_db(move |db| {
-            let tx = db.begin_write()?;
-            remove_rows(&tx, &event)?;
-            tx.commit()?;
+        self.write(move |tx| {
+            remove_rows(tx, &event)?;
             Ok(())
         })
         .await
@@ -182,7 +175,7 @@ impl EventStore for EmbeddedStore {
             EventIndex::Topic(t) => Some((EVENTS_BY_TOPIC, t.to_owned())),
             EventIndex::Cell(c) => Some((EVENTS_BY_GEOHASH, c.to_owned())),
         };
-        self.with_db(move |db| {
+        self.read_now(|db| {
             let ids = match &partition {
                 None => time_ids(db, start, end, limit)?,
                 Some((table, key)) => text_ids(db, *table, key, start, end, limit)?,
@@ -203,6 +196,5 @@ impl EventStore for EmbeddedStore {
             }
             Ok(page)
         })
-        .await
     }
 }

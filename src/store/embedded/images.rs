@@ -26,10 +26,8 @@ fn write_image(tx: &WriteTransaction, image: &Image) -> Result<(), StoreError> {
 impl ImageStore for EmbeddedStore {
     async fn insert_image(&self, image: &Image) -> Result<(), StoreError> {
         let image = image.clone();
-        self.with_db(move |db| {
-            let tx = db.begin_write()?;
-            write_image(&tx, &image)?;
-            tx.commit()?;
+        self.write(move |tx| {
+            write_image(tx, &image)?;
             Ok(())
         })
         .await
@@ -43,12 +41,11 @@ impl ImageStore for EmbeddedStore {
     }
 
     async fn get_image(&self, id: ImageId) -> Result<Option<Image>, StoreError> {
-        self.with_db(move |db| {
+        self.read_now(|db| {
             let table = db.begin_read()?.open_table(IMAGES)?;
             let row = table.get(id.0.as_u128())?;
             row.map(|v| decode(v.value())).transpose()
         })
-        .await
     }
 
     async fn scan_images(
@@ -105,8 +102,7 @@ impl ImageStore for EmbeddedStore {
 
     async fn set_image_tags(&self, id: ImageId, tags: &Tags) -> Result<Option<Image>, StoreError> {
         let tags = tags.clone();
-        self.with_db(move |db| {
-            let tx = db.begin_write()?;
+        self.write(move |tx| {
             let updated = {
                 let mut table = tx.open_table(IMAGES)?;
                 let current: Option<Image> = table
@@ -122,15 +118,13 @@ impl ImageStore for EmbeddedStore {
                     None => None,
                 }
             };
-            tx.commit()?;
             Ok(updated)
         })
         .await
     }
 
     async fn delete_image(&self, id: ImageId) -> Result<Option<Image>, StoreError> {
-        self.with_db(move |db| {
-            let tx = db.begin_write()?;
+        self.write(move |tx| {
             let removed: Option<Image> = tx
                 .open_table(IMAGES)?
                 .remove(id.0.as_u128())?
@@ -144,7 +138,6 @@ impl ImageStore for EmbeddedStore {
                         .remove((owner.0.as_u128(), id.0.as_u128()))?;
                 }
             }
-            tx.commit()?;
             Ok(removed)
         })
         .await

@@ -1,13 +1,15 @@
 //! The embedded backend: one redb file under the data dir, tables laid out like Scylla's.
 //!
-//! redb is synchronous, so every call runs on a blocking thread. Writes commit with
-//! redb's default durability (fsync before the commit returns), and each call's writes
-//! (a row and its index rows) commit in one transaction.
+//! redb is synchronous, so every read runs on a blocking thread. Each call's writes (a
+//! row and its index rows) commit in one transaction on the writer thread, which shares
+//! one fsync between the writes that arrive together (see `writer`); a write returns once
+//! it is durable.
 
 mod accounts;
 mod events;
 mod images;
 mod reminders;
+mod writer;
 
 use std::ops::Bound;
 use std::path::Path;
@@ -72,7 +74,13 @@ const DEFAULT_CACHE_BYTES: usize = 256 * 1024 * 1024;
 const CLOSE_WAIT: Duration = Duration::from_secs(10);
 
 pub struct EmbeddedStore {
-    db: RwLock<Option<Arc<Database>>>,
+    open: RwLock<Option<Open>>,
+}
+
+/// What an open store holds: the database (for reads) and the writer's queue.
+struct Open {
+    db: Arc<Database>,
+    writer: writer::Writer,
 }
 
 macro_rules! redb_errors {
@@ -88,7 +96,8 @@ redb_errors!(
     redb::TransactionError,
     redb::TableError,
     redb::StorageError,
-    redb::CommitError
+    redb::CommitError,
+    redb::SetDurabilityError
 );
 
 impl EmbeddedStore {
@@ -124,23 +133,41 @@ impl EmbeddedStore {
         tx.open_table(MAIL_QUEUE)?;
         tx.open_table(MAIL_DEAD)?;
         tx.commit()?;
+        let db = Arc::new(db);
+        let writer = writer::Writer::start(db.clone())?;
         Ok(Self {
-            db: RwLock::new(Some(Arc::new(db))),
+            open: RwLock::new(Some(Open { db, writer })),
         })
     }
 
-    /// Runs `f` against the database on a blocking thread.
+    /// The open database, for reads.
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        self.open
+            .read()
+            .map_err(|_| StoreError::Closed)?
+            .as_ref()
+            .map(|open| open.db.clone())
+            .ok_or(StoreError::Closed)
+    }
+
+    /// Runs a short read (a point lookup or one bounded page) on the calling thread. It is
+    /// served from redb's page cache, or else the OS's, in microseconds: less than the
+    /// hand-off to a blocking thread and back would cost.
+    fn read_now<T>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        f(&*self.db()?)
+    }
+
+    /// Runs `f` against the database on a blocking thread: scans whose length the data
+    /// decides.
     async fn with_db<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
     {
-        let db = self
-            .db
-            .read()
-            .map_err(|_| StoreError::Closed)?
-            .clone()
-            .ok_or(StoreError::Closed)?;
+        let db = self.db()?;
         tokio::task::spawn_blocking(move || f(&db))
             .await
             .map_err(|e| StoreError::Embedded(format!("store task failed: {e}")))?
@@ -148,19 +175,21 @@ impl EmbeddedStore {
 }
 
 impl EmbeddedStore {
-    /// Runs `f` in one write transaction and commits it if `f` succeeds.
+    /// Runs `f` in one write transaction, commits it if `f` succeeds and returns once the
+    /// commit is durable.
     async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&redb::WriteTransaction) -> Result<T, StoreError> + Send + 'static,
     {
-        self.with_db(move |db| {
-            let tx = db.begin_write()?;
-            let out = f(&tx)?;
-            tx.commit()?;
-            Ok(out)
-        })
-        .await
+        let writer = self
+            .open
+            .read()
+            .map_err(|_| StoreError::Closed)?
+            .as_ref()
+            .map(|open| open.writer.clone())
+            .ok_or(StoreError::Closed)?;
+        writer.write(f).await
     }
 }
 
@@ -199,11 +228,16 @@ impl Store for EmbeddedStore {
     }
 
     async fn close(&self) -> Result<(), StoreError> {
-        let Some(mut db) = self.db.write().map_err(|_| StoreError::Closed)?.take() else {
+        let Some(Open { mut db, writer }) =
+            self.open.write().map_err(|_| StoreError::Closed)?.take()
+        else {
             return Ok(());
         };
-        // Calls already running hold clones; give them time to finish, then drop the
-        // last handle, which flushes and unlocks the file.
+        // The writer thread stops once the writes already queued are done and every
+        // caller's clone of its queue is gone. Calls already running hold clones of the
+        // database too; give them time to finish, then drop the last handle, which
+        // flushes and unlocks the file.
+        drop(writer);
         let deadline = tokio::time::Instant::now() + CLOSE_WAIT;
         loop {
             match Arc::try_unwrap(db) {

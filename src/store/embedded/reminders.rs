@@ -92,12 +92,11 @@ impl ReminderStore for EmbeddedStore {
     }
 
     async fn get_reminder(&self, id: ReminderId) -> Result<Option<Reminder>, StoreError> {
-        self.with_db(move |db| {
+        self.read_now(|db| {
             let table = db.begin_read()?.open_table(REMINDERS)?;
             let row = table.get(id.0.as_u128())?;
             row.map(|v| decode(v.value())).transpose()
         })
-        .await
     }
 
     async fn reminders_of(
