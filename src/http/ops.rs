@@ -1,12 +1,15 @@
 //! Operations: `/metrics` (Prometheus), `/healthz` (the process answers), `/readyz` (the
 //! store answers and every actor runs), and the middleware that measures every request.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::time::Instant;
 
 use axum::Json;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::response::IntoResponse;
+use metrics::{Counter, Histogram};
 use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -68,39 +71,66 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Status>, ApiError>
 /// What a request is counted under: its method and matched route, taken before it runs.
 pub struct Measured {
     started: Instant,
-    method: Method,
-    route: String,
+    method: &'static str,
+    route: Option<MatchedPath>,
+}
+
+/// One (method, route)'s series: its latency histogram and a counter per status seen.
+struct Series {
+    method: &'static str,
+    duration: Histogram,
+    requests: Vec<(u16, Counter)>,
+}
+
+thread_local! {
+    /// Handles to every series this thread has recorded to, by route. Looking a series up
+    /// in the registry hashes and clones its labels; a handle is an `Arc`. Routes come from
+    /// the route table, so the map stays small.
+    static SERIES: RefCell<HashMap<Box<str>, Vec<Series>>> = RefCell::new(HashMap::new());
 }
 
 impl Measured {
     pub fn start(request: &Request) -> Self {
         Self {
             started: Instant::now(),
-            method: request.method().clone(),
-            route: request
-                .extensions()
-                .get::<MatchedPath>()
-                .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned()),
+            method: method_name(request.method()),
+            route: request.extensions().get::<MatchedPath>().cloned(),
         }
     }
 
     /// Counts the request by route and status and records its latency.
     pub fn finish(self, status: StatusCode) {
-        // Standard methods and common statuses are static strings: no allocation.
-        let method = metrics::SharedString::const_str(method_name(&self.method));
-        let status = match status.as_u16() {
-            200 => metrics::SharedString::const_str("200"),
-            201 => metrics::SharedString::const_str("201"),
-            204 => metrics::SharedString::const_str("204"),
-            304 => metrics::SharedString::const_str("304"),
-            404 => metrics::SharedString::const_str("404"),
-            other => metrics::SharedString::from_owned(other.to_string()),
-        };
-        let route = metrics::SharedString::from(std::sync::Arc::<str>::from(self.route));
-        metrics::counter!("corral_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
-            .increment(1);
-        metrics::histogram!("corral_http_request_duration_seconds", "method" => method, "route" => route)
-            .record(self.started.elapsed().as_secs_f64());
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let route = self.route.as_ref().map_or("unmatched", MatchedPath::as_str);
+        let method = self.method;
+        SERIES.with_borrow_mut(|by_route| {
+            let series = match by_route.get_mut(route) {
+                Some(series) => series,
+                None => by_route.entry(route.into()).or_default(),
+            };
+            let i = match series.iter().position(|s| s.method == method) {
+                Some(i) => i,
+                None => {
+                    series.push(Series {
+                        method,
+                        duration: metrics::histogram!("corral_http_request_duration_seconds", "method" => method, "route" => route.to_owned()),
+                        requests: Vec::new(),
+                    });
+                    series.len() - 1
+                }
+            };
+            let series = &mut series[i];
+            series.duration.record(elapsed);
+            let code = status.as_u16();
+            match series.requests.iter().find(|(c, _)| *c == code) {
+                Some((_, counter)) => counter.increment(1),
+                None => {
+                    let counter = metrics::counter!("corral_http_requests_total", "method" => method, "route" => route.to_owned(), "status" => code.to_string());
+                    counter.increment(1);
+                    series.requests.push((code, counter));
+                }
+            }
+        });
     }
 }
 
