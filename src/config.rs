@@ -82,7 +82,7 @@ pub struct UploadSettings {
     pub max_pixels: u64,
     pub max_decode_bytes: u64,
     pub max_in_flight: usize,
-    pub workers: usize,
+    pub decoders: usize,
     pub process_timeout_secs: u64,
     pub max_duration_secs: u64,
     pub allow_anonymous: bool,
@@ -367,9 +367,9 @@ impl Settings {
         }
     }
 
-    /// Upload workers to run: the configured number, or cores less one (at least one).
-    pub fn upload_workers(&self) -> usize {
-        match self.uploads.workers {
+    /// Uploads decoded at once: the configured number, or cores less one (at least one).
+    pub fn upload_decoders(&self) -> usize {
+        match self.uploads.decoders {
             0 => {
                 std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
             }

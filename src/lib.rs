@@ -107,12 +107,13 @@ impl App {
                     max_pixels: u.max_pixels,
                     max_alloc: u.max_decode_bytes,
                 },
+                decode_slots: Arc::new(Semaphore::new(settings.upload_decoders())),
                 image_pool: actors.image_pool.clone(),
             },
             hub: HubArgs {
                 public_url: settings.http.public_url.clone(),
             },
-            upload_workers: settings.upload_workers(),
+            upload_workers: u.max_in_flight,
             mailer: MailerArgs {
                 store: store.clone(),
                 transport,

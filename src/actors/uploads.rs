@@ -4,16 +4,19 @@
 //!
 //! Jobs are routed by sha1, so uploads of identical content run on one worker one after
 //! another: the "file already there?" check and the undo of a failed commit never race.
-//! CPU work is bounded by the worker count; the number of jobs in flight is bounded by the
-//! HTTP layer's admission semaphore. Supervised by the root supervisor; the factory itself
-//! replaces a worker that panics.
+//! There are as many workers as uploads may be admitted (`uploads.max_in_flight`, the
+//! HTTP layer's semaphore), so no upload waits behind another's fsyncs unless they share
+//! content; the CPU-bound decode is bounded separately (`uploads.decoders`). Supervised by
+//! the root supervisor; the factory itself replaces a worker that panics.
 
 use ractor::factory::{
     Factory, FactoryArguments, FactoryMessage, Job, Worker, WorkerId, queues, routing,
     worker_builder,
 };
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr};
-use tokio::sync::OwnedSemaphorePermit;
+use std::sync::Arc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{ActorSlot, ImagePoolMsg};
 use crate::domain::{Image, ImageId, ImageName, Tags, UserId};
@@ -70,6 +73,9 @@ pub struct UploadDeps {
     pub store: SharedStore,
     pub media: MediaRoot,
     pub limits: DecodeLimits,
+    /// Decodes running at once (`uploads.decoders`): the CPU-bound step. The rest of an
+    /// ingest (fsyncs, the metadata write) waits on the disk and holds no slot.
+    pub decode_slots: Arc<Semaphore>,
     pub image_pool: ActorSlot<ImagePoolMsg>,
 }
 
@@ -140,10 +146,17 @@ async fn ingest(
     caller_gone: impl Fn() -> bool,
 ) -> Result<Ingested, IngestError> {
     let (limits, bytes, sha1) = (deps.limits, staged.bytes, staged.sha1);
+    let slot = deps
+        .decode_slots
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|e| IngestError::Task(e.to_string()))?;
     let (inspected, staged) =
         tokio::task::spawn_blocking(move || inspect(&staged.path, limits).map(|i| (i, staged)))
             .await
             .map_err(|e| IngestError::Task(e.to_string()))??;
+    drop(slot);
     // The inspection is the slow part: if the caller gave up meanwhile (and was told
     // 503), keep nothing. Dropping `staged` deletes the temp file.
     if caller_gone() {

@@ -3,7 +3,7 @@
 //! The client's `Content-Type` is never trusted. Dimensions are read from the header and
 //! checked before any pixel is decoded, so a small file claiming a huge canvas (a
 //! decompression bomb) is refused without allocating it; the full decode then catches
-//! truncated and corrupt files.
+//! truncated and corrupt files (row by row for PNG, so it holds one row at a time).
 
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -44,12 +44,31 @@ pub fn inspect(path: &Path, limits: DecodeLimits) -> Result<Inspected, MediaErro
             MediaError::Invalid(format!("the {} header is unreadable: {e}", format.as_str()))
         })?;
     check_dimensions(width, height, limits)?;
-    reader(path, format, limits)?.decode().map_err(|e| {
+    let corrupt = |e: &dyn std::fmt::Display| {
         MediaError::Invalid(format!(
             "the {} data is corrupt or truncated: {e}",
             format.as_str()
         ))
-    })?;
+    };
+    match format {
+        // PNG rows are decoded and dropped one at a time: the check costs one row of
+        // memory, not the whole canvas (and no page faults for it).
+        ImageFormat::Png => {
+            let limits = png::Limits {
+                bytes: usize::try_from(limits.max_alloc).unwrap_or(usize::MAX),
+            };
+            let file = BufReader::new(File::open(path)?);
+            let mut rows = png::Decoder::new_with_limits(file, limits)
+                .read_info()
+                .map_err(|e| corrupt(&e))?;
+            while rows.next_row().map_err(|e| corrupt(&e))?.is_some() {}
+        }
+        _ => {
+            reader(path, format, limits)?
+                .decode()
+                .map_err(|e| corrupt(&e))?;
+        }
+    }
     Ok(Inspected {
         format,
         width,

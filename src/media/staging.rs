@@ -1,6 +1,6 @@
 //! Streams an upload body into a temp file while hashing and counting it.
 //!
-//! Only one chunk is held in memory at a time; the limit is enforced as bytes arrive, so an
+//! At most one chunk and a 256 KiB write buffer are held in memory; the limit is enforced as bytes arrive, so an
 //! oversized body is refused as soon as it passes the limit, and the temp file is deleted
 //! whenever a `StagedUpload` (or a half-written one) is dropped.
 
@@ -8,9 +8,12 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use sha1::{Digest, Sha1};
 use tempfile::TempPath;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, BufWriter};
 
 use super::{MediaError, MediaRoot};
+
+/// Bytes gathered before each write to the temp file.
+const WRITE_BUFFER: usize = 256 * 1024;
 
 /// A complete upload in a temp file, fsynced, with its hash and size.
 #[derive(Debug)]
@@ -31,7 +34,9 @@ where
         .prefix("upload-")
         .tempfile_in(root.tmp_dir())?
         .into_parts();
-    let mut file = tokio::fs::File::from_std(file);
+    // Each write to a tokio file is a hop to the blocking pool; body chunks are small, so
+    // they are gathered into writes of `WRITE_BUFFER` bytes.
+    let mut file = BufWriter::with_capacity(WRITE_BUFFER, tokio::fs::File::from_std(file));
     let mut hasher = Sha1::new();
     let mut bytes = 0u64;
     let mut body = std::pin::pin!(body);
@@ -44,7 +49,8 @@ where
         hasher.update(&chunk);
         file.write_all(&chunk).await?;
     }
-    file.sync_all().await?;
+    file.flush().await?;
+    file.get_ref().sync_all().await?;
     Ok(StagedUpload {
         path,
         sha1: hasher.finalize().into(),
