@@ -220,6 +220,17 @@ fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
 #[async_trait]
 impl Store for EmbeddedStore {
     async fn ping(&self) -> Result<(), StoreError> {
+        let writer_stopped = self
+            .open
+            .read()
+            .map_err(|_| StoreError::Closed)?
+            .as_ref()
+            .is_some_and(|open| open.writer.stopped());
+        if writer_stopped {
+            return Err(StoreError::Embedded(
+                "the store's writer thread has stopped".into(),
+            ));
+        }
         self.with_db(|db| {
             db.begin_read()?.open_table(IMAGES)?;
             Ok(())

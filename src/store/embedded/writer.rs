@@ -50,6 +50,11 @@ impl Writer {
         Ok(Self { jobs })
     }
 
+    /// Whether the thread is gone (it only stops early if it panicked outside a write).
+    pub(super) fn stopped(&self) -> bool {
+        self.jobs.is_closed()
+    }
+
     /// Runs `f` in its own write transaction and returns once that is durable.
     pub(super) async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
