@@ -5,7 +5,7 @@ use std::ops::Bound;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use redb::{ReadableDatabase, TableDefinition, WriteTransaction};
+use redb::{Database, ReadableDatabase, TableDefinition, WriteTransaction};
 
 use super::{
     EVENTS, EVENTS_BY_DAY, EVENTS_BY_GEOHASH, EVENTS_BY_TOPIC, EmbeddedStore, decode, encode,
@@ -116,6 +116,10 @@ fn time_ids(
     Ok(ids)
 }
 
+/// Pages up to this many events (the most a client may ask for) are read on the calling
+/// thread (`read_now`).
+const INLINE_PAGE: usize = 100;
+
 #[async_trait]
 impl EventStore for EmbeddedStore {
     async fn insert_event(&self, event: &Event) -> Result<(), StoreError> {
@@ -175,7 +179,7 @@ impl EventStore for EmbeddedStore {
             EventIndex::Topic(t) => Some((EVENTS_BY_TOPIC, t.to_owned())),
             EventIndex::Cell(c) => Some((EVENTS_BY_GEOHASH, c.to_owned())),
         };
-        self.read_now(|db| {
+        let read = move |db: &Database| {
             let ids = match &partition {
                 None => time_ids(db, start, end, limit)?,
                 Some((table, key)) => text_ids(db, *table, key, start, end, limit)?,
@@ -195,6 +199,14 @@ impl EventStore for EmbeddedStore {
                 }
             }
             Ok(page)
-        })
+        };
+        // A page a client asked for is read at once; the catalogue's larger batches (a
+        // search that filters by place) go to the blocking pool, so a long search never
+        // holds up the other requests on this thread.
+        if limit <= INLINE_PAGE {
+            self.read_now(read)
+        } else {
+            self.with_db(read).await
+        }
     }
 }
