@@ -75,7 +75,15 @@ impl MediaRoot {
             return Ok(false);
         }
         let dir = target.parent().unwrap_or(&self.images);
-        std::fs::create_dir_all(dir)?;
+        if !dir.exists() {
+            std::fs::create_dir_all(dir)?;
+            // A new shard directory is durable only once its entry in each parent is.
+            let mut parent = dir.parent();
+            while let Some(p) = parent.filter(|p| p.starts_with(&self.images)) {
+                std::fs::File::open(p)?.sync_all()?;
+                parent = p.parent();
+            }
+        }
         staged.persist(&target).map_err(|e| e.error)?;
         // The rename is durable only once the directory entry is.
         std::fs::File::open(dir)?.sync_all()?;
