@@ -50,7 +50,8 @@ impl Writer {
         Ok(Self { jobs })
     }
 
-    /// Whether the thread is gone (it only stops early if it panicked outside a write).
+    /// Whether the thread is gone (writes and commits that panic are caught, so this is a
+    /// last line of defence).
     pub(super) fn stopped(&self) -> bool {
         self.jobs.is_closed()
     }
@@ -110,7 +111,10 @@ fn run(db: &Database, mut queue: mpsc::Receiver<Job>) {
         if answers.is_empty() {
             continue;
         }
-        let durable = make_durable(db).map_err(|e| e.to_string());
+        let durable = match catch_unwind(AssertUnwindSafe(|| make_durable(db))) {
+            Ok(done) => done.map_err(|e| e.to_string()),
+            Err(_) => Err("the durable commit panicked".to_owned()),
+        };
         for answer in answers.drain(..) {
             answer(durable.clone());
         }
