@@ -292,6 +292,44 @@ async fn reminder_updates_reach_their_owner_and_no_one_else() {
 }
 
 #[tokio::test]
+async fn signing_in_as_someone_else_switches_the_reminders_feed() {
+    let app = TestApp::spawn_with(quiet).await;
+    let event = app
+        .create_event("Shearing day", Utc::now() + chrono::Duration::days(365))
+        .await;
+    let alice = app.new_user("alice").await;
+    let carol = app.new_user("carol").await;
+    let at = Utc::now() + chrono::Duration::hours(1);
+
+    let mut ws = connect(&app, Some(&alice)).await;
+    subscribe(&mut ws, "reminders").await;
+    assert_eq!(remind(&app, &alice, &event, at).await.status(), 201);
+    assert_eq!(
+        next(&mut ws).await["event"],
+        "scheduled",
+        "Alice's feed first"
+    );
+
+    send(&mut ws, json!({"op": "auth", "token": carol})).await;
+    let who = next(&mut ws).await;
+    assert_eq!(who["event"], "authenticated");
+    assert_eq!(who["data"]["username"], "carol");
+
+    assert_eq!(remind(&app, &alice, &event, at).await.status(), 201);
+    assert_eq!(
+        next_within(&mut ws, Duration::from_millis(500)).await,
+        None,
+        "Alice's reminders no longer reach the socket"
+    );
+    let created = remind(&app, &carol, &event, at).await;
+    assert_eq!(created.status(), 201);
+    let id = created.json::<Value>().await.unwrap()["id"].clone();
+    let pushed = next(&mut ws).await;
+    assert_eq!(pushed["event"], "scheduled", "{pushed}");
+    assert_eq!(pushed["data"]["id"], id, "Carol's reminder follows");
+}
+
+#[tokio::test]
 async fn refusals_are_error_frames_and_the_connection_stays() {
     let app = TestApp::spawn_with(quiet).await;
     let mut ws = connect(&app, None).await;
