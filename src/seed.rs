@@ -107,7 +107,6 @@ fn write_files(media: &MediaRoot) -> std::io::Result<Vec<(String, String, u64)>>
             let sha1 = name.sha1().to_owned();
             let mut staged = tempfile::NamedTempFile::new_in(media.tmp_dir())?;
             staged.write_all(&png)?;
-            staged.as_file().sync_all()?;
             media.commit(staged.into_temp_path(), &name)?;
             Ok((name.to_string(), sha1, png.len() as u64))
         })

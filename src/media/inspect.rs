@@ -34,6 +34,8 @@ pub struct Inspected {
 
 /// How many leading bytes the sniffer reads; enough for every accepted signature.
 const SNIFF_LEN: usize = 16;
+/// The decoders read the staged file (from the page cache) in reads of this size.
+const READ_BUFFER: usize = 128 * 1024;
 
 /// Checks the file at `path`. Blocking and CPU-heavy: run it on a blocking thread.
 pub fn inspect(path: &Path, limits: DecodeLimits) -> Result<Inspected, MediaError> {
@@ -57,7 +59,7 @@ pub fn inspect(path: &Path, limits: DecodeLimits) -> Result<Inspected, MediaErro
             let limits = png::Limits {
                 bytes: usize::try_from(limits.max_alloc).unwrap_or(usize::MAX),
             };
-            let file = BufReader::new(File::open(path)?);
+            let file = BufReader::with_capacity(READ_BUFFER, File::open(path)?);
             let mut rows = png::Decoder::new_with_limits(file, limits)
                 .read_info()
                 .map_err(|e| corrupt(&e))?;
@@ -103,7 +105,7 @@ fn reader(
     format: ImageFormat,
     limits: DecodeLimits,
 ) -> Result<ImageReader<BufReader<File>>, MediaError> {
-    let mut reader = ImageReader::new(BufReader::new(File::open(path)?));
+    let mut reader = ImageReader::new(BufReader::with_capacity(READ_BUFFER, File::open(path)?));
     reader.set_format(match format {
         ImageFormat::Jpeg => image::ImageFormat::Jpeg,
         ImageFormat::Png => image::ImageFormat::Png,

@@ -65,10 +65,11 @@ impl MediaRoot {
         self.images.join(a).join(b).join(name.to_string())
     }
 
-    /// Moves a fully written, fsynced temp file into place under `name`.
+    /// Makes a fully written temp file durable and moves it into place under `name`.
     ///
     /// Returns `false` when identical content is already stored: the temp file is then
-    /// dropped (and deleted) and the existing file is kept. Blocking: call from a blocking task.
+    /// dropped (and deleted) unsynced and the existing file is kept. Blocking: call from a
+    /// blocking task.
     pub fn commit(&self, staged: TempPath, name: &ImageName) -> io::Result<bool> {
         let target = self.path_of(name);
         if target.exists() {
@@ -84,6 +85,8 @@ impl MediaRoot {
                 parent = p.parent();
             }
         }
+        // Synced before the rename, so the name never points at a partly written file.
+        std::fs::File::open(&staged)?.sync_all()?;
         staged.persist(&target).map_err(|e| e.error)?;
         // The rename is durable only once the directory entry is.
         std::fs::File::open(dir)?.sync_all()?;

@@ -1,21 +1,32 @@
 //! Streams an upload body into a temp file while hashing and counting it.
 //!
-//! At most one chunk and a 256 KiB write buffer are held in memory; the limit is enforced as bytes arrive, so an
-//! oversized body is refused as soon as it passes the limit, and the temp file is deleted
-//! whenever a `StagedUpload` (or a half-written one) is dropped.
+//! The body's own chunks are written (no copies): they are gathered up to
+//! `WRITE_BATCH` bytes and written by one blocking call, while the next batch is
+//! received. So at most two batches are held in memory. The limit is enforced as bytes
+//! arrive, so an oversized body is refused as soon as it passes the limit, and the temp
+//! file is deleted whenever a `StagedUpload` (or a half-written one) is dropped.
+//!
+//! The file is not fsynced here: `MediaRoot::commit` does that once the upload has
+//! passed inspection, in the same blocking call as the rename, and not at all for
+//! content that is already stored.
+
+use std::fs::File;
+use std::io::{self, IoSlice, Write};
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use sha1::{Digest, Sha1};
 use tempfile::TempPath;
-use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::task::JoinHandle;
 
 use super::{MediaError, MediaRoot};
 
 /// Bytes gathered before each write to the temp file.
-const WRITE_BUFFER: usize = 256 * 1024;
+const WRITE_BATCH: usize = 512 * 1024;
+/// Chunks gathered before each write, so a body sent in tiny chunks stays bounded too.
+const MAX_CHUNKS: usize = 256;
 
-/// A complete upload in a temp file, fsynced, with its hash and size.
+/// A complete upload in a temp file (written, not yet fsynced), with its hash and size.
 #[derive(Debug)]
 pub struct StagedUpload {
     /// Deletes the file on drop unless it is persisted.
@@ -23,6 +34,9 @@ pub struct StagedUpload {
     pub sha1: [u8; 20],
     pub bytes: u64,
 }
+
+/// A batch write running on the blocking pool; it hands the file back when done.
+type Writing = JoinHandle<io::Result<File>>;
 
 /// Writes `body` to a new temp file under the media root, refusing more than `limit` bytes.
 pub async fn stage<S, E>(root: &MediaRoot, body: S, limit: u64) -> Result<StagedUpload, MediaError>
@@ -34,26 +48,66 @@ where
         .prefix("upload-")
         .tempfile_in(root.tmp_dir())?
         .into_parts();
-    // Each write to a tokio file is a hop to the blocking pool; body chunks are small, so
-    // they are gathered into writes of `WRITE_BUFFER` bytes.
-    let mut file = BufWriter::with_capacity(WRITE_BUFFER, tokio::fs::File::from_std(file));
+    let mut idle = Some(file);
+    let mut writing: Option<Writing> = None;
+    let mut batch: Vec<Bytes> = Vec::new();
+    let mut batched = 0usize;
     let mut hasher = Sha1::new();
     let mut bytes = 0u64;
     let mut body = std::pin::pin!(body);
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| MediaError::Body(e.to_string()))?;
-        bytes += chunk.len() as u64;
-        if bytes > limit {
-            return Err(MediaError::TooLarge { limit });
+    loop {
+        let chunk = body.next().await;
+        let last = chunk.is_none();
+        if let Some(chunk) = chunk {
+            let chunk = chunk.map_err(|e| MediaError::Body(e.to_string()))?;
+            bytes += chunk.len() as u64;
+            if bytes > limit {
+                return Err(MediaError::TooLarge { limit });
+            }
+            hasher.update(&chunk);
+            batched += chunk.len();
+            batch.push(chunk);
         }
-        hasher.update(&chunk);
-        file.write_all(&chunk).await?;
+        if batched >= WRITE_BATCH || batch.len() >= MAX_CHUNKS || (last && !batch.is_empty()) {
+            // One batch in flight at a time: wait for the previous one to hand the file back.
+            let mut out = match writing.take() {
+                Some(previous) => previous.await.map_err(io::Error::other)??,
+                None => idle
+                    .take()
+                    .ok_or_else(|| io::Error::other("no staging file"))?,
+            };
+            let chunks = std::mem::take(&mut batch);
+            batched = 0;
+            writing = Some(tokio::task::spawn_blocking(move || {
+                write_chunks(&mut out, &chunks)?;
+                Ok(out)
+            }));
+        }
+        if last {
+            break;
+        }
     }
-    file.flush().await?;
-    file.get_ref().sync_all().await?;
+    if let Some(previous) = writing {
+        previous.await.map_err(io::Error::other)??;
+    }
     Ok(StagedUpload {
         path,
         sha1: hasher.finalize().into(),
         bytes,
     })
+}
+
+/// Writes every chunk, in order, with as few system calls as the kernel allows.
+fn write_chunks(file: &mut File, chunks: &[Bytes]) -> io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = chunks.iter().map(|c| IoSlice::new(c)).collect();
+    let mut rest = slices.as_mut_slice();
+    while !rest.is_empty() {
+        match file.write_vectored(rest) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut rest, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
