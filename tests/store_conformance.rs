@@ -826,33 +826,41 @@ async fn concurrent_embedded_writes_commit_independently_and_durably() {
     for n in 0..300 {
         let store = store.clone();
         writes.spawn(async move {
-            // Every tenth sign-up reuses the name of the one before it, with its own address.
+            // Every tenth sign-up reuses the name of the one before it, with its own
+            // address; every other tenth reuses the address of the one before it, with its
+            // own name, which it has already written when the address is refused.
             let name = if n % 10 == 9 {
                 format!("crowd{}", n - 1)
             } else {
                 format!("crowd{n}")
             };
+            let email = if n % 10 == 4 { n - 1 } else { n };
             let mut u = user(&name);
-            u.email = Email::parse(&format!("crowd{n}@example.com")).unwrap();
+            u.email = Email::parse(&format!("crowd{email}@example.com")).unwrap();
             (n, store.create_user(&u).await)
         });
     }
-    let (mut landed, mut refused) = (Vec::new(), Vec::new());
+    let (mut landed, mut refused, mut refused_email) = (Vec::new(), Vec::new(), Vec::new());
     while let Some(joined) = writes.join_next().await {
         match joined.unwrap() {
             (n, Ok(())) => landed.push(n),
             (n, Err(StoreError::Conflict("username"))) => refused.push(n),
+            (n, Err(StoreError::Conflict("email"))) => refused_email.push(n),
             (n, Err(e)) => panic!("write {n} failed: {e}"),
         }
     }
     // Of each clashing pair exactly one landed, whichever came first.
-    assert_eq!((landed.len(), refused.len()), (270, 30));
+    assert_eq!(
+        (landed.len(), refused.len() + refused_email.len()),
+        (240, 60)
+    );
     store.close().await.unwrap();
 
     let reopened = EmbeddedStore::open(dir.path()).unwrap();
     for n in landed {
+        let email = if n % 10 == 4 { n - 1 } else { n };
         let found = reopened
-            .find_user(&format!("crowd{n}@example.com"))
+            .find_user(&format!("crowd{email}@example.com"))
             .await
             .unwrap();
         assert!(found.is_some(), "answered write {n} was lost");
@@ -863,6 +871,10 @@ async fn concurrent_embedded_writes_commit_independently_and_durably() {
             .await
             .unwrap();
         assert_eq!(found, None, "refused write {n} left its address behind");
+    }
+    for n in refused_email {
+        let found = reopened.find_user(&format!("crowd{n}")).await.unwrap();
+        assert_eq!(found, None, "refused write {n} left its name behind");
     }
 }
 

@@ -111,7 +111,7 @@ impl ImageStore for EmbeddedStore {
                     .transpose()?;
                 match current {
                     Some(mut image) => {
-                        image.tags = tags;
+                        image.tags = tags.clone();
                         table.insert(id.0.as_u128(), encode(&image)?.as_slice())?;
                         Some(image)
                     }

@@ -180,7 +180,7 @@ impl EmbeddedStore {
     async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&redb::WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+        F: Fn(&redb::WriteTransaction) -> Result<T, StoreError> + Send + 'static,
     {
         let writer = self
             .open

@@ -281,7 +281,7 @@ impl ReminderStore for EmbeddedStore {
                 ReminderState::Scheduled,
                 |r| {
                     r.state = ReminderState::Failed;
-                    r.detail = Some(detail);
+                    r.detail = Some(detail.clone());
                 },
             )
         })

@@ -1,15 +1,19 @@
-//! Group commit for the embedded store: one thread runs every write transaction.
+//! Group commit for the embedded store: one thread runs every write, and the writes
+//! queued together share one transaction and one fsync.
 //!
-//! Each call's writes still commit as their own redb transaction, so a failing call
-//! leaves nothing behind and never disturbs its neighbours. What is shared is the fsync:
-//! the thread commits each transaction with `Durability::None`, then makes the whole
-//! batch durable with one `Durability::Immediate` commit, and only then answers the
-//! callers. Writes that arrive while an fsync runs form the next batch, so a lone write
-//! waits for exactly one fsync (as before) and concurrent writes share one.
+//! The thread takes whatever writes are queued (up to `MAX_BATCH`), runs them in order in
+//! one redb transaction, commits it with immediate durability and only then answers their
+//! callers. Writes that arrive meanwhile form the next batch, so a lone write waits for
+//! exactly one commit and concurrent writes share one, and a transaction's bookkeeping
+//! (system tree, allocator state, page checksums) is paid once per batch, not per write.
 //!
-//! A reader may see a write a moment before it is durable (between its own commit and
-//! the batch's fsync). Its caller has not been answered yet, and a crash in that window
-//! loses it, as it would have lost any write whose commit had not returned.
+//! A write that fails must leave nothing behind and must not take its neighbours with it.
+//! redb refuses savepoints in a transaction that has written, so a failure aborts the
+//! whole transaction: the failing write is answered with its error, the writes before it
+//! run again on their own in a new transaction, then the rest. Each write runs in the same
+//! order and sees the same state as it would have alone, so it reaches the same outcome;
+//! this is why a write is a `Fn` (it may run twice), and why it must touch nothing but the
+//! transaction. Readers only ever see committed, durable writes.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -19,24 +23,57 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::store::StoreError;
 
-/// How many queued writes one durable commit covers at most.
+/// How many queued writes one transaction covers at most.
 const MAX_BATCH: usize = 256;
 
 /// How many writes may wait for the writer before callers wait to queue.
 const QUEUE: usize = 1024;
 
-/// A queued write. It runs its own transaction and, if that committed, returns how to
-/// answer its caller once the batch is durable.
-type Job = Box<dyn FnOnce(&Database) -> Option<Answer> + Send>;
+/// A queued write and its caller.
+trait Job: Send {
+    /// Runs the write in `tx`, keeping its result for `answer`.
+    fn run(&mut self, tx: &WriteTransaction) -> Result<(), StoreError>;
+    /// Answers the caller once the transaction the write last ran in has committed.
+    fn answer(self: Box<Self>, committed: Result<(), String>);
+    /// Answers the caller with the write's own failure.
+    fn fail(self: Box<Self>, error: StoreError);
+}
 
-/// Answers one caller with the outcome of the batch's durable commit.
-type Answer = Box<dyn FnOnce(Result<(), String>) + Send>;
+struct Call<F, T> {
+    write: F,
+    out: Option<T>,
+    reply: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<F, T> Job for Call<F, T>
+where
+    F: Fn(&WriteTransaction) -> Result<T, StoreError> + Send,
+    T: Send,
+{
+    fn run(&mut self, tx: &WriteTransaction) -> Result<(), StoreError> {
+        self.out = Some((self.write)(tx)?);
+        Ok(())
+    }
+
+    fn answer(self: Box<Self>, committed: Result<(), String>) {
+        let result = match (committed, self.out) {
+            (Ok(()), Some(out)) => Ok(out),
+            (Ok(()), None) => Err(StoreError::Embedded("the write never ran".into())),
+            (Err(e), _) => Err(StoreError::Embedded(e)),
+        };
+        let _ = self.reply.send(result);
+    }
+
+    fn fail(self: Box<Self>, error: StoreError) {
+        let _ = self.reply.send(Err(error));
+    }
+}
 
 /// The handle callers queue writes on. Dropping every clone stops the thread once the
 /// queue is worked off; the thread then drops its handle on the database.
 #[derive(Clone)]
 pub(super) struct Writer {
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<Box<dyn Job>>,
 }
 
 impl Writer {
@@ -56,21 +93,18 @@ impl Writer {
         self.jobs.is_closed()
     }
 
-    /// Runs `f` in its own write transaction and returns once that is durable.
-    pub(super) async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    /// Runs `write` in a write transaction and returns once that transaction is durable.
+    /// `write` may run more than once (see the module's documentation).
+    pub(super) async fn write<T, F>(&self, write: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+        F: Fn(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
     {
-        let (answer, outcome) = oneshot::channel();
-        let job: Job = Box::new(move |db| match commit_quietly(db, f) {
-            Ok(out) => Some(Box::new(move |durable: Result<(), String>| {
-                let _ = answer.send(durable.map(|()| out).map_err(StoreError::Embedded));
-            })),
-            Err(e) => {
-                let _ = answer.send(Err(e));
-                None
-            }
+        let (reply, outcome) = oneshot::channel();
+        let job = Box::new(Call {
+            write,
+            out: None,
+            reply,
         });
         self.jobs.send(job).await.map_err(|_| StoreError::Closed)?;
         outcome
@@ -79,52 +113,78 @@ impl Writer {
     }
 }
 
-/// Commits `f`'s writes without waiting for the disk.
-fn commit_quietly<T>(
-    db: &Database,
-    f: impl FnOnce(&WriteTransaction) -> Result<T, StoreError>,
-) -> Result<T, StoreError> {
-    let mut tx = db.begin_write()?;
-    tx.set_durability(Durability::None)?;
-    let out = f(&tx)?;
-    tx.commit()?;
-    Ok(out)
-}
-
-/// The writer thread: takes whatever writes are queued, commits each, fsyncs once, answers.
-fn run(db: &Database, mut queue: mpsc::Receiver<Job>) {
-    let mut answers: Vec<Answer> = Vec::with_capacity(MAX_BATCH);
+/// The writer thread: takes whatever writes are queued and commits them together.
+fn run(db: &Database, mut queue: mpsc::Receiver<Box<dyn Job>>) {
+    let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = queue.blocking_recv() {
-        let mut next = Some(first);
-        let mut taken = 0;
-        while let Some(job) = next.take() {
-            taken += 1;
-            // A panicking write drops its answer, which its caller reads as a failure; the
-            // thread carries on with the others.
-            if let Ok(Some(answer)) = catch_unwind(AssertUnwindSafe(|| job(db))) {
-                answers.push(answer);
-            }
-            if taken < MAX_BATCH {
-                next = queue.try_recv().ok();
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
             }
         }
-        if answers.is_empty() {
-            continue;
-        }
-        let durable = match catch_unwind(AssertUnwindSafe(|| make_durable(db))) {
-            Ok(done) => done.map_err(|e| e.to_string()),
-            Err(_) => Err("the durable commit panicked".to_owned()),
-        };
-        for answer in answers.drain(..) {
-            answer(durable.clone());
-        }
+        commit_batch(db, &mut batch);
     }
 }
 
-/// An empty commit with immediate durability: it fsyncs every commit before it.
-fn make_durable(db: &Database) -> Result<(), StoreError> {
+/// Runs and commits every write in `batch`, answering each caller; leaves it empty.
+fn commit_batch(db: &Database, batch: &mut Vec<Box<dyn Job>>) {
+    // How many of the batch's first writes the next round runs: after a failure, only the
+    // writes before it, so that none runs more than twice.
+    let mut limit = usize::MAX;
+    // Failed writes are answered last, once the writes that ran before them are durable:
+    // a caller told "changed meanwhile" then reads what changed.
+    let mut failed_writes: Vec<(Box<dyn Job>, StoreError)> = Vec::new();
+    while !batch.is_empty() {
+        let round = limit.min(batch.len());
+        let tx = match begin(db) {
+            Ok(tx) => tx,
+            Err(e) => {
+                let e = e.to_string();
+                batch
+                    .drain(..)
+                    .for_each(|job| job.fail(StoreError::Embedded(e.clone())));
+                break;
+            }
+        };
+        let mut failed = None;
+        for (at, job) in batch[..round].iter_mut().enumerate() {
+            // A panicking write fails only its own caller.
+            let ran = catch_unwind(AssertUnwindSafe(|| job.run(&tx)))
+                .unwrap_or_else(|_| Err(StoreError::Embedded("the write panicked".into())));
+            if let Err(e) = ran {
+                failed = Some((at, e));
+                break;
+            }
+        }
+        match failed {
+            Some((at, e)) => {
+                // Nothing of this round stays; the failing write is answered, the others
+                // run again.
+                let _ = catch_unwind(AssertUnwindSafe(|| tx.abort()));
+                failed_writes.push((batch.remove(at), e));
+                limit = if at > 0 { at } else { usize::MAX };
+            }
+            None => {
+                let committed = match catch_unwind(AssertUnwindSafe(|| tx.commit())) {
+                    Ok(done) => done.map_err(|e| e.to_string()),
+                    Err(_) => Err("the commit panicked".to_owned()),
+                };
+                batch
+                    .drain(..round)
+                    .for_each(|job| job.answer(committed.clone()));
+                limit = usize::MAX;
+            }
+        }
+    }
+    for (job, e) in failed_writes {
+        job.fail(e);
+    }
+}
+
+fn begin(db: &Database) -> Result<WriteTransaction, StoreError> {
     let mut tx = db.begin_write()?;
     tx.set_durability(Durability::Immediate)?;
-    tx.commit()?;
-    Ok(())
+    Ok(tx)
 }
