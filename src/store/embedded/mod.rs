@@ -175,8 +175,9 @@ impl EmbeddedStore {
 }
 
 impl EmbeddedStore {
-    /// Runs `f` in one write transaction, commits it if `f` succeeds and returns once the
-    /// commit is durable.
+    /// Runs `f` in a write transaction (shared with the other writes queued with it),
+    /// and returns once that is durable; if `f` fails, nothing it wrote stays. `f` may run
+    /// twice and must touch nothing but the transaction (see `writer`).
     async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,

@@ -9,11 +9,12 @@
 //!
 //! A write that fails must leave nothing behind and must not take its neighbours with it.
 //! redb refuses savepoints in a transaction that has written, so a failure aborts the
-//! whole transaction: the failing write is answered with its error, the writes before it
-//! run again on their own in a new transaction, then the rest. Each write runs in the same
-//! order and sees the same state as it would have alone, so it reaches the same outcome;
-//! this is why a write is a `Fn` (it may run twice), and why it must touch nothing but the
-//! transaction. Readers only ever see committed, durable writes.
+//! whole transaction: the writes before it run again on their own in a new transaction,
+//! then the rest, and the failing write is answered with its error once they are durable.
+//! Each write runs in the same order and sees the same state as it would have alone, so
+//! it reaches the same outcome; this is why a write is a `Fn` (it may run twice), and why
+//! it must touch nothing but the transaction. Readers only ever see committed, durable
+//! writes.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
