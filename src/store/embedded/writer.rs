@@ -161,8 +161,8 @@ fn commit_batch(db: &Database, batch: &mut Vec<Box<dyn Job>>) {
         }
         match failed {
             Some((at, e)) => {
-                // Nothing of this round stays; the failing write is answered, the others
-                // run again.
+                // Nothing of this round stays; the failing write waits to be answered,
+                // the others run again.
                 let _ = catch_unwind(AssertUnwindSafe(|| tx.abort()));
                 failed_writes.push((batch.remove(at), e));
                 limit = if at > 0 { at } else { usize::MAX };
