@@ -141,7 +141,10 @@ impl Accounts {
             return Ok(None);
         };
         let hash = token.hash();
-        let user_id = match self.sessions.get(&hash).await {
+        // The cache is keyed by the secret's hash; the token's user-id half must match
+        // too, as it does in the store's lookup (a token is one whole, not two halves).
+        let cached = self.sessions.get(&hash).await;
+        let user_id = match cached.filter(|id| *id == token.user_id) {
             Some(id) => id,
             None => match self.store.get_session(token.user_id, hash).await? {
                 Some(session) => {

@@ -47,6 +47,9 @@ pub struct HttpSettings {
     pub request_timeout_secs: u64,
     pub max_json_bytes: usize,
     pub cors_origins: Vec<String>,
+    pub header_read_timeout_secs: u64,
+    pub idle_timeout_secs: u64,
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,6 +88,9 @@ pub struct UploadSettings {
     pub decoders: usize,
     pub process_timeout_secs: u64,
     pub max_duration_secs: u64,
+    pub min_bytes_per_sec: u64,
+    pub min_rate_window_secs: u64,
+    pub max_in_flight_per_client: usize,
     pub allow_anonymous: bool,
 }
 
@@ -261,6 +267,15 @@ impl Settings {
         positive("uploads.max_decode_bytes", u.max_decode_bytes)?;
         positive("uploads.max_in_flight", u.max_in_flight as u64)?;
         positive("uploads.process_timeout_secs", u.process_timeout_secs)?;
+        positive("uploads.min_rate_window_secs", u.min_rate_window_secs)?;
+        positive(
+            "uploads.max_in_flight_per_client",
+            u.max_in_flight_per_client as u64,
+        )?;
+        let h = &self.http;
+        positive("http.header_read_timeout_secs", h.header_read_timeout_secs)?;
+        positive("http.idle_timeout_secs", h.idle_timeout_secs)?;
+        positive("http.max_connections", h.max_connections as u64)?;
         positive(
             "images.reservoir_capacity",
             self.images.reservoir_capacity as u64,

@@ -50,12 +50,12 @@ pub enum AppError {
     DataDir(std::io::Error),
     #[error("actors failed to start: {0}")]
     Actors(String),
-    #[error("http server: {0}")]
-    Serve(std::io::Error),
     #[error(transparent)]
     Accounts(#[from] accounts::AccountsError),
     #[error(transparent)]
     Mail(#[from] mail::MailError),
+    #[error("settling the uploads a crash interrupted: {0}")]
+    Intents(#[from] actors::uploads::IngestError),
 }
 
 /// A started application: store open, actors running, ready to serve.
@@ -92,6 +92,10 @@ impl App {
         let cache = settings.images.file_cache_mib.saturating_mul(1024 * 1024);
         let media =
             MediaRoot::open(&settings.storage.data_dir, cache).map_err(AppError::DataDir)?;
+        let orphans = actors::uploads::settle_intents(&media, &store).await?;
+        if orphans > 0 {
+            tracing::warn!(orphans, "removed files a crash left without a record");
+        }
         let actors = Actors::default();
         let u = &settings.uploads;
         let args = SupervisorArgs {
@@ -150,6 +154,7 @@ impl App {
             accounts,
             limits: http::RateLimits::new(&settings.rate_limits),
             upload_slots: Arc::new(Semaphore::new(settings.uploads.max_in_flight)),
+            uploaders: http::images::Uploaders::default(),
             settings: Arc::new(settings),
             store,
             media,
@@ -189,36 +194,39 @@ impl App {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), AppError> {
-        let grace = Duration::from_secs(self.state.settings.http.shutdown_grace_secs);
-        let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
+        let http = &self.state.settings.http;
+        let grace = Duration::from_secs(http.shutdown_grace_secs);
+        let fd_limit = http::serve::raise_fd_limit();
+        let limits = http::serve::ConnLimits {
+            header_read_timeout: Duration::from_secs(http.header_read_timeout_secs),
+            idle_timeout: Duration::from_secs(http.idle_timeout_secs),
+            max_connections: http::serve::connection_cap(http.max_connections, fd_limit),
+        };
+        if limits.max_connections < http.max_connections {
+            tracing::warn!(
+                configured = http.max_connections,
+                fd_limit,
+                max_connections = limits.max_connections,
+                "http.max_connections lowered to stay below the open-file limit"
+            );
+        }
+        let stop = tokio_util::sync::CancellationToken::new();
         let router = http::router(self.state.clone());
-        let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
-        // Without TCP_NODELAY, a streamed body written after its headers waits on the
-        // client's delayed ACK (~40 ms per response on keep-alive connections).
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let state = self.state.clone();
-        let server = axum::serve(listener, service).with_graceful_shutdown(async move {
-            shutdown.await;
-            // Upgraded connections (WebSockets) are not tracked by graceful shutdown.
-            state.stopping.send_replace(true);
-            let _ = stopping_tx.send(true);
-        });
-        let deadline = async move {
-            let _ = stopping_rx.wait_for(|stopping| *stopping).await;
-            tokio::time::sleep(grace).await;
-        };
-        let served = tokio::select! {
-            result = server => result.map_err(AppError::Serve),
-            () = deadline => {
-                tracing::warn!(?grace, "in-flight requests did not finish within the grace period");
-                Ok(())
+        let mut server = std::pin::pin!(http::serve::serve(listener, router, limits, stop.clone()));
+        tokio::select! {
+            () = &mut server => {}
+            () = shutdown => {
+                // Upgraded connections (WebSockets) watch this flag; the rest finish their
+                // request in flight and close.
+                self.state.stopping.send_replace(true);
+                stop.cancel();
+                if tokio::time::timeout(grace, server).await.is_err() {
+                    tracing::warn!(?grace, "in-flight requests did not finish within the grace period");
+                }
             }
-        };
+        }
         tracing::info!("http stopped; stopping actors");
-        self.shutdown().await?;
-        served
+        self.shutdown().await
     }
 
     /// Stops the actors and closes the store (the second half of an ordered shutdown).

@@ -165,10 +165,17 @@ async fn ingest(
     let name = ImageName::new(sha1, inspected.format);
     let media = deps.media.clone();
     let commit_name = name.clone();
-    let new_file = tokio::task::spawn_blocking(move || media.commit(staged.path, &commit_name))
+    let committed = tokio::task::spawn_blocking(move || media.commit(staged.path, &commit_name))
         .await
-        .map_err(|e| IngestError::Task(e.to_string()))?
-        .map_err(MediaError::from)?;
+        .map_err(|e| IngestError::Task(e.to_string()))?;
+    let new_file = match committed {
+        Ok(new_file) => new_file,
+        Err(e) => {
+            // Nothing was moved into place; a failed settle is retried at start.
+            let _ = deps.media.settle(&name);
+            return Err(MediaError::from(e).into());
+        }
+    };
 
     let image = Image {
         id: ImageId::new(),
@@ -182,26 +189,62 @@ async fn ingest(
         owner,
         created_at: chrono::Utc::now(),
     };
-    if let Err(e) = deps.store.insert_image(&image).await {
-        if new_file {
-            // Leave nothing half-written: a file no record points to is removed again.
-            let _ = deps.media.remove(&name);
+    let inserted = deps.store.insert_image(&image).await;
+    if new_file {
+        // Leave nothing half-written: a file no record points to is removed again. If
+        // that fails, the intent stays, and the next start removes the file.
+        let settled = match &inserted {
+            Ok(()) => Ok(()),
+            Err(_) => deps.media.remove(&name),
+        };
+        if settled.is_ok()
+            && let Err(e) = deps.media.settle(&name)
+        {
+            tracing::warn!(error = %e, %name, "an upload's intent could not be removed; the next start settles it");
         }
-        return Err(e.into());
     }
+    inserted?;
     Ok(Ingested { image, new_file })
 }
 
 #[tracing::instrument(name = "uploads.delete", skip(deps))]
 async fn delete(deps: &UploadDeps, id: ImageId) -> Result<Option<Image>, IngestError> {
-    let Some(image) = deps.store.delete_image(id).await? else {
+    let Some(image) = deps.store.get_image(id).await? else {
         return Ok(None);
     };
-    let unshared = deps.store.count_images_with_sha1(&image.sha1).await? == 0;
-    if let (true, Some(name)) = (unshared, ImageName::parse(&image.name)) {
-        deps.media.remove(&name).map_err(MediaError::from)?;
+    let name = ImageName::parse(&image.name);
+    // Before the record goes, so a crash between the two cannot strand the file.
+    if let Some(name) = name.clone() {
+        let media = deps.media.clone();
+        tokio::task::spawn_blocking(move || media.intend_removal(&name))
+            .await
+            .map_err(|e| IngestError::Task(e.to_string()))?
+            .map_err(MediaError::from)?;
     }
-    Ok(Some(image))
+    let deleted = deps.store.delete_image(id).await?;
+    let unshared = deps.store.count_images_with_sha1(&image.sha1).await? == 0;
+    if let Some(name) = name {
+        if unshared {
+            deps.media.remove(&name).map_err(MediaError::from)?;
+        }
+        deps.media.settle(&name).map_err(MediaError::from)?;
+    }
+    Ok(deleted)
+}
+
+/// Settles the intents a crash left under the media root (see `MediaRoot::commit`): a
+/// file that no record names is removed. Run at start, before any upload or delete.
+/// Returns how many files were removed.
+pub async fn settle_intents(media: &MediaRoot, store: &SharedStore) -> Result<usize, IngestError> {
+    let mut removed = 0;
+    for name in media.intents().map_err(MediaError::from)? {
+        if store.count_images_with_sha1(name.sha1()).await? == 0 {
+            media.remove(&name).map_err(MediaError::from)?;
+            removed += 1;
+        }
+        media.settle(&name).map_err(MediaError::from)?;
+    }
+    Ok(removed)
 }
 
 /// The job key of an existing image: its content hash.

@@ -26,6 +26,9 @@ pub enum ApiError {
     MethodNotAllowed(String),
     #[error("{0}")]
     Conflict(String),
+    /// The client sent its request too slowly.
+    #[error("{0}")]
+    RequestTimeout(String),
     #[error("{0}")]
     PayloadTooLarge(String),
     #[error("{0}")]
@@ -75,6 +78,20 @@ struct Problem<'a> {
     detail: &'a str,
 }
 
+/// Longest piece of a client's input that a problem's `detail` repeats.
+const ECHO_CHARS: usize = 64;
+
+/// A piece of the client's input as a problem's `detail` repeats it: quoted, control
+/// characters escaped, and cut to `ECHO_CHARS` characters (then ending in `…`), so a
+/// response never reflects more than a short, inert piece of what was sent.
+pub fn echo(input: &str) -> String {
+    let mut shown: String = input.chars().take(ECHO_CHARS).collect();
+    if shown.len() < input.len() {
+        shown.push('…');
+    }
+    format!("{shown:?}")
+}
+
 impl ApiError {
     pub fn not_found(what: impl Into<String>) -> Self {
         Self::NotFound(what.into())
@@ -89,6 +106,7 @@ impl ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
@@ -121,6 +139,12 @@ impl IntoResponse for ApiError {
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
+        );
+        // Never let a browser guess another type for an error body (under /i/ it would
+        // otherwise sit beside image types).
+        headers.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
         );
         match self {
             Self::Overloaded {

@@ -12,6 +12,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::ProblemDoc;
+use super::error::echo;
 use super::extract::{Admin, ApiJson};
 use super::paging::parse_limit;
 use super::{ApiError, AppState};
@@ -136,7 +137,7 @@ async fn create_event(
 }
 
 async fn find(state: &AppState, id: &str) -> Result<Event, ApiError> {
-    let missing = || ApiError::not_found(format!("no event with id {id:?}"));
+    let missing = || ApiError::not_found(format!("no event with id {}", echo(id)));
     let id: EventId = id.parse().map_err(|_| missing())?;
     state.store.get_event(id).await?.ok_or_else(missing)
 }
@@ -290,7 +291,8 @@ fn near(raw: Option<&str>, radius: Option<&str>) -> Result<Option<(Point, f64)>,
     };
     let coords = || {
         ApiError::BadRequest(format!(
-            "near must be lat,lon with -90 <= lat <= 90 and -180 <= lon <= 180, not {raw:?}"
+            "near must be lat,lon with -90 <= lat <= 90 and -180 <= lon <= 180, not {}",
+            echo(raw)
         ))
     };
     let (lat, lon) = raw.split_once(',').ok_or_else(coords)?;

@@ -13,6 +13,7 @@ use tokio_util::io::ReaderStream;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::error::echo;
 use super::{ApiError, AppState};
 use crate::domain::ImageName;
 use crate::media::Opened;
@@ -49,7 +50,7 @@ async fn serve_file(
     Path(raw): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let missing = || ApiError::not_found(format!("no image named {raw:?}"));
+    let missing = || ApiError::not_found(format!("no image named {}", echo(&raw)));
     let name = ImageName::parse(&raw).ok_or_else(missing)?;
     let etag = format!("\"{}\"", name.sha1());
     let opened = match state.media.open_file(&name).await {

@@ -1,11 +1,20 @@
 //! Image metadata and uploads: upload, random sample, read, re-tag, delete, and the
 //! signed-in user's own images.
 
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Query, Request, State};
+use axum::extract::{
+    ConnectInfo, DefaultBodyLimit, FromRequest, Multipart, Path, Query, Request, State,
+};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use ractor::rpc::CallResult;
@@ -14,6 +23,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
 use utoipa_axum::routes;
 
+use super::error::echo;
 use super::extract::{ApiJson, CurrentUser, MaybeUser};
 use super::paging::{PageQuery, next_cursor};
 use super::{ApiError, AppState};
@@ -118,6 +128,8 @@ struct UploadForm {
         (status = 413, description = "Larger than `uploads.max_bytes`", body = super::error::ProblemDoc, content_type = "application/problem+json"),
         (status = 415, description = "Not JPEG, PNG, GIF or WebP", body = super::error::ProblemDoc, content_type = "application/problem+json"),
         (status = 422, description = "Corrupt, truncated, or over the dimension limits", body = super::error::ProblemDoc, content_type = "application/problem+json"),
+        (status = 408, description = "The body arrived slower than `uploads.min_bytes_per_sec`", body = super::error::ProblemDoc, content_type = "application/problem+json"),
+        (status = 429, description = "Over the upload rate limit, or `uploads.max_in_flight_per_client` uploads of yours are in flight; see Retry-After", body = super::error::ProblemDoc, content_type = "application/problem+json"),
         (status = 503, description = "The upload pool is full; see Retry-After", body = super::error::ProblemDoc, content_type = "application/problem+json"),
     ),
     security((), ("bearer" = [])),
@@ -126,6 +138,7 @@ struct UploadForm {
 async fn upload(
     State(state): State<AppState>,
     MaybeUser(user): MaybeUser,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     query: Result<Query<UploadQuery>, QueryRejection>,
     request: Request,
 ) -> Result<Response, ApiError> {
@@ -135,7 +148,11 @@ async fn upload(
             "sign in to upload: send Authorization: Bearer <token>".into(),
         )),
         (Ok(Query(query)), user) => {
-            stage_and_ingest(&state, query, user.map(|u| u.id), request).await
+            let uploader = match &user {
+                Some(user) => Uploader::User(user.id),
+                None => Uploader::Address(peer.ip()),
+            };
+            stage_and_ingest(&state, query, uploader, user.map(|u| u.id), request).await
         }
     };
     let outcome = match &result {
@@ -146,7 +163,8 @@ async fn upload(
             StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported",
             StatusCode::UNPROCESSABLE_ENTITY => "invalid",
             StatusCode::BAD_REQUEST | StatusCode::UNAUTHORIZED => "bad_request",
-            StatusCode::SERVICE_UNAVAILABLE => "overloaded",
+            StatusCode::REQUEST_TIMEOUT => "too_slow",
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => "overloaded",
             _ => "failed",
         },
     };
@@ -170,9 +188,22 @@ async fn upload(
 async fn stage_and_ingest(
     state: &AppState,
     query: UploadQuery,
+    uploader: Uploader,
     owner: Option<UserId>,
     request: Request,
 ) -> Result<Ingested, ApiError> {
+    let u = &state.settings.uploads;
+    // Held until the upload is answered: one client cannot fill the whole pool.
+    let _own_slot = state
+        .uploaders
+        .admit(uploader, u.max_in_flight_per_client)
+        .ok_or_else(|| ApiError::TooManyRequests {
+            detail: format!(
+                "you have {} uploads in flight already; wait for one to finish",
+                u.max_in_flight_per_client
+            ),
+            retry_after_secs: RETRY_AFTER_SECS,
+        })?;
     let permit = state
         .upload_slots
         .clone()
@@ -181,27 +212,43 @@ async fn stage_and_ingest(
             detail: "the upload pool is full; retry shortly".into(),
             retry_after_secs: RETRY_AFTER_SECS,
         })?;
-    let limit = state.settings.uploads.max_bytes;
-    let (staged, tags) = match content_type(request.headers()).as_str() {
+    let limit = u.max_bytes;
+    let (parts, body) = request.into_parts();
+    let pace = Pace::new(
+        u.min_bytes_per_sec,
+        Duration::from_secs(u.min_rate_window_secs),
+    );
+    let body = pace.watch(body.into_data_stream());
+    let staged = match content_type(&parts.headers).as_str() {
         t if t.starts_with("image/") => {
             // A raw body is the file itself, so its declared length can refuse it at once
             // (a multipart body's length includes the form's framing).
-            if content_length(request.headers()).is_some_and(|n| n > limit) {
+            if content_length(&parts.headers).is_some_and(|n| n > limit) {
                 return Err(MediaError::TooLarge { limit }.into());
             }
             let tags = Tags::parse_csv(query.tags.as_deref().unwrap_or(""))?;
-            (
-                stage(&state.media, request.into_body().into_data_stream(), limit).await?,
-                tags,
-            )
+            stage(&state.media, body, limit)
+                .await
+                .map(|staged| (staged, tags))
+                .map_err(ApiError::from)
         }
-        "multipart/form-data" => stage_multipart(state, request, limit).await?,
+        "multipart/form-data" => {
+            let request = Request::from_parts(parts, axum::body::Body::from_stream(body));
+            stage_multipart(state, request, limit).await
+        }
         _ => {
             return Err(ApiError::UnsupportedMediaType(
                 "send the image as a raw body with Content-Type image/*, or as multipart/form-data with a `file` part".into(),
             ));
         }
     };
+    let (staged, tags) = staged.map_err(|e| match pace.too_slow() {
+        true => ApiError::RequestTimeout(format!(
+            "the upload arrived slower than {} bytes a second; send it again faster",
+            u.min_bytes_per_sec
+        )),
+        false => e,
+    })?;
     let key = staged.sha1;
     upload_job(state, key, |reply| UploadMsg::Ingest {
         staged,
@@ -211,6 +258,109 @@ async fn stage_and_ingest(
         reply,
     })
     .await
+}
+
+/// Who an upload is counted against under `uploads.max_in_flight_per_client`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Uploader {
+    User(UserId),
+    Address(IpAddr),
+}
+
+/// Uploads in flight per uploader.
+#[derive(Default)]
+pub struct Uploaders(Arc<Mutex<HashMap<Uploader, usize>>>);
+
+/// One upload's place among its uploader's; dropping it frees the place.
+pub struct UploaderSlot {
+    uploader: Uploader,
+    held: Arc<Mutex<HashMap<Uploader, usize>>>,
+}
+
+impl Uploaders {
+    fn admit(&self, uploader: Uploader, max: usize) -> Option<UploaderSlot> {
+        let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = held.entry(uploader).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(UploaderSlot {
+            uploader,
+            held: self.0.clone(),
+        })
+    }
+}
+
+impl Drop for UploaderSlot {
+    fn drop(&mut self) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = held.get_mut(&self.uploader) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.uploader);
+            }
+        }
+    }
+}
+
+/// Ends a body that arrives slower than `uploads.min_bytes_per_sec`: every window (the
+/// first is the grace period) must bring `min_bytes_per_sec x window` bytes. Like
+/// nginx's `client_body_timeout`, but a trickle of a byte a second does not pass.
+struct Pace {
+    per_window: u64,
+    window: Duration,
+    tripped: Arc<AtomicBool>,
+}
+
+impl Pace {
+    fn new(min_bytes_per_sec: u64, window: Duration) -> Self {
+        Self {
+            per_window: min_bytes_per_sec.saturating_mul(window.as_secs()),
+            window,
+            tripped: Arc::default(),
+        }
+    }
+
+    /// Whether a body this pace watched was ended for being too slow.
+    fn too_slow(&self) -> bool {
+        self.tripped.load(Ordering::Relaxed)
+    }
+
+    fn watch<S>(&self, body: S) -> impl Stream<Item = Result<Bytes, axum::Error>> + Send + use<S>
+    where
+        S: Stream<Item = Result<Bytes, axum::Error>> + Send + Unpin,
+    {
+        let (per_window, window, tripped) = (self.per_window, self.window, self.tripped.clone());
+        let state = (body, tokio::time::Instant::now() + window, 0u64);
+        futures_util::stream::unfold(Some(state), move |state| {
+            let tripped = tripped.clone();
+            async move {
+                let (mut body, mut deadline, mut got) = state?;
+                loop {
+                    if per_window == 0 {
+                        let chunk = body.next().await?;
+                        return Some((chunk, Some((body, deadline, got))));
+                    }
+                    match tokio::time::timeout_at(deadline, body.next()).await {
+                        Ok(chunk) => {
+                            let chunk = chunk?;
+                            if let Ok(bytes) = &chunk {
+                                got += bytes.len() as u64;
+                            }
+                            return Some((chunk, Some((body, deadline, got))));
+                        }
+                        Err(_) if got < per_window => {
+                            tripped.store(true, Ordering::Relaxed);
+                            let e = axum::Error::new("the upload body arrived too slowly");
+                            return Some((Err(e), None));
+                        }
+                        Err(_) => (deadline, got) = (tokio::time::Instant::now() + window, 0),
+                    }
+                }
+            }
+        })
+    }
 }
 
 /// Runs one job on the upload workers and waits (bounded) for its outcome.
@@ -377,7 +527,8 @@ async fn random(
             .filter(|n| (1..=MAX_RANDOM).contains(n))
             .ok_or_else(|| {
                 ApiError::BadRequest(format!(
-                    "count must be a whole number from 1 to {MAX_RANDOM}, not {raw:?}"
+                    "count must be a whole number from 1 to {MAX_RANDOM}, not {}",
+                    echo(raw)
                 ))
             })?,
     };
@@ -423,7 +574,7 @@ async fn get_image(
 }
 
 async fn find_image(state: &AppState, id: &str) -> Result<Image, ApiError> {
-    let missing = || ApiError::not_found(format!("no image with id {id:?}"));
+    let missing = || ApiError::not_found(format!("no image with id {}", echo(id)));
     let parsed: ImageId = id.parse().map_err(|_| missing())?;
     state.store.get_image(parsed).await?.ok_or_else(missing)
 }
@@ -434,7 +585,10 @@ async fn find_own_image(state: &AppState, id: &str, user: &User) -> Result<Image
     if user.admin || image.owner == Some(user.id) {
         Ok(image)
     } else {
-        Err(ApiError::not_found(format!("no image with id {id:?}")))
+        Err(ApiError::not_found(format!(
+            "no image with id {}",
+            echo(id)
+        )))
     }
 }
 
@@ -472,7 +626,7 @@ async fn retag_image(
         .store
         .set_image_tags(image.id, &tags)
         .await?
-        .ok_or_else(|| ApiError::not_found(format!("no image with id {id:?}")))?;
+        .ok_or_else(|| ApiError::not_found(format!("no image with id {}", echo(&id))))?;
     Ok(Json(ImageView::new(image, &state.settings.http.public_url)))
 }
 

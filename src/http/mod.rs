@@ -12,6 +12,7 @@ mod openapi;
 mod ops;
 mod paging;
 pub(crate) mod reminders;
+pub mod serve;
 mod sessions;
 mod users;
 mod web;
@@ -62,6 +63,8 @@ pub struct Shared {
     pub limits: Arc<RateLimits>,
     /// Admission control for uploads: one permit per upload in flight.
     pub upload_slots: Arc<Semaphore>,
+    /// Uploads in flight per client, against `uploads.max_in_flight_per_client`.
+    pub uploaders: images::Uploaders,
     /// Renders the mails this node queues.
     pub composer: crate::mail::Composer,
     pub metrics: PrometheusHandle,

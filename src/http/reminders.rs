@@ -13,6 +13,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::ProblemDoc;
+use super::error::echo;
 use super::extract::{ApiJson, CurrentUser};
 use super::paging::parse_limit;
 use super::{ApiError, AppState};
@@ -188,7 +189,7 @@ async fn create_reminder(
 
 /// The caller's reminder `id`; 404 for anyone else's.
 async fn find(state: &AppState, owner: UserId, id: &str) -> Result<Reminder, ApiError> {
-    let missing = || ApiError::not_found(format!("no reminder with id {id:?}"));
+    let missing = || ApiError::not_found(format!("no reminder with id {}", echo(id)));
     let id: ReminderId = id.parse().map_err(|_| missing())?;
     state
         .store

@@ -1,6 +1,13 @@
 //! Where files live: `<data>/images/ab/cd/<sha1>.<ext>` and `<data>/tmp` for uploads in
 //! flight, plus a bounded in-memory cache of small files (content-addressed files never
 //! change, so a cached copy is only ever stale once the file is deleted, which drops it).
+//!
+//! `<data>/intents` makes adding and removing files crash-safe: before a file is moved
+//! into `images/` (or its last record is deleted), an empty file of the same name is made
+//! durable there, and it is removed once the record is written (or the file is gone). At
+//! start the few intents a crash left are settled against the store: a file no record
+//! names is removed. So `images/` never keeps a file without a record, and the check
+//! costs one store lookup per operation that was in flight, not a walk of the tree.
 
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -22,6 +29,7 @@ const IDLE: Duration = Duration::from_secs(600);
 pub struct MediaRoot {
     images: PathBuf,
     tmp: PathBuf,
+    intents: PathBuf,
     hot: moka::sync::Cache<String, Bytes>,
 }
 
@@ -45,9 +53,11 @@ impl MediaRoot {
         let root = Self {
             images: data_dir.join("images"),
             tmp: data_dir.join("tmp"),
+            intents: data_dir.join("intents"),
             hot,
         };
         std::fs::create_dir_all(&root.images)?;
+        std::fs::create_dir_all(&root.intents)?;
         if root.tmp.exists() {
             std::fs::remove_dir_all(&root.tmp)?;
         }
@@ -65,11 +75,13 @@ impl MediaRoot {
         self.images.join(a).join(b).join(name.to_string())
     }
 
-    /// Makes a fully written temp file durable and moves it into place under `name`.
+    /// Makes a fully written temp file durable and moves it into place under `name`,
+    /// leaving an intent for `name` (see the module's note) that the caller settles once
+    /// the file's record is written, or the file removed again.
     ///
     /// Returns `false` when identical content is already stored: the temp file is then
-    /// dropped (and deleted) unsynced and the existing file is kept. Blocking: call from a
-    /// blocking task.
+    /// dropped (and deleted) unsynced, the existing file is kept, and no intent is left.
+    /// Blocking: call from a blocking task.
     pub fn commit(&self, staged: TempPath, name: &ImageName) -> io::Result<bool> {
         let target = self.path_of(name);
         if target.exists() {
@@ -85,12 +97,48 @@ impl MediaRoot {
                 parent = p.parent();
             }
         }
+        // The intent is made before the file is synced, so on most file systems that
+        // sync also carries the intent's directory entry and the directory sync below
+        // finds nothing left to write.
+        std::fs::File::create(self.intents.join(name.to_string()))?;
         // Synced before the rename, so the name never points at a partly written file.
         std::fs::File::open(&staged)?.sync_all()?;
+        // The intent must be on disk before the rename can be.
+        std::fs::File::open(&self.intents)?.sync_all()?;
         staged.persist(&target).map_err(|e| e.error)?;
         // The rename is durable only once the directory entry is.
         std::fs::File::open(dir)?.sync_all()?;
         Ok(true)
+    }
+
+    /// Records, durably, that `name`'s file may be about to lose its last record (before
+    /// deleting an image's record). Blocking: call from a blocking task.
+    pub fn intend_removal(&self, name: &ImageName) -> io::Result<()> {
+        std::fs::File::create(self.intents.join(name.to_string()))?;
+        std::fs::File::open(&self.intents)?.sync_all()
+    }
+
+    /// Drops the intent for `name`: its file and its records agree again. Not synced: an
+    /// intent that outlives a crash is settled again at start, harmlessly.
+    pub fn settle(&self, name: &ImageName) -> io::Result<()> {
+        match std::fs::remove_file(self.intents.join(name.to_string())) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// The intents a crash left (files whose record may be missing). Stray entries that
+    /// are not image names are removed.
+    pub fn intents(&self) -> io::Result<Vec<ImageName>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&self.intents)? {
+            let entry = entry?;
+            match entry.file_name().to_str().and_then(ImageName::parse) {
+                Some(name) => names.push(name),
+                None => std::fs::remove_file(entry.path())?,
+            }
+        }
+        Ok(names)
     }
 
     /// Opens a stored file: a small one is read whole (from the cache when it is there),

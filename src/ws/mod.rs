@@ -22,7 +22,7 @@ use utoipa_axum::routes;
 
 use crate::actors::hub::{ConnId, Feed, HubMsg, Next, Outbox};
 use crate::domain::User;
-use crate::http::error::ProblemDoc;
+use crate::http::error::{ProblemDoc, echo};
 use crate::http::extract::{MaybeUser, bearer};
 use crate::http::{ApiError, AppState};
 use protocol::{ClientMsg, Topic};
@@ -317,7 +317,8 @@ impl Connection {
                 protocol::error(
                     None,
                     &format!(
-                        "unknown topic {name:?}; the topics are images, images.random and reminders"
+                        "unknown topic {}; the topics are images, images.random and reminders",
+                        echo(name)
                     ),
                 )
             })
