@@ -5,6 +5,7 @@ mod common;
 use std::collections::HashSet;
 
 use common::{TestApp, png, png_claiming, sha1_hex};
+use reqwest::multipart::{Form, Part};
 use serde_json::Value;
 
 async fn problem(response: reqwest::Response, status: u16) -> Value {
@@ -424,6 +425,48 @@ async fn an_upload_past_its_time_limit_is_cut_off_and_leaves_nothing() {
     let (_held, upload) = app.start_held_upload(png(4, 4, 30)[..10].to_vec()).await;
     let response = upload.await.unwrap().unwrap();
     problem(response, 503).await;
+    assert!(app.files_under("tmp").is_empty());
+    assert!(app.files_under("images").is_empty());
+}
+
+/// POSTs a multipart form as `tester`.
+async fn upload_form(app: &TestApp, form: Form) -> reqwest::Response {
+    app.authed(reqwest::Method::POST, "/v1/images")
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_empty_file_part_gets_415_and_a_form_without_one_400() {
+    let app = TestApp::spawn().await;
+    let empty_part = || {
+        Part::bytes(Vec::new())
+            .file_name("empty.jpg")
+            .mime_str("image/jpeg")
+            .unwrap()
+    };
+    // Like an empty raw body: the content is not an image.
+    for form in [
+        Form::new().part("file", empty_part()),
+        Form::new().text("tags", "llama").part("file", empty_part()),
+        Form::new().part("file", empty_part()).text("tags", "llama"),
+    ] {
+        let body = problem(upload_form(&app, form).await, 415).await;
+        assert!(body["detail"].as_str().unwrap().contains("empty"), "{body}");
+    }
+    let body = problem(
+        upload_form(&app, Form::new().text("tags", "llama")).await,
+        400,
+    )
+    .await;
+    assert!(
+        body["detail"].as_str().unwrap().contains("no `file` part"),
+        "{body}"
+    );
+    // A form with no part at all is malformed (multer wants at least one part).
+    problem(upload_form(&app, Form::new()).await, 400).await;
     assert!(app.files_under("tmp").is_empty());
     assert!(app.files_under("images").is_empty());
 }

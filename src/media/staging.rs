@@ -60,6 +60,11 @@ where
         let last = chunk.is_none();
         if let Some(chunk) = chunk {
             let chunk = chunk.map_err(|e| MediaError::Body(e.to_string()))?;
+            // An empty chunk (an empty multipart part yields one) has nothing to write, and
+            // a batch of nothing would fail as a zero-byte write.
+            if chunk.is_empty() {
+                continue;
+            }
             bytes += chunk.len() as u64;
             if bytes > limit {
                 return Err(MediaError::TooLarge { limit });
@@ -99,7 +104,13 @@ where
 
 /// Writes every chunk, in order, with as few system calls as the kernel allows.
 fn write_chunks(file: &mut File, chunks: &[Bytes]) -> io::Result<()> {
-    let mut slices: Vec<IoSlice<'_>> = chunks.iter().map(|c| IoSlice::new(c)).collect();
+    // Empty slices are left out: a write of only empty slices answers Ok(0), which
+    // otherwise means the file took nothing (WriteZero).
+    let mut slices: Vec<IoSlice<'_>> = chunks
+        .iter()
+        .filter(|c| !c.is_empty())
+        .map(|c| IoSlice::new(c))
+        .collect();
     let mut rest = slices.as_mut_slice();
     while !rest.is_empty() {
         match file.write_vectored(rest) {
@@ -110,4 +121,39 @@ fn write_chunks(file: &mut File, chunks: &[Bytes]) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_chunks_are_never_a_zero_byte_write() {
+        let mut file = tempfile::tempfile().unwrap();
+        write_chunks(&mut file, &[Bytes::new()]).unwrap();
+        write_chunks(&mut file, &[]).unwrap();
+        let chunks = [Bytes::new(), Bytes::from_static(b"ab"), Bytes::new()];
+        write_chunks(&mut file, &chunks).unwrap();
+        assert_eq!(file.metadata().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_body_of_empty_chunks_stages_as_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = MediaRoot::open(dir.path(), 0).unwrap();
+        let empties = || (0..=MAX_CHUNKS).map(|_| Ok::<_, io::Error>(Bytes::new()));
+        let staged = stage(&root, futures_util::stream::iter(empties()), 10)
+            .await
+            .unwrap();
+        assert_eq!(staged.bytes, 0);
+        assert_eq!(std::fs::metadata(&staged.path).unwrap().len(), 0);
+
+        let body = empties()
+            .chain([Ok(Bytes::from_static(b"abc"))])
+            .chain(empties());
+        let staged = stage(&root, futures_util::stream::iter(body), 10)
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(&staged.path).unwrap(), b"abc");
+    }
 }
