@@ -470,3 +470,103 @@ async fn an_empty_file_part_gets_415_and_a_form_without_one_400() {
     assert!(app.files_under("tmp").is_empty());
     assert!(app.files_under("images").is_empty());
 }
+
+/// A baseline JPEG from `image`'s encoder, large enough that most cuts land in its scan.
+fn baseline_jpeg() -> Vec<u8> {
+    let img = image::RgbImage::from_fn(160, 120, |x, y| {
+        image::Rgb([(x * 7 + y) as u8, (y * 5) as u8, ((x * y) % 251) as u8])
+    });
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
+        .encode_image(&img)
+        .expect("encode jpeg");
+    assert!(contains(&out, &[0xFF, 0xC0]), "baseline (SOF0)");
+    out
+}
+
+/// A progressive JPEG (`image` cannot encode one): see tests/fixtures/README.md.
+fn progressive_jpeg() -> Vec<u8> {
+    let bytes = include_bytes!("fixtures/progressive.jpg").to_vec();
+    assert!(contains(&bytes, &[0xFF, 0xC2]), "progressive (SOF2)");
+    bytes
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test]
+async fn truncated_jpegs_baseline_and_progressive_get_422_and_leave_nothing() {
+    let app = TestApp::spawn().await;
+    let jpegs = [
+        ("baseline", baseline_jpeg()),
+        ("progressive", progressive_jpeg()),
+    ];
+    for (kind, whole) in &jpegs {
+        assert!(whole.ends_with(&[0xFF, 0xD9]), "{kind} ends with EOI");
+        let first_scan = whole
+            .windows(2)
+            .position(|w| w == [0xFF, 0xDA])
+            .expect("a scan");
+        assert!(
+            first_scan < whole.len() / 5,
+            "{kind}: cuts from 20 % on fall in the scan data"
+        );
+        let mut cuts: Vec<(String, &[u8])> = [5, 20, 50, 90, 99]
+            .into_iter()
+            .map(|pct| (format!("cut at {pct} %"), &whole[..whole.len() * pct / 100]))
+            .collect();
+        cuts.push(("without its EOI".into(), &whole[..whole.len() - 2]));
+        for (cut, bytes) in cuts {
+            let response = app.upload_raw(bytes.to_vec(), "image/jpeg").await;
+            assert_eq!(response.status(), 422, "{kind} {cut}");
+            let body = problem(response, 422).await;
+            assert!(
+                body["detail"]
+                    .as_str()
+                    .unwrap()
+                    .contains("corrupt or truncated"),
+                "{kind} {cut}: {body}"
+            );
+        }
+    }
+    assert!(app.files_under("images").is_empty());
+    assert!(app.files_under("tmp").is_empty());
+    let mine: Value = app
+        .authed(reqwest::Method::GET, "/v1/users/me/images")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(mine["images"], serde_json::json!([]));
+
+    // The whole files are accepted.
+    for (kind, whole) in jpegs {
+        let response = app.upload_raw(whole.clone(), "image/jpeg").await;
+        assert_eq!(response.status(), 201, "{kind}");
+        let image: Value = response.json().await.unwrap();
+        assert_eq!(image["format"], "jpeg");
+        assert_eq!(image["bytes"], whole.len());
+    }
+    assert_eq!(app.files_under("images").len(), 2);
+}
+
+#[tokio::test]
+async fn a_jpeg_with_bytes_after_its_eoi_is_accepted_whole() {
+    let app = TestApp::spawn().await;
+    for (kind, mut bytes) in [
+        ("baseline", baseline_jpeg()),
+        ("progressive", progressive_jpeg()),
+    ] {
+        // Phones append previews and depth maps after EOI: here, a JPEG's start, cut short.
+        bytes.extend_from_slice(b"\0\0junk\xFF\xD8\xFF\xE1\x00\x10Exif\0\0\xFF\xDA");
+        let response = app.upload_raw(bytes.clone(), "image/jpeg").await;
+        assert_eq!(response.status(), 201, "{kind}");
+        let image: Value = response.json().await.unwrap();
+        assert_eq!(image["bytes"], bytes.len());
+        let served = app.get(image["url"].as_str().unwrap()).await;
+        assert_eq!(served.bytes().await.unwrap(), bytes, "{kind}");
+    }
+}
