@@ -2,6 +2,7 @@
 //! HTTP client. Every test binary includes this module and uses what it needs.
 #![allow(dead_code)]
 
+pub mod child;
 pub mod smtp;
 
 use std::io::Cursor;

@@ -99,6 +99,17 @@ impl SmtpSink {
         self.shared.received.lock().unwrap().clone()
     }
 
+    /// How many messages match, without copying them.
+    pub fn count(&self, matches: impl Fn(&Received) -> bool) -> usize {
+        self.shared
+            .received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| matches(m))
+            .count()
+    }
+
     /// Messages to `address`.
     pub fn to(&self, address: &str) -> Vec<Received> {
         self.received()
