@@ -38,6 +38,8 @@ enum Scenario {
     Events,
     Reminders,
     Ws,
+    /// Server memory per idle WebSocket connection.
+    WsIdle,
     Scale,
 }
 
@@ -130,7 +132,10 @@ async fn run(
         scenarios
     };
     for scenario in scenarios {
-        let name = format!("{scenario:?}").to_lowercase();
+        let name = scenario.to_possible_value().map_or_else(
+            || format!("{scenario:?}").to_lowercase(),
+            |v| v.get_name().to_owned(),
+        );
         let size = if full {
             " --full"
         } else if smoke {
@@ -147,6 +152,10 @@ async fn run(
             Scenario::Reminders => scenarios::reminders(sizes, &command).await?,
             Scenario::Scale => scenarios::scale(sizes, &command).await?,
             Scenario::Ws => ws::ws(sizes, &command).await?,
+            Scenario::WsIdle => {
+                let clients = if smoke { 30 } else { ws::IDLE_CONNECTIONS };
+                ws::idle(clients, &command).await?
+            }
         };
         report.print();
         let (json, svg) = report.write(out)?;

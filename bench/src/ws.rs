@@ -157,3 +157,203 @@ pub async fn ws(sizes: Sizes, command: &str) -> anyhow::Result<Report> {
     ));
     Ok(report)
 }
+
+/// How many idle connections `ws-idle` opens: the issue's figure, a third of the default
+/// `ws.max_connections`.
+pub const IDLE_CONNECTIONS: usize = 3000;
+
+/// The `ws-idle` scenario: what an idle WebSocket costs the server. Opens `clients`
+/// connections, each subscribed to `images` with nothing published, in two steps (a
+/// third, then the rest); after each, waits until the server counts them all open
+/// (`corral_ws_connections`) and reads its resident memory (VmRSS). (RSS at `clients` -
+/// RSS at 0) / `clients` is the cost of one connection at rest; the same between the
+/// third and all of them is the cost of one more, without the memory the server freed
+/// while starting (which the first connections reuse).
+pub async fn idle(clients: usize, command: &str) -> anyhow::Result<Report> {
+    let mut report = report("ws-idle", command);
+    // This process holds one socket per client; so does the server, which inherits the
+    // limit. Say so now rather than fail with EMFILE halfway.
+    let limit = open_files_limit().unwrap_or(u64::MAX);
+    if limit < clients as u64 + 200 {
+        bail!(
+            "{clients} connections need more open files than the limit of {limit}; raise it first: ulimit -n $(ulimit -Hn)"
+        );
+    }
+    let corral = servers::corral(&[]).await?;
+    let addr = corral.addr;
+    let pid = corral.pid().context("the server's pid")?;
+    let mut metrics = Conn::new(addr);
+    let url = format!("ws://{addr}/v1/ws");
+
+    // Settle: the server is ready, nothing is connected.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_0 = servers::rss_mib(pid);
+
+    let me = std::process::id();
+    let (server_before, me_before) = (corral.cpu_seconds(), servers::proc_cpu(me));
+    let mut tally = load::Tally::new();
+    let mut sockets = Vec::with_capacity(clients);
+    let mut connecting = Duration::ZERO;
+    let third = clients / 3;
+    let mut rss = Vec::new();
+    for step in [third, clients - third] {
+        let started = Instant::now();
+        let connected = connect_all(&url, step, &mut tally).await;
+        connecting += started.elapsed();
+        match connected {
+            Ok(more) => sockets.extend(more),
+            Err(e) => {
+                corral.stop().await;
+                return Err(e);
+            }
+        }
+        // Every connection counted open by the server, then a pause so nothing in flight
+        // (the upgrade's HTTP state, the subscribe messages) is left to free.
+        if let Err(e) = wait_for_open(&mut metrics, addr, sockets.len()).await {
+            corral.stop().await;
+            return Err(e);
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        rss.push(servers::rss_mib(pid));
+    }
+    let server_cpu = corral.cpu_seconds() - server_before;
+    let my_cpu = servers::proc_cpu(me) - me_before;
+    let (rss_third, rss_n) = (rss[0], rss[1]);
+    let kib_each = |mib: f64, n: usize| mib * 1024.0 / n.max(1) as f64;
+
+    // And once they are all gone again: what the allocator keeps.
+    drop(sockets);
+    let _ = wait_for_open(&mut metrics, addr, 0).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_closed = servers::rss_mib(pid);
+    corral.stop().await;
+
+    let run = load::Run {
+        tally,
+        elapsed: connecting,
+    };
+    report.results.push(Measured::of(
+        "corral ws connect+subscribe",
+        Mode::Closed { connections: 100 },
+        &run,
+        server_cpu,
+        my_cpu,
+    ));
+    let ratios = [
+        ("server RSS at 0 connections (MiB)".to_owned(), rss_0),
+        (
+            format!("server RSS at {third} idle connections (MiB)"),
+            rss_third,
+        ),
+        (
+            format!("server RSS at {clients} idle connections (MiB)"),
+            rss_n,
+        ),
+        (
+            format!(
+                "server memory per idle connection, (RSS at {clients} - RSS at 0) / {clients} (KiB)"
+            ),
+            kib_each(rss_n - rss_0, clients),
+        ),
+        (
+            format!("server memory per idle connection from {third} to {clients} (KiB)"),
+            kib_each(rss_n - rss_third, clients - third),
+        ),
+        (
+            format!("server RSS once the {clients} closed (MiB)"),
+            rss_closed,
+        ),
+    ];
+    report.ratios.extend(ratios);
+    report.notes.push(format!(
+        "{clients} WebSocket clients, 100 connecting at a time, each subscribed to images with nothing published; RSS is the server process's VmRSS, read 2 s after start-up and 3 s after the server counts {third}, then all {clients}, open (corral_ws_connections); the latency row is connect to subscription ack"
+    ));
+    Ok(report)
+}
+
+/// Connects `n` clients, 100 at a time, each subscribed to `images`; records each one's
+/// time from connect to ack in `tally`.
+async fn connect_all(url: &str, n: usize, tally: &mut load::Tally) -> anyhow::Result<Vec<Client>> {
+    let outcomes = futures_util::stream::iter(0..n)
+        .map(|_| async move {
+            let since = Instant::now();
+            let ws = subscribed(url).await;
+            (since.elapsed(), ws)
+        })
+        .buffer_unordered(100)
+        .collect::<Vec<_>>()
+        .await;
+    let mut sockets = Vec::with_capacity(n);
+    let (mut failed, mut first_error) = (0, None);
+    for (took, ws) in outcomes {
+        let _ = tally
+            .latency_us
+            .record(took.as_micros().clamp(1, 60_000_000) as u64);
+        match ws {
+            Ok(ws) => {
+                tally.ok += 1;
+                sockets.push(ws);
+            }
+            Err(e) => {
+                tally.errors += 1;
+                failed += 1;
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        None => Ok(sockets),
+        Some(e) => Err(e.context(format!(
+            "{failed} of {n} WebSocket clients could not connect and subscribe"
+        ))),
+    }
+}
+
+/// Waits (up to a minute) until the server counts `n` open WebSockets.
+async fn wait_for_open(
+    conn: &mut Conn,
+    addr: std::net::SocketAddr,
+    n: usize,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let open = open_connections(conn, addr).await;
+        if open == Some(n as f64) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the server counts {open:?} open WebSockets, not {n}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+type Client =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Connects and subscribes to `images`, waiting for the ack.
+async fn subscribed(url: &str) -> anyhow::Result<Client> {
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+    ws.send(Message::text(r#"{"op":"subscribe","topic":"images"}"#))
+        .await?;
+    match ws.next().await {
+        Some(Ok(Message::Text(ack))) if ack.contains("subscribed") => Ok(ws),
+        other => bail!("no subscription ack: {other:?}"),
+    }
+}
+
+/// The server's `corral_ws_connections` gauge, from /metrics.
+async fn open_connections(conn: &mut Conn, addr: std::net::SocketAddr) -> Option<f64> {
+    let response = conn.send(load::get(addr, "/metrics")).await.ok()?;
+    let text = std::str::from_utf8(response.body()).ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("corral_ws_connections "))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+/// This process's soft limit on open files.
+fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
