@@ -13,7 +13,7 @@ use chrono::Utc;
 use common::{TestApp, png};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
@@ -377,6 +377,34 @@ async fn refusals_are_error_frames_and_the_connection_stays() {
 }
 
 #[tokio::test]
+async fn a_message_at_the_size_limit_is_read_whole() {
+    let limit = 4096;
+    let app = TestApp::spawn_with(|s| {
+        quiet(s);
+        s.ws.max_message_bytes = limit;
+    })
+    .await;
+    let mut ws = connect(&app, None).await;
+    // JSON may carry any amount of whitespace: pad a subscribe to exactly the limit, larger
+    // than the server's read buffer, so the buffer must grow to take it in.
+    let bare = r#"{"op": "subscribe", "topic": "images"}"#;
+    let padded = format!("{bare}{}", " ".repeat(limit - bare.len()));
+    assert_eq!(padded.len(), limit);
+    for _ in 0..3 {
+        ws.send(Message::text(padded.clone())).await.unwrap();
+        assert_eq!(
+            next(&mut ws).await,
+            json!({"topic": "images", "event": "subscribed"})
+        );
+        // And a small one after it, from what is left in the buffer.
+        subscribe(&mut ws, "images").await;
+    }
+    // One byte more is too big.
+    ws.send(Message::text(format!("{padded} "))).await.unwrap();
+    assert_eq!(close_code(&mut ws).await, CloseCode::Size);
+}
+
+#[tokio::test]
 async fn a_client_that_stops_reading_lags_and_its_queue_stays_bounded() {
     const QUEUE: usize = 16;
     const BATCH: u32 = 100;
@@ -621,4 +649,168 @@ async fn a_reminder_whose_mail_is_refused_is_pushed_as_failed() {
             .is_some_and(|d| d.contains("550")),
         "{failed}"
     );
+}
+
+// Like the `corral` binary, so the server process below allocates as it does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Where [`serve_in_a_child_process`] keeps its data, and the address it serves on (not
+/// `CORRAL_*`: those are settings).
+const SERVE_DIR: &str = "WS_TEST_SERVE_DIR";
+const SERVE_BIND: &str = "WS_TEST_SERVE_BIND";
+
+/// Not a test: the server of [`ServerProcess`], in a process of its own (a default
+/// runtime, as `corral serve` has). Without its variables set it returns at once.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "the server process that an_idle_connection_costs_the_server_at_most_32_kib starts"]
+async fn serve_in_a_child_process() {
+    let (Ok(dir), Ok(bind)) = (std::env::var(SERVE_DIR), std::env::var(SERVE_BIND)) else {
+        return;
+    };
+    let bind: std::net::SocketAddr = bind.parse().unwrap();
+    let overrides = corral::config::Overrides {
+        bind: Some(bind),
+        data_dir: Some(dir.into()),
+    };
+    let mut settings = corral::config::Settings::load(None, &overrides).unwrap();
+    quiet(&mut settings);
+    let listener = TcpListener::bind(bind).await.unwrap();
+    corral::run(settings, listener, std::future::pending())
+        .await
+        .unwrap();
+}
+
+/// A server in a child process ([`serve_in_a_child_process`]); killed when dropped.
+struct ServerProcess {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+    _data_dir: tempfile::TempDir,
+}
+
+impl ServerProcess {
+    async fn start() -> Self {
+        let data_dir = tempfile::TempDir::new().unwrap();
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        // This test binary again, running only `serve_in_a_child_process`. (Not the
+        // `corral` binary: a build of another checkout sharing the target dir may
+        // replace it at any moment; this executable is this build's own.)
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "serve_in_a_child_process", "--ignored"])
+            .env(SERVE_DIR, data_dir.path())
+            .env(SERVE_BIND, addr.to_string())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start the server process");
+        let mut server = Self {
+            child,
+            addr,
+            _data_dir: data_dir,
+        };
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("the server exited during start-up: {status}");
+            }
+            let ready = client
+                .get(format!("http://{addr}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200);
+            if ready {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the server never became ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        server
+    }
+
+    /// VmRSS, in KiB.
+    fn rss_kib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the server's /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+
+    /// The `corral_ws_connections` gauge.
+    async fn open_websockets(&self) -> f64 {
+        let text = reqwest::get(format!("http://{}/metrics", self.addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("corral_ws_connections "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    async fn wait_for_open(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.open_websockets().await != n as f64 {
+            assert!(
+                Instant::now() < deadline,
+                "the server never counted {n} open WebSockets"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What an idle connection (subscribed to `images`, nothing published) costs the server:
+/// its resident memory before and after a thousand connections, the server in a child
+/// process so that the clients' memory is not counted. The bench's `ws-idle` measures the
+/// same at 3,000 on a release build.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_costs_the_server_at_most_32_kib() {
+    const CONNECTIONS: usize = 1000;
+    const MAX_KIB: f64 = 32.0;
+    let server = ServerProcess::start().await;
+    let url = format!("ws://{}/v1/ws", server.addr);
+    // One connection first, so what every server allocates once is in the baseline.
+    let (mut first, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    subscribe(&mut first, "images").await;
+    server.wait_for_open(1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = server.rss_kib();
+
+    let clients = futures_util::stream::iter(0..CONNECTIONS)
+        .map(|_| async {
+            let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+            subscribe(&mut ws, "images").await;
+            ws
+        })
+        .buffer_unordered(50)
+        .collect::<Vec<_>>()
+        .await;
+    server.wait_for_open(CONNECTIONS + 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = server.rss_kib();
+    let each = (after - before) / CONNECTIONS as f64;
+    eprintln!(
+        "server RSS {before} -> {after} KiB at {CONNECTIONS} idle connections: {each:.1} KiB each"
+    );
+    assert!(
+        each <= MAX_KIB,
+        "an idle connection costs the server {each:.1} KiB (RSS {before} -> {after} KiB at {CONNECTIONS} connections); at most {MAX_KIB} KiB"
+    );
+    drop(clients);
 }

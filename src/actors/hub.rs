@@ -181,6 +181,10 @@ struct Queue {
     dropped: u64,
 }
 
+/// Slots an outbox keeps once drained; it starts with none and grows (to `ws.queue`
+/// at most) only while frames wait.
+const IDLE_SLOTS: usize = 4;
+
 /// What a connection gets from its outbox.
 pub enum Next {
     Frame(Utf8Bytes),
@@ -233,6 +237,11 @@ impl Outbox {
                     return Next::Lagged(std::mem::take(&mut q.dropped));
                 }
                 if let Some(frame) = q.frames.pop_front() {
+                    if q.frames.is_empty() && q.frames.capacity() > IDLE_SLOTS {
+                        // Drained after a burst: give back the slots, so a connection
+                        // at rest does not hold its busiest moment (up to `ws.queue`).
+                        q.frames.shrink_to(IDLE_SLOTS);
+                    }
                     return Next::Frame(frame);
                 }
             }

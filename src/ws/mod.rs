@@ -101,6 +101,7 @@ async fn connect(
     let max = limits.max_message_bytes;
     let token = user.as_ref().and(bearer(&headers)).map(str::to_owned);
     Ok(upgrade
+        .read_buffer_size(READ_BUFFER)
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| async move {
@@ -108,6 +109,13 @@ async fn connect(
             Connection::new(state, user, token).run(socket).await;
         }))
 }
+
+/// The read buffer each connection allocates (and fills) at its first read, and keeps.
+/// tungstenite's default, 128 KiB, was nearly all of an idle connection's memory. Clients
+/// send small JSON messages; one up to `ws.max_message_bytes` grows the buffer to fit as
+/// it is read. (The write buffer needs no setting: it starts empty, grows to the largest
+/// frame sent, and every send here flushes it.)
+const READ_BUFFER: usize = 1024;
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
@@ -182,7 +190,10 @@ impl Connection {
                             code: close_code::SIZE,
                             reason: "message too big".into(),
                         }),
-                        Some(Ok(Message::Text(text))) => self.handle(&text).await,
+                        // Boxed, like the session check below: both wait on the
+                        // store, and their futures would otherwise sit inline, at
+                        // rest, in every connection's task.
+                        Some(Ok(Message::Text(text))) => Box::pin(self.handle(&text)).await,
                         Some(Ok(Message::Binary(_))) => Some(protocol::error(
                             None,
                             "send JSON text frames, not binary ones",
@@ -213,7 +224,7 @@ impl Connection {
                     if !send(&mut sink, idle, Message::Ping(Default::default())).await {
                         break None;
                     }
-                    self.recheck_session().await
+                    Box::pin(self.recheck_session()).await
                 }
                 () = shutting_down(&mut stopping) => break Some(CloseFrame {
                     code: close_code::AWAY,
