@@ -203,7 +203,7 @@ impl App {
             max_connections: http::serve::connection_cap(http.max_connections, fd_limit),
         };
         if limits.max_connections < http.max_connections {
-            tracing::warn!(
+            tracing::info!(
                 configured = http.max_connections,
                 fd_limit,
                 max_connections = limits.max_connections,
