@@ -28,18 +28,7 @@ pub async fn ws(sizes: Sizes, command: &str) -> anyhow::Result<Report> {
     // Connect and subscribe every client, 100 at a time.
     let url = format!("ws://{addr}/v1/ws");
     let sockets = futures_util::stream::iter(0..clients)
-        .map(|_| {
-            let url = url.clone();
-            async move {
-                let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
-                ws.send(Message::text(r#"{"op":"subscribe","topic":"images"}"#))
-                    .await?;
-                match ws.next().await {
-                    Some(Ok(Message::Text(ack))) if ack.contains("subscribed") => Ok(ws),
-                    other => bail!("no subscription ack: {other:?}"),
-                }
-            }
-        })
+        .map(|_| subscribed(&url))
         .buffer_unordered(100)
         .collect::<Vec<anyhow::Result<_>>>()
         .await
