@@ -6,7 +6,7 @@ mod report;
 mod scenarios;
 mod servers;
 #[allow(dead_code)]
-#[path = "../../tests/common/smtp.rs"]
+#[path = "../../tests/api/common/smtp.rs"]
 mod smtp;
 mod ws;
 

@@ -1,7 +1,7 @@
 //! Storage: query-shaped traits the rest of the code uses, and the backends behind them.
 //!
 //! `embedded` (redb, one file under the data dir) is the default; `scylla` serves several
-//! nodes sharing one cluster. Both pass the conformance suite in `tests/store_conformance.rs`.
+//! nodes sharing one cluster. Both pass the conformance suite in `tests/api/store_conformance.rs`.
 
 pub mod embedded;
 pub mod scylla;

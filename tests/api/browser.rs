@@ -4,13 +4,11 @@
 //! says so and passes, unless `REQUIRE_BROWSER=1` (which `.ci/run` sets) makes a
 //! missing browser a failure.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{TestApp, png};
+use crate::common::{TestApp, png};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 
@@ -174,7 +172,7 @@ async fn drive(app: &TestApp, page: &Client) -> Result<(), fantoccini::error::Cm
     fill(page, "upload-file", file.to_str().unwrap()).await?;
     fill(page, "upload-tags", "llama, browser").await?;
     click(page, "upload-submit").await?;
-    let name = format!("{}.png", common::sha1_hex(&bytes));
+    let name = format!("{}.png", crate::common::sha1_hex(&bytes));
     text_with(page, "#upload-status", "Uploaded").await;
     let mine: Value = app
         .client

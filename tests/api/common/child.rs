@@ -23,7 +23,6 @@ const LOG_TAIL: usize = 120;
 
 /// How to run `corral` on one data dir; start it as often as needed.
 pub struct Corral {
-    root: PathBuf,
     data_dir: PathBuf,
     log: PathBuf,
     env: Vec<(String, String)>,
@@ -41,7 +40,6 @@ impl Corral {
     /// A server whose data dir will be `<root>/data`; `root` must exist.
     pub fn new(root: &Path) -> Self {
         Self {
-            root: root.to_owned(),
             data_dir: root.join("data"),
             log: root.join("corral.log"),
             // Plain logs, quiet enough to read, whatever the environment says.
@@ -61,10 +59,6 @@ impl Corral {
 
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
-    }
-
-    pub fn root(&self) -> &Path {
-        &self.root
     }
 
     /// Runs `corral --data-dir <data> <args>` to completion with the configured

@@ -4,13 +4,11 @@
 //! stops reading lags without growing the server's queue, 1,000 clients each get a
 //! broadcast, and the connection limit, heartbeat and frame size limit hold.
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use crate::common::{TestApp, png};
 use chrono::Utc;
-use common::{TestApp, png};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
@@ -617,7 +615,7 @@ async fn shutting_down_closes_websockets_with_1001() {
 
 #[tokio::test]
 async fn a_reminder_whose_mail_is_refused_is_pushed_as_failed() {
-    let sink = common::smtp::SmtpSink::start().await;
+    let sink = crate::common::smtp::SmtpSink::start().await;
     let port = sink.port();
     let app = TestApp::spawn_with(move |s| {
         quiet(s);
@@ -699,7 +697,7 @@ impl ServerProcess {
         // `corral` binary: a build of another checkout sharing the target dir may
         // replace it at any moment; this executable is this build's own.)
         let child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "serve_in_a_child_process", "--ignored"])
+            .args(["--exact", "ws::serve_in_a_child_process", "--ignored"])
             .env(SERVE_DIR, data_dir.path())
             .env(SERVE_BIND, addr.to_string())
             .stdin(std::process::Stdio::null())

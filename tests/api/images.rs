@@ -1,10 +1,8 @@
 //! Uploads, reads, caching and the random sample, through a real server and client.
 
-mod common;
-
 use std::collections::HashSet;
 
-use common::{TestApp, png, png_claiming, sha1_hex};
+use crate::common::{TestApp, png, png_claiming, sha1_hex};
 use reqwest::multipart::{Form, Part};
 use serde_json::Value;
 
@@ -71,7 +69,7 @@ async fn a_raw_upload_round_trips_byte_for_byte_under_its_sha1_name() {
 #[tokio::test]
 async fn a_multipart_upload_round_trips_with_its_tags() {
     let app = TestApp::spawn().await;
-    let bytes = common::jpeg(40, 30, 2);
+    let bytes = crate::common::jpeg(40, 30, 2);
     let form = reqwest::multipart::Form::new()
         .text("tags", "Llama, cute")
         .part(

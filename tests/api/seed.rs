@@ -1,9 +1,7 @@
 //! `corral seed` writes image rows (sharing real files) and events straight through the
 //! store; a server started on the seeded data dir serves them.
 
-mod common;
-
-use common::TestApp;
+use crate::common::TestApp;
 use corral::config::{Overrides, Settings};
 use serde_json::Value;
 

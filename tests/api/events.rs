@@ -1,12 +1,10 @@
 //! The events catalogue: admin-only writes, every filter and their combinations, the
 //! radius boundary, paging without repeats or gaps, and index rows following edits.
 
-mod common;
-
 use std::collections::HashSet;
 
+use crate::common::TestApp;
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use common::TestApp;
 use corral::domain::geo::Point;
 use reqwest::Method;
 use serde_json::{Value, json};

@@ -13,16 +13,14 @@
 //!
 //! Everything stays on loopback.
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::common::child::{Corral, Running};
+use crate::common::smtp::{Received, SmtpSink};
+use crate::common::{files_under, png, sha1_hex};
 use chrono::{DateTime, TimeZone, Utc};
-use common::child::{Corral, Running};
-use common::smtp::{Received, SmtpSink};
-use common::{files_under, png, sha1_hex};
 use corral::store::{EmbeddedStore, ImageStore, Store};
 use futures_util::StreamExt;
 use reqwest::Method;

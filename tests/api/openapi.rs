@@ -1,9 +1,7 @@
 //! The OpenAPI document covers every route, parses as OpenAPI 3.1, documents every status
 //! a route answers, and Swagger UI is served from the binary.
 
-mod common;
-
-use common::TestApp;
+use crate::common::TestApp;
 use reqwest::Method;
 use serde_json::Value;
 

@@ -1,12 +1,11 @@
-//! A 64 MiB upload is streamed to disk, never buffered whole. This binary holds one test
-//! so the process's peak RSS belongs to it alone.
+//! A 64 MiB upload is streamed to disk, never buffered whole. The measurement runs alone
+//! in a child process (this test binary again, running only the ignored
+//! `measured_alone`), so the process's peak RSS belongs to it alone.
 //!
 //! The upload is a valid 1x1 PNG carrying a 64 MiB private ancillary chunk, which decoders
 //! skip without buffering: so decode memory stays tiny and what is measured is the body path.
 
-mod common;
-
-use common::{TestApp, png, png_chunk};
+use crate::common::{TestApp, png, png_chunk};
 
 const BODY_MIB: usize = 64;
 const CHUNK: usize = 64 * 1024;
@@ -28,8 +27,30 @@ fn filler(offset: usize, len: usize) -> Vec<u8> {
     (offset..offset + len).map(|i| (i % 251) as u8).collect()
 }
 
+#[test]
+fn a_64_mib_upload_never_buffers_more_than_a_fixed_chunk() {
+    let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "upload_memory::measured_alone",
+            "--ignored",
+            "--test-threads=1",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run the measurement in a child process");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "the measurement failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The measurement itself; run by the test above in a process of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_64_mib_upload_never_buffers_more_than_a_fixed_chunk() {
+#[ignore = "run alone, in a child process, by a_64_mib_upload_never_buffers_more_than_a_fixed_chunk"]
+async fn measured_alone() {
     let app = TestApp::spawn_with(|s| s.uploads.max_bytes = ((BODY_MIB + 1) << 20) as u64).await;
     app.upload_png(png(8, 8, 1)).await; // warm up lazily allocated state
 

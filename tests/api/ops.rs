@@ -1,11 +1,9 @@
 //! Supervision, metrics, health and readiness, through a real server.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
+use crate::common::{TestApp, png};
 use chrono::Utc;
-use common::{TestApp, png};
 use corral::actors::ImagePoolMsg;
 use corral::domain::{Image, ImageFormat, ImageId, Tags};
 use prometheus_parse::{Scrape, Value};

@@ -2,11 +2,9 @@
 //! allows, upload bodies that trickle, one client holding many uploads, altered tokens,
 //! odd names under `/i/`. Each test talks to a real server over real sockets.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{TestApp, png};
+use crate::common::{TestApp, png};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -3,14 +3,12 @@
 //! down, dead letters, two schedulers sharing one store, the welcome mail, and the 4xx
 //! answers to bad input.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use crate::common::TestApp;
+use crate::common::smtp::{Received, SmtpSink};
 use chrono::{DateTime, TimeZone, Utc};
-use common::TestApp;
-use common::smtp::{Received, SmtpSink};
 use corral::App;
 use corral::config::{MailTransportKind, Overrides, Settings, SmtpTls};
 use corral::domain::{Email, EventId, Reminder, ReminderId, ReminderState, UserId};
@@ -164,6 +162,8 @@ async fn a_reminder_arrives_on_time_by_smtp_at_the_chosen_address_naming_the_eve
         "arrived {late:?} after its time"
     );
     assert_eq!(mail.to, vec!["tester.alt@example.com"]);
+    // The envelope sender is the configured `mail.from` address (bounces go there).
+    assert_eq!(mail.from, "corral@localhost");
     assert_eq!(
         mail.header("Subject").as_deref(),
         Some("Reminder: Llama Parade")

@@ -1,8 +1,6 @@
 //! Accounts, sessions, ownership, admin and rate limits, through a real server.
 
-mod common;
-
-use common::{TestApp, png};
+use crate::common::{TestApp, png};
 use reqwest::Method;
 use serde_json::{Value, json};
 

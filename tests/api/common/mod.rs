@@ -1,6 +1,5 @@
 //! The test harness: a real Corral on a random port with a fresh data dir, and a real
-//! HTTP client. Every test binary includes this module and uses what it needs.
-#![allow(dead_code)]
+//! HTTP client, shared by every test module.
 
 pub mod child;
 pub mod smtp;

@@ -1,0 +1,18 @@
+//! The integration tests: one binary, a module per area, against a real server on a
+//! random loopback port (the harness is `common`). One binary links the crate once.
+
+mod common;
+
+mod accounts;
+mod browser;
+mod crash;
+mod events;
+mod hardening;
+mod images;
+mod openapi;
+mod ops;
+mod reminders;
+mod seed;
+mod store_conformance;
+mod upload_memory;
+mod ws;
