@@ -35,14 +35,35 @@ fn image(sha1: &str, n: u32, owner: Option<UserId>) -> Image {
     }
 }
 
-async fn conformance(store: &dyn Store) {
-    store.ping().await.expect("ping");
-    images(store).await;
-    accounts(store).await;
-    events(store).await;
-    reminders(store).await;
-    mail(store).await;
+/// One test per area and backend, each on a fresh store, so one area's failure does not
+/// hide another's.
+macro_rules! areas {
+    ($($area:ident),*) => {
+        mod embedded {
+            $(
+                #[tokio::test]
+                async fn $area() {
+                    let dir = tempfile::TempDir::new().unwrap();
+                    let store = super::EmbeddedStore::open(dir.path()).unwrap();
+                    super::Store::ping(&store).await.expect("ping");
+                    super::$area(&store).await;
+                }
+            )*
+        }
+        mod scylla {
+            $(
+                #[tokio::test]
+                async fn $area() {
+                    if let Some(store) = super::scylla(stringify!($area)).await {
+                        super::$area(&store).await;
+                    }
+                }
+            )*
+        }
+    };
 }
+
+areas!(images, accounts, events, reminders, mail);
 
 fn event(n: i64, topics: &str, at: (f64, f64)) -> Event {
     let starts_at = Utc
@@ -789,10 +810,11 @@ async fn mail(store: &dyn Store) {
 }
 
 #[tokio::test]
-async fn the_embedded_store_conforms_and_keeps_its_data_across_a_reopen() {
+async fn the_embedded_store_keeps_its_data_across_a_reopen() {
     let dir = tempfile::TempDir::new().unwrap();
     let store = EmbeddedStore::open(dir.path()).unwrap();
-    conformance(&store).await;
+    images(&store).await;
+    accounts(&store).await;
     let some = store.scan_images(None, 1).await.unwrap().remove(0);
     store.close().await.unwrap();
     assert!(store.ping().await.is_err(), "a closed store refuses calls");
@@ -878,8 +900,9 @@ async fn concurrent_embedded_writes_commit_independently_and_durably() {
     }
 }
 
-#[tokio::test]
-async fn the_scylla_store_conforms() {
+/// A fresh keyspace on the Scylla cluster `CORRAL_SCYLLA__NODES` names, for one area's
+/// test; `None` (and a line saying the test is skipped) where none is set.
+async fn scylla(area: &str) -> Option<ScyllaStore> {
     let Some(nodes) = std::env::var("CORRAL_SCYLLA__NODES")
         .ok()
         .filter(|n| !n.trim().is_empty())
@@ -887,9 +910,9 @@ async fn the_scylla_store_conforms() {
         // Written straight to stderr so the reason shows even though the test passes.
         let _ = writeln!(
             std::io::stderr(),
-            "SKIPPED the_scylla_store_conforms: CORRAL_SCYLLA__NODES is not set, so there is no Scylla node to test against"
+            "SKIPPED store_conformance::scylla::{area}: CORRAL_SCYLLA__NODES is not set, so there is no Scylla node to test against"
         );
-        return;
+        return None;
     };
     let target = ScyllaTarget {
         nodes: nodes.split(',').map(|n| n.trim().to_owned()).collect(),
@@ -900,6 +923,5 @@ async fn the_scylla_store_conforms() {
     migrate(&target)
         .await
         .expect("schema applies twice (idempotent)");
-    let store = ScyllaStore::connect(&target).await.expect("connect");
-    conformance(&store).await;
+    Some(ScyllaStore::connect(&target).await.expect("connect"))
 }
