@@ -12,9 +12,11 @@ pub mod domain;
 pub mod http;
 pub mod mail;
 pub mod media;
+pub mod push;
 pub mod seed;
 pub mod store;
 pub mod telemetry;
+pub mod views;
 pub mod ws;
 
 use std::future::Future;

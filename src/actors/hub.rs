@@ -15,8 +15,9 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::Notify;
 
 use super::ActorSlot;
+use crate::domain::ReminderUpdate;
 use crate::domain::{Image, Reminder, UserId};
-use crate::ws::protocol::{self, ReminderUpdate};
+use crate::push;
 
 /// One WebSocket connection, numbered by the process.
 pub type ConnId = u64;
@@ -144,13 +145,13 @@ impl Actor for Hub {
             HubMsg::Unsubscribe { conn, feed } => state.unsubscribe(conn, feed),
             HubMsg::ImageCreated(image) => {
                 if !state.images.is_empty() {
-                    let frame = protocol::image_created(&image, &state.public_url);
+                    let frame = push::image_created(&image, &state.public_url);
                     state.push(&state.images, &frame);
                 }
             }
             HubMsg::Reminder(update, reminder) => {
                 if let Some(conns) = state.reminders.get(&reminder.user_id) {
-                    let frame = protocol::reminder(update, &reminder);
+                    let frame = push::reminder(update, &reminder);
                     state.push(conns, &frame);
                 }
             }

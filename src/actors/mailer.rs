@@ -21,10 +21,11 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use super::hub::{HubMsg, publish};
 use super::{ActorSlot, Alarm};
-use crate::domain::{DeadLetter, MailId, MailJob, MailKind, Reminder, ReminderState};
+use crate::domain::{
+    DeadLetter, MailId, MailJob, MailKind, Reminder, ReminderState, ReminderUpdate,
+};
 use crate::mail::{Composer, DeliveryError, RetryPolicy, Transport};
 use crate::store::SharedStore;
-use crate::ws::protocol::ReminderUpdate;
 
 /// How often the queue is re-read from the store, for mails whose message was lost
 /// (queued while this actor restarted, say).

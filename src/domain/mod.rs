@@ -14,7 +14,7 @@ pub use event::{Event, EventId, EventKey, Location};
 pub use image::{Image, ImageFormat, ImageId, ImageName, ImageSummary, Tags};
 pub use key::TimeKey;
 pub use mail::{DeadLetter, MailId, MailJob, MailKind};
-pub use reminder::{Bucket, Due, Reminder, ReminderId, ReminderKey, ReminderState};
+pub use reminder::{Bucket, Due, Reminder, ReminderId, ReminderKey, ReminderState, ReminderUpdate};
 pub use user::{
     Email, Password, Session, SessionToken, TimeZone, TokenHash, User, UserId, Username,
 };

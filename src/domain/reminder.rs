@@ -151,3 +151,25 @@ mod tests {
         assert_eq!(ReminderState::parse("cancelled"), None);
     }
 }
+
+/// What happened to a reminder, as pushed on the `reminders` feed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReminderUpdate {
+    Scheduled,
+    Rescheduled,
+    Sent,
+    Failed,
+    Cancelled,
+}
+
+impl ReminderUpdate {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Scheduled => "scheduled",
+            Self::Rescheduled => "rescheduled",
+            Self::Sent => "sent",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}

@@ -30,8 +30,9 @@ use super::{ApiError, AppState};
 use crate::actors::hub::{self, HubMsg};
 use crate::actors::uploads::key_of;
 use crate::actors::{Ingested, UploadMsg};
-use crate::domain::{Image, ImageFormat, ImageId, ImageSummary, Tags, User, UserId};
+use crate::domain::{Image, ImageId, Tags, User, UserId};
 use crate::media::{MediaError, StagedUpload, stage};
+use crate::views::{ImageView, RandomImages, sample_entry};
 
 /// Most images one `/random` call returns.
 const MAX_RANDOM: usize = 100;
@@ -47,47 +48,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(random))
         .routes(routes!(get_image, retag_image, delete_image))
         .routes(routes!(my_images))
-}
-
-/// An image as the API shows it.
-#[derive(Serialize, ToSchema)]
-pub(crate) struct ImageView {
-    #[schema(value_type = String, format = Uuid)]
-    id: ImageId,
-    /// `<sha1>.<ext>`: the file's permanent name.
-    name: String,
-    /// Where the bytes are: `/i/{name}`, prefixed by `http.public_url` when set.
-    url: String,
-    sha1: String,
-    #[schema(value_type = String, example = "png")]
-    format: ImageFormat,
-    width: u32,
-    height: u32,
-    bytes: u64,
-    #[schema(value_type = Vec<String>)]
-    tags: Tags,
-    created_at: chrono::DateTime<chrono::Utc>,
-}
-
-impl ImageView {
-    pub(crate) fn new(image: Image, public_url: &str) -> Self {
-        Self {
-            url: file_url(public_url, &image.name),
-            id: image.id,
-            name: image.name,
-            sha1: image.sha1,
-            format: image.format,
-            width: image.width,
-            height: image.height,
-            bytes: image.bytes,
-            tags: image.tags,
-            created_at: image.created_at,
-        }
-    }
-}
-
-fn file_url(public_url: &str, name: &str) -> String {
-    format!("{}/i/{name}", public_url.trim_end_matches('/'))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -470,36 +430,6 @@ struct RandomQuery {
     /// How many distinct images, 1 to 100 (default 1).
     #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
     count: Option<String>,
-}
-
-#[derive(Serialize, ToSchema)]
-struct RandomImage {
-    #[schema(value_type = String, format = Uuid)]
-    id: ImageId,
-    name: String,
-    url: String,
-    width: u32,
-    height: u32,
-}
-
-#[derive(Serialize, ToSchema)]
-struct RandomImages {
-    images: Vec<RandomImage>,
-}
-
-/// A sample entry as `/random` shows it (a `RandomImage`), in JSON, rendered on first use.
-pub(crate) fn sample_entry<'a>(s: &'a ImageSummary, public_url: &str) -> &'a bytes::Bytes {
-    s.rendered.get_or_init(|| {
-        let image = RandomImage {
-            id: s.id,
-            url: file_url(public_url, &s.name),
-            name: s.name.clone(),
-            width: s.width,
-            height: s.height,
-        };
-        // A struct of strings and numbers: serialising it cannot fail.
-        serde_json::to_vec(&image).unwrap_or_default().into()
-    })
 }
 
 /// Random images.

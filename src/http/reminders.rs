@@ -19,11 +19,12 @@ use super::paging::parse_limit;
 use super::{ApiError, AppState};
 use crate::actors::SchedulerMsg;
 use crate::actors::hub::{self, HubMsg};
+use crate::domain::ReminderUpdate;
 use crate::domain::{
     Email, EventId, Reminder, ReminderId, ReminderKey, ReminderState, User, UserId,
 };
 use crate::store::StoreError;
-use crate::ws::protocol::ReminderUpdate;
+use crate::views::ReminderView;
 
 /// How far ahead a reminder may be set.
 const MAX_AHEAD_DAYS: i64 = 3660;
@@ -33,41 +34,6 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_reminder, list_reminders))
         .routes(routes!(get_reminder, update_reminder, delete_reminder))
-}
-
-#[derive(Serialize, ToSchema)]
-pub(crate) struct ReminderView {
-    #[schema(value_type = String, format = Uuid)]
-    id: ReminderId,
-    #[schema(value_type = String, format = Uuid)]
-    event_id: EventId,
-    /// When the mail is due, UTC.
-    remind_at: DateTime<Utc>,
-    /// Where the mail goes: one of the account's addresses.
-    #[schema(value_type = String, format = Email)]
-    email: Email,
-    /// `scheduled`, then `sending` (the mail is queued), then `sent` or `failed`.
-    #[schema(value_type = String, example = "scheduled")]
-    state: ReminderState,
-    /// Why it failed, when it did.
-    detail: Option<String>,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-}
-
-impl From<Reminder> for ReminderView {
-    fn from(r: Reminder) -> Self {
-        Self {
-            id: r.id,
-            event_id: r.event_id,
-            remind_at: r.remind_at,
-            email: r.email,
-            state: r.state,
-            detail: r.detail,
-            created_at: r.created_at,
-            updated_at: r.updated_at,
-        }
-    }
 }
 
 #[derive(Deserialize, ToSchema)]

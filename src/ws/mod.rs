@@ -4,8 +4,6 @@
 //! and pings the client; a client silent for `ws.idle_secs` is closed. Connections over
 //! `ws.max_connections` are refused with 503 before the upgrade.
 
-pub mod protocol;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -25,7 +23,7 @@ use crate::domain::User;
 use crate::http::error::{ProblemDoc, echo};
 use crate::http::extract::{MaybeUser, bearer};
 use crate::http::{ApiError, AppState};
-use protocol::{ClientMsg, Topic};
+use crate::push::{self, ClientMsg, Topic};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(connect))
@@ -194,7 +192,7 @@ impl Connection {
                         // store, and their futures would otherwise sit inline, at
                         // rest, in every connection's task.
                         Some(Ok(Message::Text(text))) => Box::pin(self.handle(&text)).await,
-                        Some(Ok(Message::Binary(_))) => Some(protocol::error(
+                        Some(Ok(Message::Binary(_))) => Some(push::error(
                             None,
                             "send JSON text frames, not binary ones",
                         )),
@@ -203,7 +201,7 @@ impl Connection {
                 }
                 next = self.outbox.next() => Some(match next {
                     Next::Frame(frame) => frame,
-                    Next::Lagged(missed) => protocol::lagged(missed),
+                    Next::Lagged(missed) => push::lagged(missed),
                 }),
                 () = tick(&mut self.random) => {
                     let public_url = &self.state.settings.http.public_url;
@@ -212,7 +210,7 @@ impl Connection {
                         .sample
                         .pick(1)
                         .first()
-                        .map(|entry| protocol::random_image(entry, public_url))
+                        .map(|entry| push::random_image(entry, public_url))
                 }
                 _ = ping.tick() => {
                     if heard.elapsed() >= idle {
@@ -264,7 +262,7 @@ impl Connection {
                 self.reminders = false;
                 self.user = None;
                 self.token = None;
-                Some(protocol::error(
+                Some(push::error(
                     Some(Topic::Reminders),
                     "the session ended (signed out or expired); send auth again to follow your reminders",
                 ))
@@ -315,7 +313,7 @@ impl Connection {
         let msg = match serde_json::from_str::<ClientMsg>(text) {
             Ok(msg) => msg,
             Err(e) => {
-                return Some(protocol::error(
+                return Some(push::error(
                     None,
                     &format!(
                         "not a message this server understands ({e}); send {{\"op\": \"subscribe\" | \"unsubscribe\" | \"auth\", ...}}"
@@ -325,7 +323,7 @@ impl Connection {
         };
         let topic_of = |name: &str| {
             Topic::parse(name).ok_or_else(|| {
-                protocol::error(
+                push::error(
                     None,
                     &format!(
                         "unknown topic {}; the topics are images, images.random and reminders",
@@ -351,14 +349,11 @@ impl Connection {
         let user = match self.state.accounts.authenticate(token).await {
             Ok(Some(user)) => user,
             Ok(None) => {
-                return protocol::error(
-                    None,
-                    "the session is invalid or has expired; sign in again",
-                );
+                return push::error(None, "the session is invalid or has expired; sign in again");
             }
             Err(e) => {
                 tracing::warn!(error = %e, "could not check a WebSocket session");
-                return protocol::error(None, "could not check the session; try again");
+                return push::error(None, "could not check the session; try again");
             }
         };
         if self.reminders {
@@ -374,7 +369,7 @@ impl Connection {
                 feed: Feed::Reminders(user.id),
             });
         }
-        let reply = protocol::authenticated(&user.id.to_string(), user.username.as_str());
+        let reply = push::authenticated(&user.id.to_string(), user.username.as_str());
         self.user = Some(user);
         self.token = Some(token.to_owned());
         reply
@@ -390,16 +385,14 @@ impl Connection {
                 });
             }
             Topic::ImagesRandom => {
-                let ms = interval_ms.unwrap_or(protocol::DEFAULT_RANDOM_INTERVAL_MS);
-                if !(protocol::MIN_RANDOM_INTERVAL_MS..=protocol::MAX_RANDOM_INTERVAL_MS)
-                    .contains(&ms)
-                {
-                    return protocol::error(
+                let ms = interval_ms.unwrap_or(push::DEFAULT_RANDOM_INTERVAL_MS);
+                if !(push::MIN_RANDOM_INTERVAL_MS..=push::MAX_RANDOM_INTERVAL_MS).contains(&ms) {
+                    return push::error(
                         Some(topic),
                         &format!(
                             "interval_ms must be {} to {}, not {ms}",
-                            protocol::MIN_RANDOM_INTERVAL_MS,
-                            protocol::MAX_RANDOM_INTERVAL_MS
+                            push::MIN_RANDOM_INTERVAL_MS,
+                            push::MAX_RANDOM_INTERVAL_MS
                         ),
                     );
                 }
@@ -410,7 +403,7 @@ impl Connection {
             }
             Topic::Reminders => {
                 let Some(user) = &self.user else {
-                    return protocol::error(
+                    return push::error(
                         Some(topic),
                         "sign in first: send {\"op\": \"auth\", \"token\": ...} or connect with Authorization: Bearer",
                     );
@@ -422,7 +415,7 @@ impl Connection {
                 });
             }
         }
-        protocol::ack(topic, "subscribed")
+        push::ack(topic, "subscribed")
     }
 
     fn unsubscribe(&mut self, topic: Topic) -> Utf8Bytes {
@@ -445,7 +438,7 @@ impl Connection {
                 self.reminders = false;
             }
         }
-        protocol::ack(topic, "unsubscribed")
+        push::ack(topic, "unsubscribed")
     }
 }
 

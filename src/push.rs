@@ -1,4 +1,5 @@
-//! The messages of `GET /v1/ws`. Clients send JSON text frames with an `op`; the server
+//! The push protocol of `GET /v1/ws`: the messages clients send and the frames the hub
+//! and the connections send them. Clients send JSON text frames with an `op`; the server
 //! sends `{"topic": ..., "event": ..., "data": ...}` frames, and `{"event": "error",
 //! "detail": ...}` for a message it refuses. Frames are rendered to JSON once and shared by
 //! every connection they go to.
@@ -6,9 +7,8 @@
 use axum::extract::ws::Utf8Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{Image, ImageSummary, Reminder};
-use crate::http::images::{ImageView, sample_entry};
-use crate::http::reminders::ReminderView;
+use crate::domain::{Image, ImageSummary, Reminder, ReminderUpdate};
+use crate::views::{ImageView, ReminderView, sample_entry};
 
 /// The smallest `interval_ms` of an `images.random` subscription.
 pub const MIN_RANDOM_INTERVAL_MS: u64 = 100;
@@ -55,28 +55,6 @@ impl Topic {
 
     pub fn parse(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|t| t.name() == name)
-    }
-}
-
-/// What happened to a reminder, as pushed on `reminders`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReminderUpdate {
-    Scheduled,
-    Rescheduled,
-    Sent,
-    Failed,
-    Cancelled,
-}
-
-impl ReminderUpdate {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Scheduled => "scheduled",
-            Self::Rescheduled => "rescheduled",
-            Self::Sent => "sent",
-            Self::Failed => "failed",
-            Self::Cancelled => "cancelled",
-        }
     }
 }
 
