@@ -6,12 +6,14 @@
 
 pub mod accounts;
 pub mod actors;
+pub mod app;
 pub mod catalogue;
 pub mod config;
 pub mod domain;
 pub mod http;
 pub mod mail;
 pub mod media;
+pub mod problem;
 pub mod push;
 pub mod seed;
 pub mod store;
@@ -62,7 +64,7 @@ pub enum AppError {
 
 /// A started application: store open, actors running, ready to serve.
 pub struct App {
-    state: http::AppState,
+    state: app::AppState,
     supervisor: ActorRef<SupervisorMsg>,
     owns_store: bool,
 }
@@ -152,18 +154,17 @@ impl App {
                 max_secondary_emails: settings.accounts.max_secondary_emails,
             },
         );
-        let state = http::AppState::new(http::Shared {
+        let state = app::AppState::new(app::Shared {
             accounts,
-            limits: http::RateLimits::new(&settings.rate_limits),
             upload_slots: Arc::new(Semaphore::new(settings.uploads.max_in_flight)),
-            uploaders: http::images::Uploaders::default(),
+            uploaders: actors::uploads::Uploaders::default(),
             settings: Arc::new(settings),
             store,
             media,
             actors,
             composer,
             metrics,
-            ws_gate: ws::WsGate::default(),
+            ws_gate: actors::hub::WsGate::default(),
             stopping: tokio::sync::watch::Sender::new(false),
         });
         Ok(Self {

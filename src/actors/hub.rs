@@ -8,6 +8,7 @@
 //! Supervised by the root supervisor.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::Utf8Bytes;
@@ -248,5 +249,33 @@ impl Outbox {
             }
             self.ready.notified().await;
         }
+    }
+}
+
+/// Counts open connections against `ws.max_connections`.
+#[derive(Default)]
+pub struct WsGate {
+    open: Arc<AtomicUsize>,
+}
+
+/// One admitted connection; dropping it frees the place.
+pub struct WsPermit(Arc<AtomicUsize>);
+
+impl WsGate {
+    pub fn admit(&self, max: usize) -> Option<WsPermit> {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        metrics::gauge!("corral_ws_connections").increment(1.0);
+        Some(WsPermit(self.open.clone()))
+    }
+}
+
+impl Drop for WsPermit {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+        metrics::gauge!("corral_ws_connections").decrement(1.0);
     }
 }

@@ -52,7 +52,10 @@ pub fn wrap(routes: Router<AppState>, state: AppState) -> Router {
         .option_layer(cors(settings))
         .layer(CompressionLayer::new())
         .layer(DefaultBodyLimit::max(settings.http.max_json_bytes))
-        .layer(middleware::from_fn_with_state(state.clone(), guard));
+        .layer(middleware::from_fn_with_state(
+            (state.clone(), RateLimits::new(&settings.rate_limits)),
+            guard,
+        ));
     routes.layer(stack).with_state(state)
 }
 
@@ -93,22 +96,31 @@ fn cors(settings: &Settings) -> Option<CorsLayer> {
 /// Metrics, then the time limit, then the rate limit, in one middleware: each `from_fn`
 /// layer clones its inner service and boxes a future per request, and as three layers
 /// they cost `/random` about a tenth of its throughput.
-async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
+async fn guard(
+    State((state, limits)): State<(AppState, Arc<RateLimits>)>,
+    request: Request,
+    next: Next,
+) -> Response {
     let measured = ops::Measured::start(&request);
-    let response = timeout(&state, request, next).await;
+    let response = timeout(&state, &limits, request, next).await;
     measured.finish(response.status());
     response
 }
 
 /// Ends a request that runs past its time with 503.
-async fn timeout(state: &AppState, request: Request, next: Next) -> Response {
+async fn timeout(state: &AppState, limits: &RateLimits, request: Request, next: Next) -> Response {
     let s = &state.settings;
     let secs = if is_upload(&request) {
         s.uploads.max_duration_secs
     } else {
         s.http.request_timeout_secs
     };
-    match tokio::time::timeout(Duration::from_secs(secs), rate_limit(state, request, next)).await {
+    match tokio::time::timeout(
+        Duration::from_secs(secs),
+        rate_limit(state, limits, request, next),
+    )
+    .await
+    {
         Ok(Ok(response)) => response,
         Ok(Err(refused)) => refused.into_response(),
         Err(_) => {
@@ -199,12 +211,13 @@ impl RateLimits {
 
 async fn rate_limit(
     state: &AppState,
+    limits: &RateLimits,
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     // Probes and the metrics scraper are never limited: an orchestrator must not see 429.
     let is_ops = matches!(request.uri().path(), "/healthz" | "/readyz" | "/metrics");
-    if !state.limits.enabled || is_ops {
+    if !limits.enabled || is_ops {
         return Ok(next.run(request).await);
     }
     let class = classify(&request);
@@ -227,7 +240,7 @@ async fn rate_limit(
     if let Some(user) = user {
         request.extensions_mut().insert(user);
     }
-    if let Err(retry_after_secs) = state.limits.check(class, &client) {
+    if let Err(retry_after_secs) = limits.check(class, &client) {
         metrics::counter!("corral_rate_limited_total").increment(1);
         return Err(ApiError::TooManyRequests {
             detail: "too many requests; slow down".into(),

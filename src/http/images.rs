@@ -1,10 +1,9 @@
 //! Image metadata and uploads: upload, random sample, read, re-tag, delete, and the
 //! signed-in user's own images.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -28,6 +27,7 @@ use super::extract::{ApiJson, CurrentUser, MaybeUser};
 use super::paging::{PageQuery, next_cursor};
 use super::{ApiError, AppState};
 use crate::actors::hub::{self, HubMsg};
+use crate::actors::uploads::Uploader;
 use crate::actors::uploads::key_of;
 use crate::actors::{Ingested, UploadMsg};
 use crate::domain::{Image, ImageId, Tags, User, UserId};
@@ -218,50 +218,6 @@ async fn stage_and_ingest(
         reply,
     })
     .await
-}
-
-/// Who an upload is counted against under `uploads.max_in_flight_per_client`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Uploader {
-    User(UserId),
-    Address(IpAddr),
-}
-
-/// Uploads in flight per uploader.
-#[derive(Default)]
-pub struct Uploaders(Arc<Mutex<HashMap<Uploader, usize>>>);
-
-/// One upload's place among its uploader's; dropping it frees the place.
-pub struct UploaderSlot {
-    uploader: Uploader,
-    held: Arc<Mutex<HashMap<Uploader, usize>>>,
-}
-
-impl Uploaders {
-    fn admit(&self, uploader: Uploader, max: usize) -> Option<UploaderSlot> {
-        let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let n = held.entry(uploader).or_insert(0);
-        if *n >= max {
-            return None;
-        }
-        *n += 1;
-        Some(UploaderSlot {
-            uploader,
-            held: self.0.clone(),
-        })
-    }
-}
-
-impl Drop for UploaderSlot {
-    fn drop(&mut self) {
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = held.get_mut(&self.uploader) {
-            *n -= 1;
-            if *n == 0 {
-                held.remove(&self.uploader);
-            }
-        }
-    }
 }
 
 /// Ends a body that arrives slower than `uploads.min_bytes_per_sec`: every window (the

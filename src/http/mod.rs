@@ -2,9 +2,7 @@
 //! the OpenAPI document by construction), merged here and wrapped by the gateway layers.
 
 mod admin;
-pub mod error;
 mod events;
-pub(crate) mod extract;
 mod files;
 pub mod gateway;
 pub(crate) mod images;
@@ -20,59 +18,14 @@ mod web;
 use std::sync::Arc;
 
 use axum::{Json, Router};
-use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::sync::Semaphore;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::accounts::Accounts;
-use crate::actors::Actors;
-use crate::config::Settings;
-use crate::media::MediaRoot;
-use crate::store::SharedStore;
-
-pub use error::ApiError;
+pub use crate::app::{AppState, Shared};
+// The error and extractors are shared with the WebSocket frontend (`crate::ws`).
+pub(crate) use crate::app::extract;
+pub use crate::problem::{self as error, ApiError};
 pub use gateway::RateLimits;
-
-/// What every handler can reach: one `Arc`, so the clones every extractor and layer
-/// make per request cost one reference count (cloning the fields, moka caches included,
-/// was a fifth of the server's CPU time under load).
-#[derive(Clone)]
-pub struct AppState(Arc<Shared>);
-
-impl AppState {
-    pub fn new(shared: Shared) -> Self {
-        Self(Arc::new(shared))
-    }
-}
-
-impl std::ops::Deref for AppState {
-    type Target = Shared;
-    fn deref(&self) -> &Shared {
-        &self.0
-    }
-}
-
-/// The state behind [`AppState`].
-pub struct Shared {
-    pub settings: Arc<Settings>,
-    pub store: SharedStore,
-    pub media: MediaRoot,
-    pub actors: Actors,
-    pub accounts: Accounts,
-    pub limits: Arc<RateLimits>,
-    /// Admission control for uploads: one permit per upload in flight.
-    pub upload_slots: Arc<Semaphore>,
-    /// Uploads in flight per client, against `uploads.max_in_flight_per_client`.
-    pub uploaders: images::Uploaders,
-    /// Renders the mails this node queues.
-    pub composer: crate::mail::Composer,
-    pub metrics: PrometheusHandle,
-    /// Open WebSocket connections, against `ws.max_connections`.
-    pub ws_gate: crate::ws::WsGate,
-    /// Set when the server starts shutting down; open WebSockets close (1001).
-    pub stopping: tokio::sync::watch::Sender<bool>,
-}
 
 /// The documented routes and their OpenAPI document.
 pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {

@@ -5,7 +5,7 @@
 //! `ws.max_connections` are refused with 503 before the upgrade.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -19,42 +19,14 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::actors::hub::{ConnId, Feed, HubMsg, Next, Outbox};
+use crate::app::AppState;
+use crate::app::extract::{MaybeUser, bearer};
 use crate::domain::User;
-use crate::http::error::{ProblemDoc, echo};
-use crate::http::extract::{MaybeUser, bearer};
-use crate::http::{ApiError, AppState};
+use crate::problem::{ApiError, ProblemDoc, echo};
 use crate::push::{self, ClientMsg, Topic};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(connect))
-}
-
-/// Counts open connections against `ws.max_connections`.
-#[derive(Default)]
-pub struct WsGate {
-    open: Arc<AtomicUsize>,
-}
-
-/// One admitted connection; dropping it frees the place.
-pub struct WsPermit(Arc<AtomicUsize>);
-
-impl WsGate {
-    fn admit(&self, max: usize) -> Option<WsPermit> {
-        self.open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()?;
-        metrics::gauge!("corral_ws_connections").increment(1.0);
-        Some(WsPermit(self.open.clone()))
-    }
-}
-
-impl Drop for WsPermit {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-        metrics::gauge!("corral_ws_connections").decrement(1.0);
-    }
 }
 
 /// Live pushes over WebSocket.

@@ -8,8 +8,9 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use serde::de::DeserializeOwned;
 
-use super::{ApiError, AppState};
+use super::AppState;
 use crate::domain::User;
+use crate::problem::ApiError;
 
 /// A JSON body; malformed, oversized or mistyped bodies are 4xx problem+json.
 pub struct ApiJson<T>(pub T);
