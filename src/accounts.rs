@@ -41,7 +41,7 @@ pub enum AccountsError {
     #[error(transparent)]
     Store(StoreError),
     #[error("password hashing failed: {0}")]
-    Hash(String),
+    Hash(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl From<StoreError> for AccountsError {
@@ -342,21 +342,21 @@ async fn hash(password: Password) -> Result<String, AccountsError> {
         Argon2::default()
             .hash_password(password.expose().as_bytes())
             .map(|h| h.to_string())
-            .map_err(|e| AccountsError::Hash(e.to_string()))
+            .map_err(|e| AccountsError::Hash(e.into()))
     })
     .await
-    .map_err(|e| AccountsError::Hash(e.to_string()))?
+    .map_err(|e| AccountsError::Hash(e.into()))?
 }
 
 async fn verify(password: String, stored: String) -> Result<bool, AccountsError> {
     tokio::task::spawn_blocking(move || {
-        let parsed = PasswordHash::new(&stored).map_err(|e| AccountsError::Hash(e.to_string()))?;
+        let parsed = PasswordHash::new(&stored).map_err(|e| AccountsError::Hash(e.into()))?;
         Ok(Argon2::default()
             .verify_password(password.as_bytes(), &parsed)
             .is_ok())
     })
     .await
-    .map_err(|e| AccountsError::Hash(e.to_string()))?
+    .map_err(|e| AccountsError::Hash(e.into()))?
 }
 
 /// A real argon2id hash of a random password, verified against for unknown logins.

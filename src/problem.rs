@@ -51,9 +51,13 @@ pub enum ApiError {
     },
     #[error("{0}")]
     Unavailable(String),
-    /// Anything unexpected. The text is logged, never shown.
-    #[error("{0}")]
-    Internal(String),
+    /// Anything unexpected: logged with its whole chain of causes, never shown.
+    #[error("{context}")]
+    Internal {
+        context: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
 }
 
 /// An RFC 9457 problem document, the body of every error response.
@@ -97,6 +101,25 @@ impl ApiError {
         Self::NotFound(what.into())
     }
 
+    /// An unexpected failure of `context` (what the server was doing), caused by `source`.
+    pub fn internal(
+        context: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self::Internal {
+            context: context.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// An unexpected state with no underlying error.
+    pub fn unexpected(context: impl Into<String>) -> Self {
+        Self::Internal {
+            context: context.into(),
+            source: None,
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -112,7 +135,7 @@ impl ApiError {
             Self::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Overloaded { .. } | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
@@ -121,8 +144,8 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         let detail = match &self {
-            Self::Internal(detail) => {
-                tracing::error!(%detail, "request failed");
+            Self::Internal { .. } => {
+                tracing::error!(error = %chain(&self), "request failed");
                 "the server hit an unexpected error; it has been logged".to_owned()
             }
             other => other.to_string(),
@@ -178,14 +201,14 @@ impl From<MediaError> for ApiError {
             MediaError::Body(d) => {
                 Self::BadRequest(format!("the upload body could not be read: {d}"))
             }
-            MediaError::Io(e) => Self::Internal(format!("media I/O: {e}")),
+            MediaError::Io(e) => Self::internal("media I/O", e),
         }
     }
 }
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        Self::Internal(e.to_string())
+        Self::internal("the store", e)
     }
 }
 
@@ -194,7 +217,7 @@ impl From<IngestError> for ApiError {
         match e {
             IngestError::Media(e) => e.into(),
             IngestError::Store(e) => e.into(),
-            IngestError::Task(e) => Self::Internal(e),
+            e @ IngestError::Task(_) => Self::internal("an upload", e),
             IngestError::Abandoned => Self::Overloaded {
                 detail: "the upload took too long; retry shortly".into(),
                 retry_after_secs: 1,
@@ -218,7 +241,42 @@ impl From<AccountsError> for ApiError {
             AccountsError::TooManyEmails(_) => Self::Conflict(e.to_string()),
             AccountsError::NotFound(d) => Self::NotFound(d),
             AccountsError::Store(e) => e.into(),
-            AccountsError::Hash(e) => Self::Internal(e),
+            e @ AccountsError::Hash(_) => Self::internal("accounts", e),
         }
+    }
+}
+
+/// An error and its causes, each said once: `a: b: c`. (Many errors repeat their source
+/// in their own text; a cause already at the end of the line is not repeated.)
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut line = error.to_string();
+    let mut next = error.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !line.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        next = cause.source();
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_internal_error_keeps_its_causes_for_the_log_and_shows_none() {
+        let disk = std::io::Error::other("disk on fire");
+        let error: ApiError = StoreError::embedded(disk).into();
+        let source = std::error::Error::source(&error).expect("the store error is kept");
+        assert_eq!(source.to_string(), "embedded store: disk on fire");
+        assert!(
+            std::error::Error::source(source).is_some(),
+            "and the I/O error"
+        );
+        assert_eq!(chain(&error), "the store: embedded store: disk on fire");
+        assert_eq!(error.status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

@@ -37,8 +37,8 @@ pub enum IngestError {
     Media(#[from] MediaError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("the inspection task failed: {0}")]
-    Task(String),
+    #[error("an upload task failed: {0}")]
+    Task(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("the caller stopped waiting")]
     Abandoned,
 }
@@ -153,11 +153,11 @@ async fn ingest(
         .clone()
         .acquire_owned()
         .await
-        .map_err(|e| IngestError::Task(e.to_string()))?;
+        .map_err(|e| IngestError::Task(e.into()))?;
     let (inspected, staged) =
         tokio::task::spawn_blocking(move || inspect(&staged.path, limits).map(|i| (i, staged)))
             .await
-            .map_err(|e| IngestError::Task(e.to_string()))??;
+            .map_err(|e| IngestError::Task(e.into()))??;
     drop(slot);
     // The inspection is the slow part: if the caller gave up meanwhile (and was told
     // 503), keep nothing. Dropping `staged` deletes the temp file.
@@ -169,7 +169,7 @@ async fn ingest(
     let commit_name = name.clone();
     let committed = tokio::task::spawn_blocking(move || media.commit(staged.path, &commit_name))
         .await
-        .map_err(|e| IngestError::Task(e.to_string()))?;
+        .map_err(|e| IngestError::Task(e.into()))?;
     let new_file = match committed {
         Ok(new_file) => new_file,
         Err(e) => {
@@ -220,7 +220,7 @@ async fn delete(deps: &UploadDeps, id: ImageId) -> Result<Option<Image>, IngestE
         let media = deps.media.clone();
         tokio::task::spawn_blocking(move || media.intend_removal(&name))
             .await
-            .map_err(|e| IngestError::Task(e.to_string()))?
+            .map_err(|e| IngestError::Task(e.into()))?
             .map_err(MediaError::from)?;
     }
     let deleted = deps.store.delete_image(id).await?;

@@ -56,7 +56,7 @@ async fn serve_file(
     let opened = match state.media.open_file(&name).await {
         Ok(opened) => opened,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(missing()),
-        Err(e) => return Err(ApiError::Internal(format!("opening {name}: {e}"))),
+        Err(e) => return Err(ApiError::internal(format!("opening {name}"), e)),
     };
     let common = [
         (header::ETAG, etag.clone()),
@@ -82,7 +82,7 @@ async fn serve_file(
             if start > 0 {
                 file.seek(SeekFrom::Start(start))
                     .await
-                    .map_err(|e| ApiError::Internal(format!("seek {name}: {e}")))?;
+                    .map_err(|e| ApiError::internal(format!("seeking in {name}"), e))?;
             }
             Body::from_stream(ReaderStream::with_capacity(file.take(count), CHUNK))
         }
@@ -98,7 +98,8 @@ async fn serve_file(
         let range = format!("bytes {start}-{}/{length}", start + count - 1);
         h.insert(
             header::CONTENT_RANGE,
-            HeaderValue::from_str(&range).map_err(|e| ApiError::Internal(e.to_string()))?,
+            HeaderValue::from_str(&range)
+                .map_err(|e| ApiError::internal("the content-range header", e))?,
         );
     }
     Ok(response)

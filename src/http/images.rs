@@ -303,8 +303,8 @@ where
     match reply {
         CallResult::Success(result) => Ok(result?),
         CallResult::Timeout => Err(busy()),
-        CallResult::SenderError => Err(ApiError::Internal(
-            "an upload worker stopped before replying".into(),
+        CallResult::SenderError => Err(ApiError::unexpected(
+            "an upload worker stopped before replying",
         )),
     }
 }

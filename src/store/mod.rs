@@ -24,12 +24,16 @@ pub use scylla::ScyllaStore;
 pub type SharedStore = Arc<dyn Store>;
 
 /// Why a storage operation failed. The details are for the log, never for a client.
+/// What went wrong beneath the store, kept as the error's source. Shared, because one
+/// failed commit answers every write of its batch.
+pub type Cause = std::sync::Arc<dyn std::error::Error + Send + Sync>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("embedded store: {0}")]
-    Embedded(String),
+    Embedded(#[source] Cause),
     #[error("scylla: {0}")]
-    Scylla(String),
+    Scylla(#[source] Cause),
     #[error("stored record is unreadable: {0}")]
     Corrupt(String),
     #[error("the store is closed")]
@@ -40,6 +44,18 @@ pub enum StoreError {
     /// A unique value (`"username"` or `"email"`) is taken already.
     #[error("{0} is taken")]
     Conflict(&'static str),
+}
+
+impl StoreError {
+    /// An embedded-store failure: an underlying error, or a message saying what failed.
+    pub fn embedded(cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::Embedded(cause.into().into())
+    }
+
+    /// A Scylla failure: an underlying error, or a message saying what failed.
+    pub fn scylla(cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::Scylla(cause.into().into())
+    }
 }
 
 /// Image metadata, shaped by the queries the server asks.

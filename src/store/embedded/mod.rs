@@ -86,7 +86,7 @@ struct Open {
 macro_rules! redb_errors {
     ($($t:ty),*) => {$(
         impl From<$t> for StoreError {
-            fn from(e: $t) -> Self { StoreError::Embedded(e.to_string()) }
+            fn from(e: $t) -> Self { StoreError::embedded(e) }
         }
     )*};
 }
@@ -109,7 +109,7 @@ impl EmbeddedStore {
     /// Opens (or creates) `<data_dir>/corral.redb`, caching up to `cache_bytes` of pages in
     /// memory, and makes sure every table exists.
     pub fn open_with_cache(data_dir: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Embedded(e.to_string()))?;
+        std::fs::create_dir_all(data_dir).map_err(StoreError::embedded)?;
         let db = redb::Builder::new()
             .set_cache_size(cache_bytes)
             .create(data_dir.join("corral.redb"))?;
@@ -170,7 +170,7 @@ impl EmbeddedStore {
         let db = self.db()?;
         tokio::task::spawn_blocking(move || f(&db))
             .await
-            .map_err(|e| StoreError::Embedded(format!("store task failed: {e}")))?
+            .map_err(StoreError::embedded)?
     }
 }
 
@@ -228,8 +228,8 @@ impl Store for EmbeddedStore {
             .as_ref()
             .is_some_and(|open| open.writer.stopped());
         if writer_stopped {
-            return Err(StoreError::Embedded(
-                "the store's writer thread has stopped".into(),
+            return Err(StoreError::embedded(
+                "the store's writer thread has stopped",
             ));
         }
         self.with_db(|db| {
@@ -256,15 +256,15 @@ impl Store for EmbeddedStore {
                 Ok(db) => {
                     return tokio::task::spawn_blocking(move || drop(db))
                         .await
-                        .map_err(|e| StoreError::Embedded(e.to_string()));
+                        .map_err(StoreError::embedded);
                 }
                 Err(shared) if tokio::time::Instant::now() < deadline => {
                     db = shared;
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 Err(_) => {
-                    return Err(StoreError::Embedded(
-                        "calls still hold the database at close".into(),
+                    return Err(StoreError::embedded(
+                        "calls still hold the database at close",
                     ));
                 }
             }

@@ -22,7 +22,11 @@ use std::sync::Arc;
 use redb::{Database, Durability, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::store::StoreError;
+use crate::store::{Cause, StoreError};
+
+fn cause(message: &str) -> Cause {
+    Arc::from(Box::<dyn std::error::Error + Send + Sync>::from(message))
+}
 
 /// How many queued writes one transaction covers at most.
 const MAX_BATCH: usize = 256;
@@ -35,7 +39,7 @@ trait Job: Send {
     /// Runs the write in `tx`, keeping its result for `answer`.
     fn run(&mut self, tx: &WriteTransaction) -> Result<(), StoreError>;
     /// Answers the caller once the transaction the write last ran in has committed.
-    fn answer(self: Box<Self>, committed: Result<(), String>);
+    fn answer(self: Box<Self>, committed: Result<(), Cause>);
     /// Answers the caller with the write's own failure.
     fn fail(self: Box<Self>, error: StoreError);
 }
@@ -56,10 +60,10 @@ where
         Ok(())
     }
 
-    fn answer(self: Box<Self>, committed: Result<(), String>) {
+    fn answer(self: Box<Self>, committed: Result<(), Cause>) {
         let result = match (committed, self.out) {
             (Ok(()), Some(out)) => Ok(out),
-            (Ok(()), None) => Err(StoreError::Embedded("the write never ran".into())),
+            (Ok(()), None) => Err(StoreError::embedded("the write never ran")),
             (Err(e), _) => Err(StoreError::Embedded(e)),
         };
         let _ = self.reply.send(result);
@@ -84,7 +88,7 @@ impl Writer {
         std::thread::Builder::new()
             .name("corral-store-writer".into())
             .spawn(move || run(&db, queue))
-            .map_err(|e| StoreError::Embedded(format!("cannot start the writer: {e}")))?;
+            .map_err(StoreError::embedded)?;
         Ok(Self { jobs })
     }
 
@@ -110,7 +114,7 @@ impl Writer {
         self.jobs.send(job).await.map_err(|_| StoreError::Closed)?;
         outcome
             .await
-            .map_err(|_| StoreError::Embedded("the write failed in the store writer".into()))?
+            .map_err(|_| StoreError::embedded("the write failed in the store writer"))?
     }
 }
 
@@ -142,7 +146,10 @@ fn commit_batch(db: &Database, batch: &mut Vec<Box<dyn Job>>) {
         let tx = match begin(db) {
             Ok(tx) => tx,
             Err(e) => {
-                let e = e.to_string();
+                let e = match e {
+                    StoreError::Embedded(cause) => cause,
+                    other => Arc::new(other),
+                };
                 batch
                     .drain(..)
                     .for_each(|job| job.fail(StoreError::Embedded(e.clone())));
@@ -153,7 +160,7 @@ fn commit_batch(db: &Database, batch: &mut Vec<Box<dyn Job>>) {
         for (at, job) in batch[..round].iter_mut().enumerate() {
             // A panicking write fails only its own caller.
             let ran = catch_unwind(AssertUnwindSafe(|| job.run(&tx)))
-                .unwrap_or_else(|_| Err(StoreError::Embedded("the write panicked".into())));
+                .unwrap_or_else(|_| Err(StoreError::embedded("the write panicked")));
             if let Err(e) = ran {
                 failed = Some((at, e));
                 break;
@@ -169,8 +176,8 @@ fn commit_batch(db: &Database, batch: &mut Vec<Box<dyn Job>>) {
             }
             None => {
                 let committed = match catch_unwind(AssertUnwindSafe(|| tx.commit())) {
-                    Ok(done) => done.map_err(|e| e.to_string()),
-                    Err(_) => Err("the commit panicked".to_owned()),
+                    Ok(done) => done.map_err(|e| -> Cause { Arc::new(e) }),
+                    Err(_) => Err(cause("the commit panicked")),
                 };
                 batch
                     .drain(..round)

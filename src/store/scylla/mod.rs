@@ -46,8 +46,8 @@ pub struct ScyllaTarget {
     pub replication_factor: u32,
 }
 
-fn err(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Scylla(e.to_string())
+fn err(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StoreError {
+    StoreError::scylla(e)
 }
 
 pub struct ScyllaStore {
@@ -75,7 +75,7 @@ pub async fn migrate(target: &ScyllaTarget) -> Result<Vec<&'static str>, StoreEr
             session
                 .query_unpaged(statement, ())
                 .await
-                .map_err(|e| StoreError::Scylla(format!("{name}: {e}")))?;
+                .map_err(|e| StoreError::scylla(format!("{name}: {e}")))?;
         }
         session.await_schema_agreement().await.map_err(err)?;
     }
@@ -166,7 +166,7 @@ impl ScyllaStore {
         cas.applied = match cas.column("[applied]") {
             Some(CqlValue::Boolean(applied)) => *applied,
             other => {
-                return Err(StoreError::Scylla(format!(
+                return Err(StoreError::scylla(format!(
                     "unexpected LWT answer {other:?}"
                 )));
             }
