@@ -213,16 +213,19 @@ impl App {
                 "http.max_connections lowered to stay below the open-file limit"
             );
         }
-        let stop = tokio_util::sync::CancellationToken::new();
         let router = http::router(self.state.clone());
-        let mut server = std::pin::pin!(http::serve::serve(listener, router, limits, stop.clone()));
+        let mut server = std::pin::pin!(http::serve::serve(
+            listener,
+            router,
+            limits,
+            self.state.stopping.subscribe()
+        ));
         tokio::select! {
             () = &mut server => {}
             () = shutdown => {
-                // Upgraded connections (WebSockets) watch this flag; the rest finish their
-                // request in flight and close.
+                // One flag for every connection: plain ones finish their request in flight
+                // and close, WebSockets close with 1001.
                 self.state.stopping.send_replace(true);
-                stop.cancel();
                 if tokio::time::timeout(grace, server).await.is_err() {
                     tracing::warn!(?grace, "in-flight requests did not finish within the grace period");
                 }

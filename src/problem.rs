@@ -148,7 +148,9 @@ impl IntoResponse for ApiError {
                 tracing::error!(error = %chain(&self), "request failed");
                 "the server hit an unexpected error; it has been logged".to_owned()
             }
-            other => other.to_string(),
+            // Rejections written by others (serde's, axum's) may quote the client's
+            // input whole: keep the detail short whatever wrote it.
+            other => bounded(other.to_string()),
         };
         let body = Problem {
             r#type: "about:blank",
@@ -201,6 +203,10 @@ impl From<MediaError> for ApiError {
             MediaError::Body(d) => {
                 Self::BadRequest(format!("the upload body could not be read: {d}"))
             }
+            MediaError::Io(e) if out_of_files(&e) => Self::Overloaded {
+                detail: "the server has too many files open; retry shortly".into(),
+                retry_after_secs: 1,
+            },
             MediaError::Io(e) => Self::internal("media I/O", e),
         }
     }
@@ -244,6 +250,22 @@ impl From<AccountsError> for ApiError {
             e @ AccountsError::Hash(_) => Self::internal("accounts", e),
         }
     }
+}
+
+/// Longest `detail` a problem carries, in characters.
+const MAX_DETAIL_CHARS: usize = 320;
+
+fn bounded(detail: String) -> String {
+    match detail.char_indices().nth(MAX_DETAIL_CHARS) {
+        Some((cut, _)) => format!("{}…", &detail[..cut]),
+        None => detail,
+    }
+}
+
+/// The process or the system is out of file descriptors: a load condition to shed (503),
+/// not a fault.
+pub fn out_of_files(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
 /// An error and its causes, each said once: `a: b: c`. (Many errors repeat their source

@@ -1,15 +1,14 @@
 //! Admin-only routes.
 
 use axum::Json;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::ProblemDoc;
-use super::extract::Admin;
+use super::extract::{Admin, ApiQuery};
 use super::paging::{PageQuery, next_cursor};
 use super::users::UserView;
 use super::{ApiError, AppState};
@@ -42,9 +41,8 @@ struct UserPage {
 async fn list_users(
     State(state): State<AppState>,
     Admin(admin): Admin,
-    query: Result<Query<PageQuery>, QueryRejection>,
+    ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Json<UserPage>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let (limit, after) = query.parse()?;
     let users = state.store.list_users(after.map(UserId), limit).await?;
     tracing::info!(
@@ -121,9 +119,8 @@ struct DeadLetterPage {
 async fn dead_letters(
     State(state): State<AppState>,
     _: Admin,
-    query: Result<Query<PageQuery>, QueryRejection>,
+    ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Json<DeadLetterPage>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let (limit, after) = query.parse()?;
     let letters = state.store.dead_letters(after.map(MailId), limit).await?;
     let next = next_cursor(&letters, limit, |d| d.job.id.0);

@@ -1,8 +1,7 @@
 //! The events catalogue: admins create, edit and delete; anyone reads and searches.
 
 use axum::Json;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use chrono::{DateTime, Duration, FixedOffset, Utc};
@@ -13,7 +12,7 @@ use utoipa_axum::routes;
 
 use super::error::ProblemDoc;
 use super::error::echo;
-use super::extract::{Admin, ApiJson};
+use super::extract::{Admin, ApiJson, ApiPath, ApiQuery};
 use super::paging::parse_limit;
 use super::{ApiError, AppState};
 use crate::catalogue::{self, Search};
@@ -153,7 +152,7 @@ async fn find(state: &AppState, id: &str) -> Result<Event, ApiError> {
 )]
 async fn get_event(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<EventView>, ApiError> {
     Ok(Json(find(&state, &id).await?.into()))
 }
@@ -189,7 +188,7 @@ struct EventChanges {
 async fn update_event(
     State(state): State<AppState>,
     _: Admin,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<EventChanges>,
 ) -> Result<Json<EventView>, ApiError> {
     let before = find(&state, &id).await?;
@@ -232,7 +231,7 @@ async fn update_event(
 async fn delete_event(
     State(state): State<AppState>,
     _: Admin,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let event = find(&state, &id).await?;
     state.store.delete_event(&event).await?;
@@ -275,7 +274,8 @@ fn instant(raw: Option<&str>, name: &str) -> Result<Option<DateTime<Utc>>, ApiEr
             .map(|t| t.with_timezone(&Utc))
             .map_err(|_| {
                 ApiError::BadRequest(format!(
-                    "{name} must be an RFC 3339 time such as 2026-05-01T18:00:00+02:00, not {s:?}"
+                    "{name} must be an RFC 3339 time such as 2026-05-01T18:00:00+02:00, not {}",
+                    echo(s)
                 ))
             })
     })
@@ -357,9 +357,8 @@ fn search_of(q: ListQuery) -> Result<Search, ApiError> {
 )]
 async fn list_events(
     State(state): State<AppState>,
-    query: Result<Query<ListQuery>, QueryRejection>,
+    ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<EventPage>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let search = search_of(query)?;
     let page = catalogue::search(&state.store, &search).await?;
     Ok(Json(EventPage {

@@ -5,7 +5,7 @@
 use std::io::SeekFrom;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
@@ -14,9 +14,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::echo;
+use super::extract::ApiPath;
 use super::{ApiError, AppState};
 use crate::domain::ImageName;
-use crate::media::Opened;
+use crate::media::{MediaError, Opened};
 
 /// Read size when streaming a file out.
 const CHUNK: usize = 64 * 1024;
@@ -47,7 +48,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 )]
 async fn serve_file(
     State(state): State<AppState>,
-    Path(raw): Path<String>,
+    ApiPath(raw): ApiPath<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let missing = || ApiError::not_found(format!("no image named {}", echo(&raw)));
@@ -56,7 +57,7 @@ async fn serve_file(
     let opened = match state.media.open_file(&name).await {
         Ok(opened) => opened,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(missing()),
-        Err(e) => return Err(ApiError::internal(format!("opening {name}"), e)),
+        Err(e) => return Err(MediaError::from(e).into()),
     };
     let common = [
         (header::ETAG, etag.clone()),

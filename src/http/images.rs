@@ -10,10 +10,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 
 use axum::Json;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{
-    ConnectInfo, DefaultBodyLimit, FromRequest, Multipart, Path, Query, Request, State,
-};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Multipart, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use ractor::rpc::CallResult;
@@ -23,7 +20,7 @@ use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
 use utoipa_axum::routes;
 
 use super::error::echo;
-use super::extract::{ApiJson, CurrentUser, MaybeUser};
+use super::extract::{ApiJson, ApiPath, ApiQuery, CurrentUser, MaybeUser};
 use super::paging::{PageQuery, next_cursor};
 use super::{ApiError, AppState};
 use crate::actors::hub::{self, HubMsg};
@@ -99,15 +96,14 @@ async fn upload(
     State(state): State<AppState>,
     MaybeUser(user): MaybeUser,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    query: Result<Query<UploadQuery>, QueryRejection>,
+    ApiQuery(query): ApiQuery<UploadQuery>,
     request: Request,
 ) -> Result<Response, ApiError> {
     let result = match (query, user) {
-        (Err(e), _) => Err(bad_query(e)),
-        (Ok(_), None) if !state.settings.uploads.allow_anonymous => Err(ApiError::Unauthorized(
+        (_, None) if !state.settings.uploads.allow_anonymous => Err(ApiError::Unauthorized(
             "sign in to upload: send Authorization: Bearer <token>".into(),
         )),
-        (Ok(Query(query)), user) => {
+        (query, user) => {
             let uploader = match &user {
                 Some(user) => Uploader::User(user.id),
                 None => Uploader::Address(peer.ip()),
@@ -359,10 +355,6 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
     ApiError::BadRequest(format!("malformed multipart body: {}", e.body_text()))
 }
 
-fn bad_query(e: QueryRejection) -> ApiError {
-    ApiError::BadRequest(e.body_text())
-}
-
 fn content_type(headers: &HeaderMap) -> String {
     headers
         .get(header::CONTENT_TYPE)
@@ -402,9 +394,8 @@ struct RandomQuery {
 )]
 async fn random(
     State(state): State<AppState>,
-    query: Result<Query<RandomQuery>, QueryRejection>,
+    ApiQuery(query): ApiQuery<RandomQuery>,
 ) -> Result<Response, ApiError> {
-    let Query(query) = query.map_err(bad_query)?;
     let count = match query.count.as_deref() {
         None => 1,
         Some(raw) => raw
@@ -453,7 +444,7 @@ async fn random(
 )]
 async fn get_image(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<ImageView>, ApiError> {
     let image = find_image(&state, &id).await?;
     Ok(Json(ImageView::new(image, &state.settings.http.public_url)))
@@ -503,7 +494,7 @@ struct Retag {
 async fn retag_image(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<Retag>,
 ) -> Result<Json<ImageView>, ApiError> {
     let image = find_own_image(&state, &id, &user).await?;
@@ -530,7 +521,7 @@ async fn retag_image(
 async fn delete_image(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let image = find_own_image(&state, &id, &user).await?;
     remove_image(&state, &image).await?;
@@ -570,9 +561,8 @@ struct ImagePage {
 async fn my_images(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
-    query: Result<Query<PageQuery>, QueryRejection>,
+    ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Json<ImagePage>, ApiError> {
-    let Query(query) = query.map_err(bad_query)?;
     let (limit, before) = query.parse()?;
     let images = state
         .store

@@ -2,8 +2,7 @@
 //! another user's reminder answers 404, as if it did not exist.
 
 use axum::Json;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use chrono::{DateTime, Duration, FixedOffset, Utc};
@@ -14,7 +13,7 @@ use utoipa_axum::routes;
 
 use super::error::ProblemDoc;
 use super::error::echo;
-use super::extract::{ApiJson, CurrentUser};
+use super::extract::{ApiJson, ApiPath, ApiQuery, CurrentUser};
 use super::paging::parse_limit;
 use super::{ApiError, AppState};
 use crate::actors::SchedulerMsg;
@@ -179,7 +178,7 @@ async fn find(state: &AppState, owner: UserId, id: &str) -> Result<Reminder, Api
 async fn get_reminder(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<ReminderView>, ApiError> {
     Ok(Json(find(&state, user.id, &id).await?.into()))
 }
@@ -212,7 +211,7 @@ struct ReminderChanges {
 async fn update_reminder(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<ReminderChanges>,
 ) -> Result<Json<ReminderView>, ApiError> {
     if body.remind_at.is_none() && body.email.is_none() {
@@ -273,7 +272,7 @@ async fn update_reminder(
 async fn delete_reminder(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let reminder = find(&state, user.id, &id).await?;
     state.store.delete_reminder(&reminder).await?;
@@ -312,9 +311,8 @@ struct ReminderPage {
 async fn list_reminders(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
-    query: Result<Query<ListQuery>, QueryRejection>,
+    ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<ReminderPage>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let limit = parse_limit(query.limit.as_deref(), DEFAULT_PAGE)?;
     let after = match query.cursor.as_deref() {
         None => None,

@@ -4,9 +4,9 @@
 //! - a cap on open connections (`http.max_connections`, kept below the file-descriptor
 //!   limit): past it a new connection is answered 503 at once and closed, instead of
 //!   waiting in the kernel's backlog until every client times out;
-//! - a header-read timeout counted from a request head's first byte
-//!   (`http.header_read_timeout_secs`), so a client that stalls mid-head (slowloris) is
-//!   dropped;
+//! - a header-read timeout (`http.header_read_timeout_secs`) counted from the
+//!   connection's opening for its first request, and from the first byte of each later
+//!   one, so a client that sends nothing or stalls mid-head (slowloris) is dropped;
 //! - an idle timeout (`http.idle_timeout_secs`): a connection on which no byte moves
 //!   either way for that long is closed (at once when no request is in flight, else after
 //!   the response has had one more such period to move).
@@ -34,8 +34,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::task::TaskTracker;
 use tower::Service;
 
@@ -50,14 +49,14 @@ pub struct ConnLimits {
     pub max_connections: usize,
 }
 
-/// Serves `router` on `listener` until `stop` is cancelled, then stops accepting, asks
+/// Serves `router` on `listener` until `stopping` turns true, then stops accepting, asks
 /// every connection to finish its request in flight and close, and waits for them
 /// (upgraded connections are not waited for: their own tasks watch for shutdown).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ConnLimits,
-    stop: CancellationToken,
+    stopping: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let connections = TaskTracker::new();
@@ -66,7 +65,7 @@ pub async fn serve(
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            () = stop.cancelled() => break,
+            () = stopped(stopping.clone()) => break,
         };
         let (tcp, remote) = match accepted {
             Ok(accepted) => accepted,
@@ -101,12 +100,17 @@ pub async fn serve(
             remote,
             router.clone(),
             limits,
-            stop.clone(),
+            stopping.clone(),
         ));
     }
     drop(listener);
     connections.close();
     connections.wait().await;
+}
+
+/// Resolves once the server is stopping (or the flag's sender is gone).
+async fn stopped(mut stopping: watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|stopping| *stopping).await;
 }
 
 /// Accept errors that concern one connection only (it was reset before we took it).
@@ -140,7 +144,7 @@ async fn serve_connection(
     remote: SocketAddr,
     router: Router,
     limits: ConnLimits,
-    stop: CancellationToken,
+    stopping: watch::Receiver<bool>,
 ) {
     let activity = io.activity.clone();
     let service = {
@@ -164,7 +168,7 @@ async fn serve_connection(
             .serve_connection(TokioIo::new(io), service)
             .with_upgrades()
     );
-    let mut stopping = pin!(stop.cancelled_owned());
+    let mut stopping = pin!(stopped(stopping));
     let mut timer = pin!(tokio::time::sleep_until(activity.deadline(limits).into()));
     let mut closing = false;
     loop {
@@ -252,7 +256,8 @@ fn instant_at(ms: u64) -> Instant {
 struct Activity {
     /// When a byte last moved, either way.
     last: AtomicU64,
-    /// When the first byte of the request head being read arrived; 0 between requests.
+    /// When the request head being read was due from: the connection's opening, then the
+    /// first byte of each later head; 0 between requests.
     head_since: AtomicU64,
     /// Requests whose response has not been sent in full.
     in_flight: AtomicUsize,
@@ -264,10 +269,13 @@ enum Expired {
 }
 
 impl Activity {
+    /// A new connection: its first request head is due within the header timeout of
+    /// now, so a client that connects and sends nothing is not kept for the idle timeout.
     fn new() -> Self {
+        let now = now_ms();
         Self {
-            last: AtomicU64::new(now_ms()),
-            head_since: AtomicU64::new(0),
+            last: AtomicU64::new(now),
+            head_since: AtomicU64::new(now),
             in_flight: AtomicUsize::new(0),
         }
     }

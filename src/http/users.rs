@@ -1,7 +1,7 @@
 //! Accounts: sign up, read and change your account, manage its addresses, delete it.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
@@ -10,7 +10,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::ProblemDoc;
-use super::extract::{ApiJson, CurrentUser};
+use super::extract::{ApiJson, ApiPath, CurrentUser};
 use super::{ApiError, AppState, images};
 use crate::actors::mailer;
 use crate::domain::{Email, Password, TimeZone, User, Username};
@@ -250,7 +250,7 @@ async fn add_email(
 async fn remove_email(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
-    Path(email): Path<String>,
+    ApiPath(email): ApiPath<String>,
 ) -> Result<Json<UserView>, ApiError> {
     let email = Email::parse(&email)
         .map_err(|_| ApiError::not_found(format!("{email:?} is not on the account")))?;

@@ -76,6 +76,8 @@ pub fn inspect(path: &Path, limits: DecodeLimits) -> Result<Inspected, MediaErro
                 .read_info()
                 .map_err(|e| corrupt(&e))?;
             while rows.next_row().map_err(|e| corrupt(&e))?.is_some() {}
+            // Through IEND: a PNG cut after its pixel data is truncated too.
+            rows.finish().map_err(|e| corrupt(&e))?;
         }
         _ => {
             reader(path, format, limits)?
