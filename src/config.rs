@@ -50,6 +50,7 @@ pub struct HttpSettings {
     pub header_read_timeout_secs: u64,
     pub idle_timeout_secs: u64,
     pub max_connections: usize,
+    pub max_connections_per_address: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

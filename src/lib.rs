@@ -204,6 +204,7 @@ impl App {
             header_read_timeout: Duration::from_secs(http.header_read_timeout_secs),
             idle_timeout: Duration::from_secs(http.idle_timeout_secs),
             max_connections: http::serve::connection_cap(http.max_connections, fd_limit),
+            max_per_address: http.max_connections_per_address,
         };
         if limits.max_connections < http.max_connections {
             tracing::info!(

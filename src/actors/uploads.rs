@@ -14,9 +14,8 @@ use ractor::factory::{
     worker_builder,
 };
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr};
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -292,38 +291,4 @@ pub enum Uploader {
 
 /// Uploads in flight per uploader (`uploads.max_in_flight_per_client`), so one client
 /// cannot hold the whole pool.
-#[derive(Default)]
-pub struct Uploaders(Arc<Mutex<HashMap<Uploader, usize>>>);
-
-/// One upload's place among its uploader's; dropping it frees the place.
-pub struct UploaderSlot {
-    uploader: Uploader,
-    held: Arc<Mutex<HashMap<Uploader, usize>>>,
-}
-
-impl Uploaders {
-    pub fn admit(&self, uploader: Uploader, max: usize) -> Option<UploaderSlot> {
-        let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let n = held.entry(uploader).or_insert(0);
-        if *n >= max {
-            return None;
-        }
-        *n += 1;
-        Some(UploaderSlot {
-            uploader,
-            held: self.0.clone(),
-        })
-    }
-}
-
-impl Drop for UploaderSlot {
-    fn drop(&mut self) {
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = held.get_mut(&self.uploader) {
-            *n -= 1;
-            if *n == 0 {
-                held.remove(&self.uploader);
-            }
-        }
-    }
-}
+pub type Uploaders = crate::domain::Quota<Uploader>;

@@ -6,6 +6,7 @@ mod id;
 pub mod image;
 mod key;
 pub mod mail;
+pub mod quota;
 pub mod reminder;
 pub mod reservoir;
 pub mod user;
@@ -14,6 +15,7 @@ pub use event::{Event, EventId, EventKey, Location};
 pub use image::{Image, ImageFormat, ImageId, ImageName, ImageSummary, Tags};
 pub use key::TimeKey;
 pub use mail::{DeadLetter, MailId, MailJob, MailKind};
+pub use quota::{Held, Quota};
 pub use reminder::{Bucket, Due, Reminder, ReminderId, ReminderKey, ReminderState, ReminderUpdate};
 pub use user::{
     Email, Password, Session, SessionToken, TimeZone, TokenHash, User, UserId, Username,

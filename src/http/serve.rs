@@ -3,7 +3,8 @@
 //!
 //! - a cap on open connections (`http.max_connections`, kept below the file-descriptor
 //!   limit): past it a new connection is answered 503 at once and closed, instead of
-//!   waiting in the kernel's backlog until every client times out;
+//!   waiting in the kernel's backlog until every client times out; optionally a cap per
+//!   client address too (`http.max_connections_per_address`);
 //! - a header-read timeout (`http.header_read_timeout_secs`) counted from the
 //!   connection's opening for its first request, and from the first byte of each later
 //!   one, so a client that sends nothing or stalls mid-head (slowloris) is dropped;
@@ -18,7 +19,7 @@
 
 use std::convert::Infallible;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -38,6 +39,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::task::TaskTracker;
 use tower::Service;
 
+use crate::domain::{Held, Quota};
+
 /// How often, at most, the shedding and accept-failure warnings are logged.
 const LOG_EVERY_MS: u64 = 10_000;
 
@@ -47,6 +50,8 @@ pub struct ConnLimits {
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    /// Open connections one client address may hold; 0: no cap.
+    pub max_per_address: usize,
 }
 
 /// Serves `router` on `listener` until `stopping` turns true, then stops accepting, asks
@@ -59,9 +64,11 @@ pub async fn serve(
     stopping: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let per_address = Quota::default();
     let connections = TaskTracker::new();
     let mut shedding = Throttled::default();
     let mut failing = Throttled::default();
+    let mut crowding = Throttled::default();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -79,8 +86,29 @@ pub async fn serve(
                 continue;
             }
         };
+        let address = match limits.max_per_address {
+            0 => None,
+            max => match per_address.admit(remote.ip(), max) {
+                Some(held) => Some(held),
+                None => {
+                    metrics::counter!("corral_http_connections_shed_total", "reason" => "per_address")
+                        .increment(1);
+                    if let Some(n) = crowding.note() {
+                        tracing::warn!(
+                            address = %remote.ip(),
+                            max_per_address = max,
+                            shed = n,
+                            "an address is at its connection cap: answering its new connections 503"
+                        );
+                    }
+                    shed(&tcp);
+                    continue;
+                }
+            },
+        };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            metrics::counter!("corral_http_connections_shed_total").increment(1);
+            metrics::counter!("corral_http_connections_shed_total", "reason" => "max_connections")
+                .increment(1);
             if let Some(n) = shedding.note() {
                 tracing::warn!(
                     max_connections = limits.max_connections,
@@ -94,7 +122,7 @@ pub async fn serve(
         // Without TCP_NODELAY, a streamed body written after its headers waits on the
         // client's delayed ACK (~40 ms per response on keep-alive connections).
         let _ = tcp.set_nodelay(true);
-        let io = Tracked::new(tcp, permit);
+        let io = Tracked::new(tcp, permit, address);
         connections.spawn(serve_connection(
             io,
             remote,
@@ -380,15 +408,17 @@ struct Tracked {
     tcp: TcpStream,
     activity: Arc<Activity>,
     _slot: OwnedSemaphorePermit,
+    _address: Option<Held<IpAddr>>,
 }
 
 impl Tracked {
-    fn new(tcp: TcpStream, slot: OwnedSemaphorePermit) -> Self {
+    fn new(tcp: TcpStream, slot: OwnedSemaphorePermit, address: Option<Held<IpAddr>>) -> Self {
         metrics::gauge!("corral_http_connections").increment(1.0);
         Self {
             tcp,
             activity: Arc::new(Activity::new()),
             _slot: slot,
+            _address: address,
         }
     }
 }

@@ -377,3 +377,59 @@ async fn a_png_cut_anywhere_after_its_pixels_is_refused_too() {
     assert!(app.files_under("images").is_empty());
     assert_eq!(app.upload_raw(whole, "image/png").await.status(), 201);
 }
+
+#[tokio::test]
+async fn one_address_cannot_take_every_connection_when_capped() {
+    let app = TestApp::spawn_with(|s| {
+        s.http.max_connections_per_address = 5;
+        s.http.header_read_timeout_secs = 30;
+    })
+    .await;
+    // The server listens on 127.0.0.1; these clients come from 127.0.0.2.
+    let from = |ip: [u8; 4]| async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind((std::net::Ipv4Addr::from(ip), 0).into())
+            .unwrap();
+        socket.connect(app.addr).await.expect("connect")
+    };
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(from([127, 0, 0, 2]).await);
+    }
+    let mut sixth = from([127, 0, 0, 2]).await;
+    let mut buf = [0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(2), sixth.read(&mut buf))
+        .await
+        .expect("the sixth connection was left hanging")
+        .unwrap_or(0);
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 503"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    // Another address is served meanwhile.
+    let mut other = from([127, 0, 0, 3]).await;
+    other
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let n = other.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    // Once one of the first address's connections closes, it may open another.
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut again = from([127, 0, 0, 2]).await;
+        again
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let n = again.read(&mut buf).await.unwrap_or(0);
+        if buf[..n].starts_with(b"HTTP/1.1 200") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the address's place never freed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
