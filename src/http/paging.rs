@@ -8,7 +8,7 @@ use super::ApiError;
 
 /// Largest page of a listing.
 pub const MAX_PAGE: usize = 100;
-const DEFAULT_PAGE: usize = 50;
+pub const DEFAULT_PAGE: usize = 50;
 
 #[derive(Deserialize, IntoParams)]
 pub struct PageQuery {

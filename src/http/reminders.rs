@@ -14,7 +14,7 @@ use utoipa_axum::routes;
 use super::error::ProblemDoc;
 use super::error::echo;
 use super::extract::{ApiJson, ApiPath, ApiQuery, CurrentUser};
-use super::paging::parse_limit;
+use super::paging::{DEFAULT_PAGE, parse_limit};
 use super::{ApiError, AppState};
 use crate::actors::SchedulerMsg;
 use crate::actors::hub::{self, HubMsg};
@@ -27,7 +27,6 @@ use crate::views::ReminderView;
 
 /// How far ahead a reminder may be set.
 const MAX_AHEAD_DAYS: i64 = 3660;
-const DEFAULT_PAGE: usize = 50;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
