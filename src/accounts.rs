@@ -18,6 +18,8 @@ use crate::domain::user::AccountError;
 use crate::domain::{
     Email, Password, Session, SessionToken, TimeZone, TokenHash, User, UserId, Username,
 };
+use crate::images::{Images, ImagesError};
+use crate::reminders::{Reminders, RemindersError};
 use crate::store::{SharedStore, StoreError};
 
 /// Most cached sessions and users; beyond this moka evicts the least used.
@@ -40,6 +42,10 @@ pub enum AccountsError {
     Conflict(String),
     #[error(transparent)]
     Store(StoreError),
+    #[error(transparent)]
+    Images(#[from] ImagesError),
+    #[error(transparent)]
+    Reminders(#[from] RemindersError),
     #[error("password hashing failed: {0}")]
     Hash(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -65,6 +71,9 @@ pub struct AccountRules {
 #[derive(Clone)]
 pub struct Accounts {
     store: SharedStore,
+    /// Deleting an account deletes its images and reminders first.
+    images: Images,
+    reminders: Reminders,
     rules: AccountRules,
     sessions: Cache<TokenHash, UserId>,
     users: Cache<UserId, Arc<User>>,
@@ -73,9 +82,16 @@ pub struct Accounts {
 }
 
 impl Accounts {
-    pub fn new(store: SharedStore, rules: AccountRules) -> Self {
+    pub fn new(
+        store: SharedStore,
+        images: Images,
+        reminders: Reminders,
+        rules: AccountRules,
+    ) -> Self {
         Self {
             store,
+            images,
+            reminders,
             rules,
             sessions: cache(rules.cache_ttl),
             users: cache(rules.cache_ttl),
@@ -278,19 +294,12 @@ impl Accounts {
         .await
     }
 
-    /// Removes the account, its reminders, addresses and sessions. Its tokens stop
-    /// working at once. Reminders go first: if this stops half-way, the account still
-    /// exists and the deletion can be retried.
+    /// Removes the account, its images, reminders, addresses and sessions. Its tokens
+    /// stop working at once.
     pub async fn delete(&self, user: &User) -> Result<(), AccountsError> {
-        loop {
-            let page = self.store.reminders_of(user.id, None, 100).await?;
-            if page.is_empty() {
-                break;
-            }
-            for reminder in &page {
-                self.store.delete_reminder(reminder).await?;
-            }
-        }
+        // The account goes last: if this stops half-way, it still exists and can retry.
+        self.images.delete_all_of(user.id).await?;
+        self.reminders.cancel_all_of(user.id).await?;
         self.store.delete_user(user).await?;
         self.deleted.insert(user.id, ()).await;
         self.users.invalidate(&user.id).await;

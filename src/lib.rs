@@ -11,10 +11,12 @@ pub mod catalogue;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod images;
 pub mod mail;
 pub mod media;
 pub mod problem;
 pub mod push;
+pub mod reminders;
 pub mod seed;
 pub mod store;
 pub mod telemetry;
@@ -117,6 +119,7 @@ impl App {
                 },
                 decode_slots: Arc::new(Semaphore::new(settings.upload_decoders())),
                 image_pool: actors.image_pool.clone(),
+                hub: actors.hub.clone(),
             },
             hub: HubArgs {
                 public_url: settings.http.public_url.clone(),
@@ -146,8 +149,21 @@ impl App {
         let (supervisor, _) = Actor::spawn(None, Supervisor, args)
             .await
             .map_err(|e| AppError::Actors(e.to_string()))?;
+        let images = images::Images::new(
+            store.clone(),
+            actors.uploads.clone(),
+            settings.uploads.max_in_flight,
+            images::UploadRules {
+                max_in_flight_per_client: settings.uploads.max_in_flight_per_client,
+                process_timeout: Duration::from_secs(settings.uploads.process_timeout_secs),
+            },
+        );
+        let reminders =
+            reminders::Reminders::new(store.clone(), actors.scheduler.clone(), actors.hub.clone());
         let accounts = Accounts::new(
             store.clone(),
+            images.clone(),
+            reminders.clone(),
             AccountRules {
                 session_ttl: Duration::from_secs(settings.accounts.session_ttl_secs),
                 cache_ttl: Duration::from_secs(settings.accounts.cache_ttl_secs),
@@ -156,8 +172,8 @@ impl App {
         );
         let state = app::AppState::new(app::Shared {
             accounts,
-            upload_slots: Arc::new(Semaphore::new(settings.uploads.max_in_flight)),
-            uploaders: actors::uploads::Uploaders::default(),
+            images,
+            reminders,
             settings: Arc::new(settings),
             store,
             media,

@@ -8,7 +8,9 @@ use serde::Serialize;
 use crate::accounts::AccountsError;
 use crate::actors::uploads::IngestError;
 use crate::domain::image::DomainError;
+use crate::images::ImagesError;
 use crate::media::MediaError;
+use crate::reminders::RemindersError;
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -226,8 +228,44 @@ impl From<IngestError> for ApiError {
             e @ IngestError::Task(_) => Self::internal("an upload", e),
             IngestError::Abandoned => Self::Overloaded {
                 detail: "the upload took too long; retry shortly".into(),
-                retry_after_secs: 1,
+                retry_after_secs: UPLOAD_RETRY_SECS,
             },
+        }
+    }
+}
+
+/// Seconds a client is told to wait when uploads are refused for load.
+const UPLOAD_RETRY_SECS: u32 = 1;
+
+impl From<ImagesError> for ApiError {
+    fn from(e: ImagesError) -> Self {
+        match e {
+            ImagesError::NotFound(id) => Self::NotFound(format!("no image with id {}", echo(&id))),
+            e @ ImagesError::TooManyInFlight(_) => Self::TooManyRequests {
+                detail: e.to_string(),
+                retry_after_secs: UPLOAD_RETRY_SECS,
+            },
+            e @ (ImagesError::PoolFull | ImagesError::Busy) => Self::Overloaded {
+                detail: e.to_string(),
+                retry_after_secs: UPLOAD_RETRY_SECS,
+            },
+            e @ ImagesError::WorkerLost => Self::internal("an upload", e),
+            ImagesError::Ingest(e) => e.into(),
+            ImagesError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<RemindersError> for ApiError {
+    fn from(e: RemindersError) -> Self {
+        match e {
+            RemindersError::NotFound(id) => {
+                Self::NotFound(format!("no reminder with id {}", echo(&id)))
+            }
+            RemindersError::Unprocessable(d) => Self::Unprocessable(d),
+            e @ RemindersError::BadEmail(_) => Self::BadRequest(e.to_string()),
+            e @ RemindersError::NotScheduled(_) => Self::Conflict(e.to_string()),
+            RemindersError::Store(e) => e.into(),
         }
     }
 }
@@ -247,6 +285,8 @@ impl From<AccountsError> for ApiError {
             AccountsError::TooManyEmails(_) => Self::Conflict(e.to_string()),
             AccountsError::NotFound(d) => Self::NotFound(d),
             AccountsError::Store(e) => e.into(),
+            AccountsError::Images(e) => e.into(),
+            AccountsError::Reminders(e) => e.into(),
             e @ AccountsError::Hash(_) => Self::internal("accounts", e),
         }
     }

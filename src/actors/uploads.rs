@@ -1,11 +1,11 @@
 //! `uploads` is a ractor factory of upload workers. A worker takes a staged upload (already
 //! streamed to a temp file by the HTTP handler), inspects it under decode limits, commits
-//! the file under its sha1 name, records the metadata and tells `image_pool`.
+//! the file under its sha1 name, records the metadata and tells `image_pool` and `hub`.
 //!
 //! Jobs are routed by sha1, so uploads of identical content run on one worker one after
 //! another: the "file already there?" check and the undo of a failed commit never race.
 //! There are as many workers as uploads may be admitted (`uploads.max_in_flight`, the
-//! HTTP layer's semaphore), so no upload waits behind another's fsyncs unless they share
+//! images service's semaphore), so no upload waits behind another's fsyncs unless they share
 //! content; the CPU-bound decode is bounded separately (`uploads.decoders`). Supervised by
 //! the root supervisor; the factory itself replaces a worker that panics.
 
@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::hub::{self, HubMsg};
 use super::{ActorSlot, ImagePoolMsg};
 use crate::domain::{Image, ImageId, ImageName, Tags, UserId};
 use crate::media::{DecodeLimits, MediaError, MediaRoot, StagedUpload, inspect};
@@ -78,6 +79,8 @@ pub struct UploadDeps {
     /// ingest (fsyncs, the metadata write) waits on the disk and holds no slot.
     pub decode_slots: Arc<Semaphore>,
     pub image_pool: ActorSlot<ImagePoolMsg>,
+    /// Told of each new image, for the WebSocket subscribers.
+    pub hub: ActorSlot<HubMsg>,
 }
 
 pub struct UploadWorker;
@@ -120,8 +123,16 @@ impl Worker for UploadWorker {
                 }
                 let result = ingest(deps, staged, tags, owner, || reply.is_closed()).await;
                 drop(permit);
-                if let (Ok(done), Some(pool)) = (&result, deps.image_pool.get()) {
-                    let _ = pool.cast(ImagePoolMsg::Add(done.image.summary()));
+                if let Ok(done) = &result {
+                    // Announced here, not by the caller, so an upload whose caller has
+                    // gone still reaches the sample and the subscribers.
+                    if let Some(pool) = deps.image_pool.get() {
+                        let _ = pool.cast(ImagePoolMsg::Add(done.image.summary()));
+                    }
+                    hub::publish(
+                        &deps.hub,
+                        HubMsg::ImageCreated(Box::new(done.image.clone())),
+                    );
                 }
                 // The caller may have timed out and gone; nothing more to do then.
                 let _ = reply.send(result);

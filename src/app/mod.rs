@@ -7,12 +7,13 @@ pub mod extract;
 use std::sync::Arc;
 
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::sync::Semaphore;
 
 use crate::accounts::Accounts;
 use crate::actors::Actors;
 use crate::config::Settings;
+use crate::images::Images;
 use crate::media::MediaRoot;
+use crate::reminders::Reminders;
 use crate::store::SharedStore;
 
 /// What every handler can reach: one `Arc`, so the clones every extractor and layer
@@ -41,10 +42,8 @@ pub struct Shared {
     pub media: MediaRoot,
     pub actors: Actors,
     pub accounts: Accounts,
-    /// Admission control for uploads: one permit per upload in flight.
-    pub upload_slots: Arc<Semaphore>,
-    /// Uploads in flight per client, against `uploads.max_in_flight_per_client`.
-    pub uploaders: crate::actors::uploads::Uploaders,
+    pub images: Images,
+    pub reminders: Reminders,
     /// Renders the mails this node queues.
     pub composer: crate::mail::Composer,
     pub metrics: PrometheusHandle,

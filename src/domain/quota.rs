@@ -4,8 +4,15 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 
-/// Places held per key; a key holds at most the `max` given to [`Quota::admit`].
+/// Places held per key; a key holds at most the `max` given to [`Quota::admit`]. Clones
+/// share the count.
 pub struct Quota<K>(Arc<Mutex<HashMap<K, usize>>>);
+
+impl<K> Clone for Quota<K> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
 
 impl<K> Default for Quota<K> {
     fn default() -> Self {

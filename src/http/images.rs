@@ -13,7 +13,6 @@ use axum::Json;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Multipart, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use ractor::rpc::CallResult;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
@@ -23,10 +22,9 @@ use super::error::echo;
 use super::extract::{ApiJson, ApiPath, ApiQuery, CurrentUser, MaybeUser};
 use super::paging::{PageQuery, next_cursor};
 use super::{ApiError, AppState};
-use crate::actors::hub::{self, HubMsg};
-use crate::actors::uploads::{Uploader, key_of};
-use crate::actors::{Ingested, UploadMsg};
-use crate::domain::{Image, ImageId, Tags, User, UserId};
+use crate::actors::Ingested;
+use crate::actors::uploads::Uploader;
+use crate::domain::{ImageId, Tags, UserId};
 use crate::media::{MediaError, StagedUpload, stage};
 use crate::views::{ImageView, RandomImages, sample_entry};
 
@@ -34,8 +32,6 @@ use crate::views::{ImageView, RandomImages, sample_entry};
 const MAX_RANDOM: usize = 100;
 /// Largest `tags` form field accepted in a multipart upload.
 const MAX_TAGS_FIELD: usize = 4096;
-/// Seconds a client is told to wait when the upload pool is full.
-const RETRY_AFTER_SECS: u32 = 1;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -126,10 +122,6 @@ async fn upload(
     metrics::counter!("corral_uploads_total", "outcome" => outcome).increment(1);
     let done = result?;
     metrics::counter!("corral_upload_bytes_total").increment(done.image.bytes);
-    hub::publish(
-        &state.actors.hub,
-        HubMsg::ImageCreated(Box::new(done.image.clone())),
-    );
     let location = format!("/v1/images/{}", done.image.id);
     let view = ImageView::new(done.image, &state.settings.http.public_url);
     Ok((
@@ -149,24 +141,7 @@ async fn stage_and_ingest(
 ) -> Result<Ingested, ApiError> {
     let u = &state.settings.uploads;
     // Held until the upload is answered: one client cannot fill the whole pool.
-    let _own_slot = state
-        .uploaders
-        .admit(uploader, u.max_in_flight_per_client)
-        .ok_or_else(|| ApiError::TooManyRequests {
-            detail: format!(
-                "you have {} uploads in flight already; wait for one to finish",
-                u.max_in_flight_per_client
-            ),
-            retry_after_secs: RETRY_AFTER_SECS,
-        })?;
-    let permit = state
-        .upload_slots
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| ApiError::Overloaded {
-            detail: "the upload pool is full; retry shortly".into(),
-            retry_after_secs: RETRY_AFTER_SECS,
-        })?;
+    let admission = state.images.admit(uploader)?;
     let limit = u.max_bytes;
     let (parts, body) = request.into_parts();
     let pace = Pace::new(
@@ -204,15 +179,7 @@ async fn stage_and_ingest(
         )),
         false => e,
     })?;
-    let key = staged.sha1;
-    upload_job(state, key, |reply| UploadMsg::Ingest {
-        staged,
-        tags,
-        owner,
-        permit,
-        reply,
-    })
-    .await
+    Ok(state.images.ingest(admission, staged, tags, owner).await?)
 }
 
 /// Ends a body that arrives slower than `uploads.min_bytes_per_sec`: every window (the
@@ -271,36 +238,6 @@ impl Pace {
                 }
             }
         })
-    }
-}
-
-/// Runs one job on the upload workers and waits (bounded) for its outcome.
-async fn upload_job<T, E>(
-    state: &AppState,
-    key: [u8; 20],
-    job: impl FnOnce(ractor::RpcReplyPort<Result<T, E>>) -> UploadMsg,
-) -> Result<T, ApiError>
-where
-    T: Send + 'static,
-    E: Send + 'static,
-    ApiError: From<E>,
-{
-    let busy = || ApiError::Overloaded {
-        detail: "the upload workers are busy or restarting; retry shortly".into(),
-        retry_after_secs: RETRY_AFTER_SECS,
-    };
-    let uploads = state.actors.uploads.get().ok_or_else(busy)?;
-    let timeout = Duration::from_secs(state.settings.uploads.process_timeout_secs);
-    let reply = uploads
-        .call_job(key, job, Some(timeout))
-        .await
-        .map_err(|_| busy())?;
-    match reply {
-        CallResult::Success(result) => Ok(result?),
-        CallResult::Timeout => Err(busy()),
-        CallResult::SenderError => Err(ApiError::unexpected(
-            "an upload worker stopped before replying",
-        )),
     }
 }
 
@@ -445,27 +382,8 @@ async fn get_image(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<ImageView>, ApiError> {
-    let image = find_image(&state, &id).await?;
+    let image = state.images.find(&id).await?;
     Ok(Json(ImageView::new(image, &state.settings.http.public_url)))
-}
-
-async fn find_image(state: &AppState, id: &str) -> Result<Image, ApiError> {
-    let missing = || ApiError::not_found(format!("no image with id {}", echo(id)));
-    let parsed: ImageId = id.parse().map_err(|_| missing())?;
-    state.store.get_image(parsed).await?.ok_or_else(missing)
-}
-
-/// An image the caller may change: their own, or any for an admin. Others' are 404.
-async fn find_own_image(state: &AppState, id: &str, user: &User) -> Result<Image, ApiError> {
-    let image = find_image(state, id).await?;
-    if user.admin || image.owner == Some(user.id) {
-        Ok(image)
-    } else {
-        Err(ApiError::not_found(format!(
-            "no image with id {}",
-            echo(id)
-        )))
-    }
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -496,13 +414,9 @@ async fn retag_image(
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<Retag>,
 ) -> Result<Json<ImageView>, ApiError> {
-    let image = find_own_image(&state, &id, &user).await?;
+    let image = state.images.find_own(&id, &user).await?;
     let tags = Tags::parse(body.tags.iter().map(String::as_str))?;
-    let image = state
-        .store
-        .set_image_tags(image.id, &tags)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no image with id {}", echo(&id))))?;
+    let image = state.images.retag(&image, &tags).await?;
     Ok(Json(ImageView::new(image, &state.settings.http.public_url)))
 }
 
@@ -522,21 +436,9 @@ async fn delete_image(
     CurrentUser(user): CurrentUser,
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
-    let image = find_own_image(&state, &id, &user).await?;
-    remove_image(&state, &image).await?;
+    let image = state.images.find_own(&id, &user).await?;
+    state.images.delete(&image).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// Deletes an image through the upload workers (so it never races an upload of the
-/// same content).
-pub async fn remove_image(state: &AppState, image: &Image) -> Result<(), ApiError> {
-    let id = image.id;
-    upload_job(state, key_of(image), |reply| UploadMsg::Delete {
-        id,
-        reply,
-    })
-    .await?;
-    Ok(())
 }
 
 #[derive(Serialize, ToSchema)]

@@ -1,32 +1,23 @@
-//! Reminders: "mail me about this event at that time". Each user sees only their own;
-//! another user's reminder answers 404, as if it did not exist.
+//! Reminders over HTTP (the workflows are `crate::reminders`). Each user sees only their
+//! own; another user's reminder answers 404, as if it did not exist.
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use chrono::{DateTime, Duration, FixedOffset, Utc};
+use chrono::{DateTime, FixedOffset};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::ProblemDoc;
-use super::error::echo;
 use super::extract::{ApiJson, ApiPath, ApiQuery, CurrentUser};
 use super::paging::{DEFAULT_PAGE, parse_limit};
 use super::{ApiError, AppState};
-use crate::actors::SchedulerMsg;
-use crate::actors::hub::{self, HubMsg};
-use crate::domain::ReminderUpdate;
-use crate::domain::{
-    Email, EventId, Reminder, ReminderId, ReminderKey, ReminderState, User, UserId,
-};
-use crate::store::StoreError;
+use crate::domain::ReminderKey;
+use crate::reminders::Changes;
 use crate::views::ReminderView;
-
-/// How far ahead a reminder may be set.
-const MAX_AHEAD_DAYS: i64 = 3660;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -46,56 +37,6 @@ struct NewReminder {
     email: Option<String>,
 }
 
-fn unprocessable(detail: impl Into<String>) -> ApiError {
-    ApiError::Unprocessable(detail.into())
-}
-
-/// `remind_at` in UTC, if it is in the future and not absurdly far.
-fn future(t: DateTime<FixedOffset>) -> Result<DateTime<Utc>, ApiError> {
-    let t = t.with_timezone(&Utc);
-    let now = Utc::now();
-    if t <= now {
-        return Err(unprocessable(format!(
-            "remind_at must be in the future (it is {}, now is {})",
-            t.to_rfc3339(),
-            now.to_rfc3339()
-        )));
-    }
-    if t > now + Duration::days(MAX_AHEAD_DAYS) {
-        return Err(unprocessable(format!(
-            "remind_at may be at most {MAX_AHEAD_DAYS} days ahead"
-        )));
-    }
-    Ok(t)
-}
-
-/// The address, if it is one of the user's.
-fn own_email(user: &User, email: &str) -> Result<Email, ApiError> {
-    let email = Email::parse(email).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    if user.emails().any(|e| *e == email) {
-        Ok(email)
-    } else {
-        Err(unprocessable(format!(
-            "{email} is not one of your addresses; add it first (POST /v1/users/me/emails)"
-        )))
-    }
-}
-
-fn tell_scheduler(state: &AppState, msg: SchedulerMsg) {
-    // If the scheduler is down, it reads the store when it restarts.
-    if let Some(scheduler) = state.actors.scheduler.get() {
-        let _ = scheduler.send_message(msg);
-    }
-}
-
-/// Tells the owner's WebSocket connections.
-fn push(state: &AppState, update: ReminderUpdate, reminder: &Reminder) {
-    hub::publish(
-        &state.actors.hub,
-        HubMsg::Reminder(update, Box::new(reminder.clone())),
-    );
-}
-
 /// Set a reminder for an event.
 #[utoipa::path(
     post, path = "/v1/reminders", tag = "reminders",
@@ -113,54 +54,16 @@ async fn create_reminder(
     CurrentUser(user): CurrentUser,
     ApiJson(body): ApiJson<NewReminder>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let remind_at = future(body.remind_at)?;
-    let unknown = || unprocessable(format!("no event with id {:?}", body.event_id));
-    let event_id: EventId = body.event_id.parse().map_err(|_| unknown())?;
-    let event = state.store.get_event(event_id).await?.ok_or_else(unknown)?;
-    let email = match body.email.as_deref() {
-        Some(email) => own_email(&user, email)?,
-        None => user.email.clone(),
-    };
-    let now = Utc::now();
-    let reminder = Reminder {
-        id: ReminderId::new(),
-        user_id: user.id,
-        event_id: event.id,
-        remind_at,
-        email,
-        state: ReminderState::Scheduled,
-        detail: None,
-        created_at: now,
-        updated_at: now,
-    };
-    state.store.insert_reminder(&reminder).await?;
-    metrics::counter!("corral_reminders_scheduled_total").increment(1);
-    tell_scheduler(
-        &state,
-        SchedulerMsg::Scheduled {
-            id: reminder.id,
-            remind_at,
-        },
-    );
-    push(&state, ReminderUpdate::Scheduled, &reminder);
+    let reminder = state
+        .reminders
+        .create(&user, &body.event_id, body.remind_at, body.email.as_deref())
+        .await?;
     let location = format!("/v1/reminders/{}", reminder.id);
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location)],
         Json(ReminderView::from(reminder)),
     ))
-}
-
-/// The caller's reminder `id`; 404 for anyone else's.
-async fn find(state: &AppState, owner: UserId, id: &str) -> Result<Reminder, ApiError> {
-    let missing = || ApiError::not_found(format!("no reminder with id {}", echo(id)));
-    let id: ReminderId = id.parse().map_err(|_| missing())?;
-    state
-        .store
-        .get_reminder(id)
-        .await?
-        .filter(|r| r.user_id == owner)
-        .ok_or_else(missing)
 }
 
 /// One of your reminders.
@@ -179,7 +82,7 @@ async fn get_reminder(
     CurrentUser(user): CurrentUser,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<ReminderView>, ApiError> {
-    Ok(Json(find(&state, user.id, &id).await?.into()))
+    Ok(Json(state.reminders.find(user.id, &id).await?.into()))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -218,42 +121,11 @@ async fn update_reminder(
             "send remind_at and/or email to change".into(),
         ));
     }
-    let before = find(&state, user.id, &id).await?;
-    let not_scheduled = |r: &Reminder| {
-        ApiError::Conflict(format!(
-            "the reminder is {} and can no longer be changed",
-            r.state.as_str()
-        ))
+    let changes = Changes {
+        remind_at: body.remind_at,
+        email: body.email.as_deref(),
     };
-    if before.state != ReminderState::Scheduled {
-        return Err(not_scheduled(&before));
-    }
-    let mut after = before.clone();
-    if let Some(t) = body.remind_at {
-        after.remind_at = future(t)?;
-    }
-    if let Some(email) = body.email.as_deref() {
-        after.email = own_email(&user, email)?;
-    }
-    after.updated_at = Utc::now();
-    match state.store.update_reminder(&before, &after).await {
-        Err(StoreError::Changed) => {
-            let now = find(&state, user.id, &id).await?;
-            return Err(not_scheduled(&now));
-        }
-        result => result?,
-    }
-    if after.remind_at != before.remind_at {
-        metrics::counter!("corral_reminders_scheduled_total").increment(1);
-    }
-    tell_scheduler(
-        &state,
-        SchedulerMsg::Scheduled {
-            id: after.id,
-            remind_at: after.remind_at,
-        },
-    );
-    push(&state, ReminderUpdate::Rescheduled, &after);
+    let after = state.reminders.change(&user, &id, changes).await?;
     Ok(Json(after.into()))
 }
 
@@ -273,10 +145,7 @@ async fn delete_reminder(
     CurrentUser(user): CurrentUser,
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
-    let reminder = find(&state, user.id, &id).await?;
-    state.store.delete_reminder(&reminder).await?;
-    tell_scheduler(&state, SchedulerMsg::Cancelled(reminder.id));
-    push(&state, ReminderUpdate::Cancelled, &reminder);
+    state.reminders.cancel(user.id, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -320,7 +189,7 @@ async fn list_reminders(
                 .ok_or_else(|| ApiError::BadRequest(format!("unknown cursor {c:?}")))?,
         ),
     };
-    let page = state.store.reminders_of(user.id, after, limit).await?;
+    let page = state.reminders.page(user.id, after, limit).await?;
     let next = (page.len() == limit)
         .then(|| page.last().map(|r| r.key().to_cursor()))
         .flatten();

@@ -11,12 +11,9 @@ use utoipa_axum::routes;
 
 use super::error::ProblemDoc;
 use super::extract::{ApiJson, ApiPath, CurrentUser};
-use super::{ApiError, AppState, images};
+use super::{ApiError, AppState};
 use crate::actors::mailer;
 use crate::domain::{Email, Password, TimeZone, User, Username};
-
-/// Images deleted per page while removing an account.
-const DELETE_PAGE: usize = 100;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -189,19 +186,6 @@ async fn delete_me(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
 ) -> Result<StatusCode, ApiError> {
-    // Images first: if this stops half-way, the account still exists and can retry.
-    loop {
-        let page = state
-            .store
-            .images_by_owner(user.id, None, DELETE_PAGE)
-            .await?;
-        if page.is_empty() {
-            break;
-        }
-        for image in &page {
-            images::remove_image(&state, image).await?;
-        }
-    }
     state.accounts.delete(&user).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,0 +1,187 @@
+//! Images: the workflows of an image's life, for every frontend.
+//!
+//! An upload is admitted (a share per client, then a slot in the pool), staged by the
+//! frontend, and ingested by the upload workers, which also tell the random sample and
+//! the hub. Re-tagging, deleting one image and deleting all of an owner's images (the
+//! first step of deleting an account) are here too. Deletes run on the upload workers,
+//! keyed by the file's sha1, so they never race an upload of the same content.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::rpc::CallResult;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::actors::uploads::{IngestError, Uploader, Uploaders, UploadsMsg, key_of};
+use crate::actors::{ActorSlot, Ingested, UploadMsg};
+use crate::domain::{Held, Image, ImageId, Tags, User, UserId};
+use crate::media::StagedUpload;
+use crate::store::{SharedStore, StoreError};
+
+/// Images deleted per store read when an account goes.
+const DELETE_PAGE: usize = 100;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImagesError {
+    /// No such image (or not the caller's); holds the id as the client gave it.
+    #[error("no image with id {0:?}")]
+    NotFound(String),
+    #[error("you have {0} uploads in flight already; wait for one to finish")]
+    TooManyInFlight(usize),
+    #[error("the upload pool is full; retry shortly")]
+    PoolFull,
+    #[error("the upload workers are busy or restarting; retry shortly")]
+    Busy,
+    #[error("an upload worker stopped before replying")]
+    WorkerLost,
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Settings the images module needs.
+#[derive(Debug, Clone, Copy)]
+pub struct UploadRules {
+    /// Uploads one client may have in flight (`uploads.max_in_flight_per_client`).
+    pub max_in_flight_per_client: usize,
+    /// How long a caller waits for a worker's answer (`uploads.process_timeout_secs`).
+    pub process_timeout: Duration,
+}
+
+/// Cheap to clone: everything in it is shared.
+#[derive(Clone)]
+pub struct Images {
+    store: SharedStore,
+    uploads: ActorSlot<UploadsMsg>,
+    /// One permit per upload in flight (`uploads.max_in_flight`).
+    pool: Arc<Semaphore>,
+    uploaders: Uploaders,
+    rules: UploadRules,
+}
+
+/// An upload's place: its client's share and its slot in the pool, held from before the
+/// body is read until the upload is answered (the slot until the worker is done).
+pub struct Admission {
+    _share: Held<Uploader>,
+    slot: OwnedSemaphorePermit,
+}
+
+impl Images {
+    pub fn new(
+        store: SharedStore,
+        uploads: ActorSlot<UploadsMsg>,
+        max_in_flight: usize,
+        rules: UploadRules,
+    ) -> Self {
+        Self {
+            store,
+            uploads,
+            pool: Arc::new(Semaphore::new(max_in_flight)),
+            uploaders: Uploaders::default(),
+            rules,
+        }
+    }
+
+    /// A place for one upload by `uploader`, or why there is none now.
+    pub fn admit(&self, uploader: Uploader) -> Result<Admission, ImagesError> {
+        let max = self.rules.max_in_flight_per_client;
+        let share = self
+            .uploaders
+            .admit(uploader, max)
+            .ok_or(ImagesError::TooManyInFlight(max))?;
+        let slot = self
+            .pool
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ImagesError::PoolFull)?;
+        Ok(Admission {
+            _share: share,
+            slot,
+        })
+    }
+
+    /// Checks, stores and records a staged upload; the workers announce the new image.
+    pub async fn ingest(
+        &self,
+        admission: Admission,
+        staged: StagedUpload,
+        tags: Tags,
+        owner: Option<UserId>,
+    ) -> Result<Ingested, ImagesError> {
+        let key = staged.sha1;
+        let Admission { _share, slot } = admission;
+        self.job(key, |reply| UploadMsg::Ingest {
+            staged,
+            tags,
+            owner,
+            permit: slot,
+            reply,
+        })
+        .await
+    }
+
+    /// The image `id`.
+    pub async fn find(&self, id: &str) -> Result<Image, ImagesError> {
+        let missing = || ImagesError::NotFound(id.to_owned());
+        let parsed: ImageId = id.parse().map_err(|_| missing())?;
+        self.store.get_image(parsed).await?.ok_or_else(missing)
+    }
+
+    /// An image `user` may change: their own, or any for an admin. Others' are not found.
+    pub async fn find_own(&self, id: &str, user: &User) -> Result<Image, ImagesError> {
+        let image = self.find(id).await?;
+        if user.admin || image.owner == Some(user.id) {
+            Ok(image)
+        } else {
+            Err(ImagesError::NotFound(id.to_owned()))
+        }
+    }
+
+    /// Replaces an image's tags.
+    pub async fn retag(&self, image: &Image, tags: &Tags) -> Result<Image, ImagesError> {
+        self.store
+            .set_image_tags(image.id, tags)
+            .await?
+            .ok_or_else(|| ImagesError::NotFound(image.id.to_string()))
+    }
+
+    /// Deletes an image, and its file once no other upload shares it.
+    pub async fn delete(&self, image: &Image) -> Result<(), ImagesError> {
+        let id = image.id;
+        self.job(key_of(image), |reply| UploadMsg::Delete { id, reply })
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes every image `owner` uploaded.
+    pub async fn delete_all_of(&self, owner: UserId) -> Result<(), ImagesError> {
+        loop {
+            let page = self.store.images_by_owner(owner, None, DELETE_PAGE).await?;
+            if page.is_empty() {
+                return Ok(());
+            }
+            for image in &page {
+                self.delete(image).await?;
+            }
+        }
+    }
+
+    /// Runs one job on the upload workers and waits (bounded) for its outcome.
+    async fn job<T: Send + 'static>(
+        &self,
+        key: [u8; 20],
+        job: impl FnOnce(ractor::RpcReplyPort<Result<T, IngestError>>) -> UploadMsg,
+    ) -> Result<T, ImagesError> {
+        let uploads = self.uploads.get().ok_or(ImagesError::Busy)?;
+        let reply = uploads
+            .call_job(key, job, Some(self.rules.process_timeout))
+            .await
+            .map_err(|_| ImagesError::Busy)?;
+        match reply {
+            CallResult::Success(result) => Ok(result?),
+            CallResult::Timeout => Err(ImagesError::Busy),
+            CallResult::SenderError => Err(ImagesError::WorkerLost),
+        }
+    }
+}
