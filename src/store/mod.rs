@@ -205,7 +205,7 @@ pub enum Claim {
     Held { by: String },
 }
 
-/// Reminders, the due index the scheduler works from, and the bucket leases.
+/// Reminders, each with its per-user index row.
 #[async_trait]
 pub trait ReminderStore: Send + Sync {
     /// Stores a new reminder with its per-user row and, if scheduled, its due row.
@@ -228,7 +228,12 @@ pub trait ReminderStore: Send + Sync {
 
     /// Removes a reminder and its rows (whatever its state).
     async fn delete_reminder(&self, reminder: &Reminder) -> Result<(), StoreError>;
+}
 
+/// The schedule of due reminders: the due index (rows grouped in buckets of a minute and
+/// a shard), the bucket leases that let several nodes share it, and firing.
+#[async_trait]
+pub trait ScheduleStore: Send + Sync {
     /// Every bucket with due rows (or not yet forgotten) up to and including `until_minute`.
     async fn due_buckets(&self, until_minute: i64) -> Result<Vec<Bucket>, StoreError>;
 
@@ -304,7 +309,9 @@ pub trait MailStore: Send + Sync {
 
 /// Everything a backend provides.
 #[async_trait]
-pub trait Store: ImageStore + AccountStore + EventStore + ReminderStore + MailStore {
+pub trait Store:
+    ImageStore + AccountStore + EventStore + ReminderStore + ScheduleStore + MailStore
+{
     /// Cheap round trip proving the store answers (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;
 

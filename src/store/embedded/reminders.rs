@@ -14,7 +14,7 @@ use crate::domain::{
     Bucket, DeadLetter, Due, MailId, MailJob, MailKind, Reminder, ReminderId, ReminderKey,
     ReminderState, UserId,
 };
-use crate::store::{Claim, MailStore, ReminderStore, StoreError};
+use crate::store::{Claim, MailStore, ReminderStore, ScheduleStore, StoreError};
 
 type DueKey = (i64, u16, i64, u128);
 
@@ -150,7 +150,10 @@ impl ReminderStore for EmbeddedStore {
         })
         .await
     }
+}
 
+#[async_trait]
+impl ScheduleStore for EmbeddedStore {
     async fn due_buckets(&self, until_minute: i64) -> Result<Vec<Bucket>, StoreError> {
         self.with_db(move |db| {
             let table = db.begin_read()?.open_table(DUE_BUCKETS)?;
