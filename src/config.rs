@@ -121,16 +121,16 @@ pub struct AccountSettings {
 #[serde(deny_unknown_fields)]
 pub struct RateLimitSettings {
     pub enabled: bool,
-    pub reads: Bucket,
-    pub writes: Bucket,
-    pub uploads: Bucket,
-    pub auth: Bucket,
+    pub reads: TokenBucket,
+    pub writes: TokenBucket,
+    pub uploads: TokenBucket,
+    pub auth: TokenBucket,
 }
 
 /// A token bucket: refills `per_minute` tokens a minute, holds at most `burst`.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Bucket {
+pub struct TokenBucket {
     pub per_minute: u32,
     pub burst: u32,
 }

@@ -8,7 +8,6 @@ mod servers;
 #[allow(dead_code)]
 #[path = "../../tests/api/common/smtp.rs"]
 mod smtp;
-mod ws;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -151,10 +150,14 @@ async fn run(
             Scenario::Uploads => scenarios::uploads(sizes, &command).await?,
             Scenario::Reminders => scenarios::reminders(sizes, &command).await?,
             Scenario::Scale => scenarios::scale(sizes, &command).await?,
-            Scenario::Ws => ws::ws(sizes, &command).await?,
+            Scenario::Ws => scenarios::ws::ws(sizes, &command).await?,
             Scenario::WsIdle => {
-                let clients = if smoke { 30 } else { ws::IDLE_CONNECTIONS };
-                ws::idle(clients, &command).await?
+                let clients = if smoke {
+                    30
+                } else {
+                    scenarios::ws::IDLE_CONNECTIONS
+                };
+                scenarios::ws::idle(clients, &command).await?
             }
         };
         report.print();

@@ -24,7 +24,7 @@ use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use super::extract::bearer;
 use super::{ApiError, AppState, ops};
-use crate::config::{Bucket, RateLimitSettings, Settings};
+use crate::config::{RateLimitSettings, Settings, TokenBucket};
 use crate::domain::UserId;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -174,7 +174,7 @@ pub struct RateLimits {
 
 impl RateLimits {
     pub fn new(settings: &RateLimitSettings) -> Arc<Self> {
-        let keyed = |b: Bucket| {
+        let keyed = |b: TokenBucket| {
             let per_minute = NonZeroU32::new(b.per_minute).unwrap_or(NonZeroU32::MIN);
             let burst = NonZeroU32::new(b.burst).unwrap_or(NonZeroU32::MIN);
             DefaultKeyedRateLimiter::keyed(Quota::per_minute(per_minute).allow_burst(burst))

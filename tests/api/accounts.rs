@@ -1,23 +1,8 @@
-//! Accounts, sessions, ownership, admin and rate limits, through a real server.
+//! Accounts, sessions, deletion and admins (the API and the CLI), through a real server.
 
-use crate::common::{TestApp, png};
+use crate::common::{TestApp, png, problem};
 use reqwest::Method;
 use serde_json::{Value, json};
-
-async fn problem(response: reqwest::Response, status: u16) -> Value {
-    assert_eq!(response.status(), status);
-    assert_eq!(
-        response.headers()["content-type"],
-        "application/problem+json"
-    );
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["status"], status);
-    body
-}
-
-fn call(app: &TestApp, method: Method, path: &str, token: &str) -> reqwest::RequestBuilder {
-    app.client.request(method, app.url(path)).bearer_auth(token)
-}
 
 #[tokio::test]
 async fn the_account_lifecycle_from_sign_up_to_logout() {
@@ -32,7 +17,8 @@ async fn the_account_lifecycle_from_sign_up_to_logout() {
 
     let token = app.log_in("ann").await;
     assert!(token.len() >= 43, "at least 256 bits of secret");
-    let me: Value = call(&app, Method::GET, "/v1/users/me", &token)
+    let me: Value = app
+        .call(Method::GET, "/v1/users/me", &token)
         .send()
         .await
         .unwrap()
@@ -42,7 +28,8 @@ async fn the_account_lifecycle_from_sign_up_to_logout() {
     assert_eq!(me["id"], created["id"]);
 
     // A secondary address: added, usable to log in, removed.
-    let added = call(&app, Method::POST, "/v1/users/me/emails", &token)
+    let added = app
+        .call(Method::POST, "/v1/users/me/emails", &token)
         .json(&json!({"email": "Ann.Work@Example.org"}))
         .send()
         .await
@@ -58,19 +45,18 @@ async fn the_account_lifecycle_from_sign_up_to_logout() {
         .await
         .unwrap();
     assert_eq!(by_email.status(), 201);
-    let removed = call(
-        &app,
-        Method::DELETE,
-        "/v1/users/me/emails/ann.work@example.org",
-        &token,
-    )
-    .send()
-    .await
-    .unwrap();
+    let removed = app
+        .call(
+            Method::DELETE,
+            "/v1/users/me/emails/ann.work@example.org",
+            &token,
+        )
+        .send()
+        .await
+        .unwrap();
     assert_eq!(removed.status(), 200);
     problem(
-        call(
-            &app,
+        app.call(
             Method::DELETE,
             "/v1/users/me/emails/ann.work@example.org",
             &token,
@@ -82,8 +68,7 @@ async fn the_account_lifecycle_from_sign_up_to_logout() {
     )
     .await;
     problem(
-        call(
-            &app,
+        app.call(
             Method::DELETE,
             "/v1/users/me/emails/ann@example.com",
             &token,
@@ -96,13 +81,15 @@ async fn the_account_lifecycle_from_sign_up_to_logout() {
     .await;
 
     // A new primary; the old one stays as a secondary address.
-    let changed = call(&app, Method::PATCH, "/v1/users/me", &token)
+    let changed = app
+        .call(Method::PATCH, "/v1/users/me", &token)
         .json(&json!({"email": "ann@new.example.com"}))
         .send()
         .await
         .unwrap();
     assert_eq!(changed.status(), 200);
-    let me: Value = call(&app, Method::GET, "/v1/users/me", &token)
+    let me: Value = app
+        .call(Method::GET, "/v1/users/me", &token)
         .send()
         .await
         .unwrap()
@@ -114,14 +101,15 @@ async fn the_account_lifecycle_from_sign_up_to_logout() {
 
     // Logout: the token stops working at once.
     assert_eq!(
-        call(&app, Method::DELETE, "/v1/sessions", &token)
+        app.call(Method::DELETE, "/v1/sessions", &token)
             .send()
             .await
             .unwrap()
             .status(),
         204
     );
-    let rejected = call(&app, Method::GET, "/v1/users/me", &token)
+    let rejected = app
+        .call(Method::GET, "/v1/users/me", &token)
         .send()
         .await
         .unwrap();
@@ -143,13 +131,15 @@ async fn usernames_and_emails_are_unique_across_accounts() {
 
     // Another account's address can be neither added nor made primary.
     let carol = app.new_user("carol").await;
-    let add = call(&app, Method::POST, "/v1/users/me/emails", &carol)
+    let add = app
+        .call(Method::POST, "/v1/users/me/emails", &carol)
         .json(&json!({"email": "bob@example.com"}))
         .send()
         .await
         .unwrap();
     problem(add, 409).await;
-    let primary = call(&app, Method::PATCH, "/v1/users/me", &carol)
+    let primary = app
+        .call(Method::PATCH, "/v1/users/me", &carol)
         .json(&json!({"email": "bob@example.com"}))
         .send()
         .await
@@ -239,7 +229,7 @@ async fn a_deleted_account_s_token_is_refused_and_its_images_are_gone() {
     let fay = app.new_user("fay").await;
     let second_session = app.log_in("fay").await;
     let upload = |bytes: Vec<u8>| {
-        call(&app, Method::POST, "/v1/images", &fay)
+        app.call(Method::POST, "/v1/images", &fay)
             .header("content-type", "image/png")
             .body(bytes)
             .send()
@@ -257,7 +247,7 @@ async fn a_deleted_account_s_token_is_refused_and_its_images_are_gone() {
     assert_eq!(app.files_under("images").len(), 2);
 
     assert_eq!(
-        call(&app, Method::DELETE, "/v1/users/me", &fay)
+        app.call(Method::DELETE, "/v1/users/me", &fay)
             .send()
             .await
             .unwrap()
@@ -265,7 +255,7 @@ async fn a_deleted_account_s_token_is_refused_and_its_images_are_gone() {
         204
     );
     problem(
-        call(&app, Method::GET, "/v1/users/me", &fay)
+        app.call(Method::GET, "/v1/users/me", &fay)
             .send()
             .await
             .unwrap(),
@@ -273,7 +263,7 @@ async fn a_deleted_account_s_token_is_refused_and_its_images_are_gone() {
     )
     .await;
     problem(
-        call(&app, Method::GET, "/v1/users/me", &second_session)
+        app.call(Method::GET, "/v1/users/me", &second_session)
             .send()
             .await
             .unwrap(),
@@ -300,104 +290,6 @@ async fn a_deleted_account_s_token_is_refused_and_its_images_are_gone() {
     assert_eq!(sample["images"].as_array().unwrap().len(), 1, "{sample}");
     // The name is free again.
     assert_eq!(app.sign_up("fay").await.status(), 201);
-}
-
-#[tokio::test]
-async fn users_cannot_see_or_change_each_other_s_images() {
-    let app = TestApp::spawn().await;
-    let (a, b) = (app.new_user("gus").await, app.new_user("hal").await);
-    let image: Value = call(&app, Method::POST, "/v1/images?tags=mine", &a)
-        .header("content-type", "image/png")
-        .body(png(7, 7, 910))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let path = format!("/v1/images/{}", image["id"].as_str().unwrap());
-
-    problem(
-        call(&app, Method::PATCH, &path, &b)
-            .json(&json!({"tags": ["stolen"]}))
-            .send()
-            .await
-            .unwrap(),
-        404,
-    )
-    .await;
-    problem(
-        call(&app, Method::DELETE, &path, &b).send().await.unwrap(),
-        404,
-    )
-    .await;
-    let b_images: Value = call(&app, Method::GET, "/v1/users/me/images", &b)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(b_images["images"], json!([]));
-    let a_images: Value = call(&app, Method::GET, "/v1/users/me/images", &a)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(a_images["images"][0]["id"], image["id"]);
-
-    // The owner can.
-    let retagged: Value = call(&app, Method::PATCH, &path, &a)
-        .json(&json!({"tags": ["Llama"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(retagged["tags"], json!(["llama"]));
-    // Served once (so it is in the small-file cache), then deleted: gone from /i too.
-    let file = format!("/i/{}", image["name"].as_str().unwrap());
-    assert_eq!(app.get(&file).await.status(), 200);
-    assert_eq!(
-        call(&app, Method::DELETE, &path, &a)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        204
-    );
-    problem(app.get(&path).await, 404).await;
-    problem(app.get(&file).await, 404).await;
-    assert!(app.files_under("images").is_empty());
-}
-
-#[tokio::test]
-async fn uploads_need_a_session_unless_anonymous_uploads_are_on() {
-    let app = TestApp::spawn().await;
-    let anonymous = app
-        .client
-        .post(app.url("/v1/images"))
-        .header("content-type", "image/png")
-        .body(png(3, 3, 920))
-        .send()
-        .await
-        .unwrap();
-    problem(anonymous, 401).await;
-    assert!(app.files_under("tmp").is_empty() && app.files_under("images").is_empty());
-
-    let open = TestApp::spawn_with(|s| s.uploads.allow_anonymous = true).await;
-    let anonymous = open
-        .client
-        .post(open.url("/v1/images"))
-        .header("content-type", "image/png")
-        .body(png(3, 3, 921))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(anonymous.status(), 201);
 }
 
 #[tokio::test]
@@ -457,7 +349,8 @@ async fn admin_routes_refuse_other_users_and_the_cli_makes_admins() {
     assert_eq!(names.len(), 2);
     assert!(names.contains(&"tester") && names.contains(&"root"));
     let root = app.log_in("root").await;
-    let me: Value = call(&app, Method::GET, "/v1/users/me", &root)
+    let me: Value = app
+        .call(Method::GET, "/v1/users/me", &root)
         .send()
         .await
         .unwrap()
@@ -476,166 +369,11 @@ async fn admin_routes_refuse_other_users_and_the_cli_makes_admins() {
 }
 
 #[tokio::test]
-async fn a_burst_over_the_limit_gets_429_with_retry_after_and_the_limit_recovers() {
-    let app = TestApp::spawn_with(|s| {
-        s.rate_limits.reads.per_minute = 60;
-        s.rate_limits.reads.burst = 5;
-    })
-    .await;
-    let mut statuses = Vec::new();
-    let mut retry_after = None;
-    for _ in 0..8 {
-        let response = app.get("/v1/images/random").await;
-        if response.status() == 429 {
-            retry_after = Some(
-                response.headers()["retry-after"]
-                    .to_str()
-                    .unwrap()
-                    .parse::<u64>()
-                    .unwrap(),
-            );
-            problem(response, 429).await;
-            statuses.push(429);
-        } else {
-            statuses.push(response.status().as_u16());
-        }
-    }
-    assert_eq!(&statuses[..5], [200; 5]);
-    assert!(statuses[5..].contains(&429), "{statuses:?}");
-    let wait = retry_after.unwrap();
-    assert!((1..=2).contains(&wait), "retry after {wait}s");
-    // A signed-in user has a bucket of their own.
-    assert_eq!(
-        app.authed(Method::GET, "/v1/images/random")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    // Probes are never limited.
-    assert_eq!(app.get("/readyz").await.status(), 200);
-    tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
-    assert_eq!(app.get("/v1/images/random").await.status(), 200);
-}
-
-#[tokio::test]
-async fn request_ids_are_generated_or_echoed() {
-    let app = TestApp::spawn().await;
-    let generated = app.get("/healthz").await;
-    let id = generated.headers()["x-request-id"].to_str().unwrap();
-    assert_eq!(id.len(), 36, "a UUID: {id}");
-    let echoed = app
-        .client
-        .get(app.url("/healthz"))
-        .header("x-request-id", "trace-me-42")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(echoed.headers()["x-request-id"], "trace-me-42");
-}
-
-#[tokio::test]
-async fn login_attempts_are_limited_tighter_than_reads_by_default() {
-    let defaults = corral::config::Settings::load(None, &Default::default())
-        .unwrap()
-        .rate_limits;
-    assert!(
-        defaults.auth.burst < defaults.reads.burst
-            && defaults.auth.per_minute < defaults.reads.per_minute
-    );
-    let app = TestApp::spawn_with(|s| s.rate_limits.auth = defaults.auth).await;
-    let attempt = || {
-        app.client
-            .post(app.url("/v1/sessions"))
-            .json(&json!({"login": "tester", "password": "guess-guess"}))
-            .send()
-    };
-    let mut statuses = Vec::new();
-    for _ in 0..defaults.auth.burst + 1 {
-        statuses.push(attempt().await.unwrap().status().as_u16());
-    }
-    // The harness's own sign-up and login drew from the same bucket first.
-    let first_limited = statuses
-        .iter()
-        .position(|s| *s == 429)
-        .expect("limited within the burst");
-    assert!(
-        first_limited >= 1 && statuses[..first_limited].iter().all(|s| *s == 401),
-        "{statuses:?}"
-    );
-    assert!(
-        statuses[first_limited..].iter().all(|s| *s == 429),
-        "{statuses:?}"
-    );
-    // Reads from the same client are unaffected.
-    assert_eq!(app.get("/v1/images/random").await.status(), 200);
-}
-
-#[tokio::test]
-async fn cors_follows_the_configured_origins() {
-    let app =
-        TestApp::spawn_with(|s| s.http.cors_origins = vec!["https://app.example.org".into()]).await;
-    let preflight = |origin: &'static str| {
-        app.client
-            .request(Method::OPTIONS, app.url("/v1/users/me"))
-            .header("origin", origin)
-            .header("access-control-request-method", "GET")
-            .header("access-control-request-headers", "authorization")
-            .send()
-    };
-    let allowed = preflight("https://app.example.org").await.unwrap();
-    assert_eq!(
-        allowed.headers()["access-control-allow-origin"],
-        "https://app.example.org"
-    );
-    let refused = preflight("https://evil.example.com").await.unwrap();
-    assert!(
-        refused
-            .headers()
-            .get("access-control-allow-origin")
-            .is_none()
-    );
-    // With no origins configured, no CORS headers at all.
-    let closed = TestApp::spawn().await;
-    let response = closed
-        .client
-        .get(closed.url("/healthz"))
-        .header("origin", "https://app.example.org")
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        response
-            .headers()
-            .get("access-control-allow-origin")
-            .is_none()
-    );
-}
-
-#[tokio::test]
-async fn json_responses_are_compressed_for_clients_that_accept_gzip() {
-    let app = TestApp::spawn().await;
-    let response = app
-        .client
-        .get(app.url("/openapi.json"))
-        .header("accept-encoding", "gzip")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.headers()["content-encoding"], "gzip");
-    let gz = response.bytes().await.unwrap();
-    assert_eq!(&gz[..2], [0x1f, 0x8b], "a gzip stream");
-    let plain = app.get("/openapi.json").await;
-    assert!(plain.headers().get("content-encoding").is_none());
-}
-
-#[tokio::test]
 async fn concurrent_account_changes_do_not_lose_each_other() {
     let app = TestApp::spawn().await;
     let token = app.new_user("ivy").await;
     let adds = (0..4).map(|i| {
-        call(&app, Method::POST, "/v1/users/me/emails", &token)
+        app.call(Method::POST, "/v1/users/me/emails", &token)
             .json(&json!({"email": format!("ivy{i}@example.com")}))
             .send()
     });
@@ -645,7 +383,8 @@ async fn concurrent_account_changes_do_not_lose_each_other() {
         .map(|r| r.unwrap().status().as_u16())
         .collect();
     assert!(statuses.iter().all(|s| *s == 201), "{statuses:?}");
-    let me: Value = call(&app, Method::GET, "/v1/users/me", &token)
+    let me: Value = app
+        .call(Method::GET, "/v1/users/me", &token)
         .send()
         .await
         .unwrap()
@@ -670,15 +409,15 @@ async fn concurrent_account_changes_do_not_lose_each_other() {
     );
     // Every address added can be removed again (record and index agree).
     for email in emails {
-        let removed = call(
-            &app,
-            Method::DELETE,
-            &format!("/v1/users/me/emails/{email}"),
-            &token,
-        )
-        .send()
-        .await
-        .unwrap();
+        let removed = app
+            .call(
+                Method::DELETE,
+                &format!("/v1/users/me/emails/{email}"),
+                &token,
+            )
+            .send()
+            .await
+            .unwrap();
         assert_eq!(removed.status(), 200, "{email}");
     }
 }

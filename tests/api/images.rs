@@ -1,26 +1,12 @@
-//! Uploads, reads, caching and the random sample, through a real server and client.
+//! Uploads, reads, caching, the random sample and who may change an image, through a real
+//! server and client.
 
 use std::collections::HashSet;
 
-use crate::common::{TestApp, png, png_claiming, sha1_hex};
+use crate::common::{TestApp, png, png_claiming, problem, sha1_hex};
+use reqwest::Method;
 use reqwest::multipart::{Form, Part};
-use serde_json::Value;
-
-async fn problem(response: reqwest::Response, status: u16) -> Value {
-    assert_eq!(response.status(), status);
-    let ct = response.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    assert_eq!(ct, "application/problem+json");
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["status"], status);
-    assert!(
-        body["detail"].as_str().is_some_and(|d| !d.is_empty()),
-        "{body}"
-    );
-    body
-}
+use serde_json::{Value, json};
 
 #[tokio::test]
 async fn a_raw_upload_round_trips_byte_for_byte_under_its_sha1_name() {
@@ -567,4 +553,106 @@ async fn a_jpeg_with_bytes_after_its_eoi_is_accepted_whole() {
         let served = app.get(image["url"].as_str().unwrap()).await;
         assert_eq!(served.bytes().await.unwrap(), bytes, "{kind}");
     }
+}
+
+#[tokio::test]
+async fn users_cannot_see_or_change_each_other_s_images() {
+    let app = TestApp::spawn().await;
+    let (a, b) = (app.new_user("gus").await, app.new_user("hal").await);
+    let image: Value = app
+        .call(Method::POST, "/v1/images?tags=mine", &a)
+        .header("content-type", "image/png")
+        .body(png(7, 7, 910))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let path = format!("/v1/images/{}", image["id"].as_str().unwrap());
+
+    problem(
+        app.call(Method::PATCH, &path, &b)
+            .json(&json!({"tags": ["stolen"]}))
+            .send()
+            .await
+            .unwrap(),
+        404,
+    )
+    .await;
+    problem(
+        app.call(Method::DELETE, &path, &b).send().await.unwrap(),
+        404,
+    )
+    .await;
+    let b_images: Value = app
+        .call(Method::GET, "/v1/users/me/images", &b)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(b_images["images"], json!([]));
+    let a_images: Value = app
+        .call(Method::GET, "/v1/users/me/images", &a)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(a_images["images"][0]["id"], image["id"]);
+
+    // The owner can.
+    let retagged: Value = app
+        .call(Method::PATCH, &path, &a)
+        .json(&json!({"tags": ["Llama"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(retagged["tags"], json!(["llama"]));
+    // Served once (so it is in the small-file cache), then deleted: gone from /i too.
+    let file = format!("/i/{}", image["name"].as_str().unwrap());
+    assert_eq!(app.get(&file).await.status(), 200);
+    assert_eq!(
+        app.call(Method::DELETE, &path, &a)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    problem(app.get(&path).await, 404).await;
+    problem(app.get(&file).await, 404).await;
+    assert!(app.files_under("images").is_empty());
+}
+
+#[tokio::test]
+async fn uploads_need_a_session_unless_anonymous_uploads_are_on() {
+    let app = TestApp::spawn().await;
+    let anonymous = app
+        .client
+        .post(app.url("/v1/images"))
+        .header("content-type", "image/png")
+        .body(png(3, 3, 920))
+        .send()
+        .await
+        .unwrap();
+    problem(anonymous, 401).await;
+    assert!(app.files_under("tmp").is_empty() && app.files_under("images").is_empty());
+
+    let open = TestApp::spawn_with(|s| s.uploads.allow_anonymous = true).await;
+    let anonymous = open
+        .client
+        .post(open.url("/v1/images"))
+        .header("content-type", "image/png")
+        .body(png(3, 3, 921))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 201);
 }

@@ -7,6 +7,7 @@ mod accounts;
 mod browser;
 mod crash;
 mod events;
+mod gateway;
 mod hardening;
 mod images;
 mod openapi;

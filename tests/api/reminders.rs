@@ -6,8 +6,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::common::TestApp;
 use crate::common::smtp::{Received, SmtpSink};
+use crate::common::{TestApp, problem};
 use chrono::{DateTime, TimeZone, Utc};
 use corral::App;
 use corral::config::{MailTransportKind, Overrides, Settings, SmtpTls};
@@ -559,15 +559,6 @@ async fn the_welcome_mail_arrives_on_sign_up() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     app.stop().await;
-}
-
-async fn problem(response: reqwest::Response, status: u16) -> Value {
-    assert_eq!(response.status(), status);
-    assert_eq!(
-        response.headers()["content-type"],
-        "application/problem+json"
-    );
-    response.json().await.unwrap()
 }
 
 #[tokio::test]

@@ -177,6 +177,18 @@ impl TestApp {
         body["id"].as_str().unwrap().to_owned()
     }
 
+    /// A request builder carrying the session `token`.
+    pub fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+    ) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, self.url(path))
+            .bearer_auth(token)
+    }
+
     /// A request builder carrying the `tester` session.
     pub fn authed(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.client
@@ -279,6 +291,23 @@ impl Drop for TestApp {
             let _ = stop.send(());
         }
     }
+}
+
+/// Asserts `response` is a problem+json with `status` and a detail, and returns it.
+pub async fn problem(response: reqwest::Response, status: u16) -> serde_json::Value {
+    assert_eq!(response.status(), status);
+    let ct = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(ct, "application/problem+json");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["status"], status);
+    assert!(
+        body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+        "{body}"
+    );
+    body
 }
 
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {

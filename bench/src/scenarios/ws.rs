@@ -12,9 +12,9 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 
+use super::{Sizes, admin_token, png, report};
 use crate::load::{self, Conn, Mode, request};
 use crate::report::{Measured, Report};
-use crate::scenarios::{Sizes, admin_token, png, report};
 use crate::servers;
 
 pub async fn ws(sizes: Sizes, command: &str) -> anyhow::Result<Report> {

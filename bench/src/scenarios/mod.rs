@@ -1,0 +1,210 @@
+//! The seeds' load scenarios. Each starts what it measures on loopback, seeds it, runs the
+//! load against Corral and a reference side by side, and returns the report. One module per
+//! scenario; what they share is here.
+
+mod events;
+mod reads;
+mod reminders;
+mod scale;
+mod uploads;
+pub mod ws;
+
+pub use events::events;
+pub use reads::{files, random};
+pub use reminders::reminders;
+pub use scale::scale;
+pub use uploads::uploads;
+
+use std::io::Cursor;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use crate::load::{self, Conn, Mode, Work, request};
+use crate::report::{Measured, Report, machine};
+use crate::servers::{self, ADMIN, Server};
+
+/// Sizes for one invocation.
+#[derive(Debug, Clone, Copy)]
+pub struct Sizes {
+    pub duration: Duration,
+    pub images: usize,
+    pub events: usize,
+    /// Connections for the read scenarios.
+    pub connections: usize,
+    /// Connection levels of the events scenario.
+    pub event_levels: &'static [usize],
+    /// Arrival rates (uploads a second) of the uploads scenario, and at most this many
+    /// uploads per rate.
+    pub upload_rates: &'static [u64],
+    pub uploads_per_rate: u64,
+    /// Reminders, all due within `reminder_window` (one minute in the seed).
+    pub reminders: usize,
+    pub reminder_window: Duration,
+    /// Image rows seeded for the scale scenario.
+    pub scale_images: u64,
+    /// WebSocket clients of the ws scenario, the uploads they hear of, and the uploads'
+    /// rate (a second).
+    pub ws_clients: usize,
+    pub ws_uploads: usize,
+    pub ws_rate: u64,
+}
+
+impl Sizes {
+    pub fn default_run() -> Self {
+        Self {
+            duration: Duration::from_secs(10),
+            images: 200,
+            events: 500,
+            connections: 256,
+            event_levels: &[10, 100, 1000],
+            upload_rates: &[10, 25, 50],
+            uploads_per_rate: 500,
+            reminders: 5_000,
+            reminder_window: Duration::from_secs(60),
+            scale_images: 1_000_000,
+            ws_clients: 1000,
+            ws_uploads: 100,
+            ws_rate: 10,
+        }
+    }
+
+    /// The seeds' sizes.
+    pub fn full() -> Self {
+        Self {
+            duration: Duration::from_secs(30),
+            images: 1000,
+            events: 5000,
+            upload_rates: &[50, 200, 1000],
+            uploads_per_rate: 5_000,
+            reminders: 100_000,
+            scale_images: 10_000_000,
+            ws_clients: 5000,
+            ws_uploads: 150,
+            ws_rate: 5,
+            ..Self::default_run()
+        }
+    }
+
+    /// Just enough to show every step works (the smoke test).
+    pub fn smoke() -> Self {
+        Self {
+            duration: Duration::from_millis(300),
+            images: 3,
+            events: 3,
+            connections: 2,
+            event_levels: &[2],
+            upload_rates: &[5],
+            uploads_per_rate: 2,
+            reminders: 5,
+            reminder_window: Duration::from_secs(1),
+            scale_images: 100,
+            ws_clients: 3,
+            ws_uploads: 2,
+            ws_rate: 10,
+        }
+    }
+}
+
+async fn json_call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Value,
+) -> anyhow::Result<(u16, Value)> {
+    let mut conn = Conn::new(addr);
+    let body = if body.is_null() {
+        Bytes::new()
+    } else {
+        Bytes::from(body.to_string())
+    };
+    let response = conn.send(request(method, addr, path, token, body)).await?;
+    let status = response.status().as_u16();
+    let value = serde_json::from_slice(response.body()).unwrap_or(Value::Null);
+    Ok((status, value))
+}
+
+/// Signs the bench admin in; returns the token.
+pub(crate) async fn admin_token(addr: SocketAddr) -> anyhow::Result<String> {
+    let (status, body) = json_call(
+        addr,
+        "POST",
+        "/v1/sessions",
+        None,
+        json!({"login": ADMIN.0, "password": ADMIN.1}),
+    )
+    .await?;
+    if status != 201 {
+        bail!("admin login answered {status}: {body}");
+    }
+    body["token"].as_str().map(String::from).context("no token")
+}
+
+/// A distinct small PNG per `n` (a gradient keyed by n).
+pub(crate) fn png(n: usize) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(48, 48, |x, y| {
+        image::Rgb([
+            (x as usize * 5 + n) as u8,
+            (y as usize * 5) as u8,
+            (n / 256) as u8,
+        ])
+    });
+    let mut out = Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png)
+        .expect("encode a PNG in memory");
+    out.into_inner()
+}
+
+/// Uploads `count` distinct images; returns their names.
+async fn seed_images(addr: SocketAddr, token: &str, count: usize) -> anyhow::Result<Vec<String>> {
+    let mut conn = Conn::new(addr);
+    let mut names = Vec::with_capacity(count);
+    for n in 0..count {
+        let mut req = request("POST", addr, "/v1/images", Some(token), Bytes::from(png(n)));
+        req.headers_mut()
+            .insert("content-type", "image/png".parse().expect("header"));
+        let response = conn.send(req).await?;
+        if response.status() != 201 {
+            bail!("seeding an image answered {}", response.status());
+        }
+        let body: Value = serde_json::from_slice(response.body())?;
+        names.push(body["name"].as_str().context("image name")?.to_owned());
+    }
+    Ok(names)
+}
+
+/// Runs `work` against `server`, measuring both processes' CPU.
+async fn measure(server: &Server, label: &str, mode: Mode, sizes: &Sizes, work: Work) -> Measured {
+    let me = std::process::id();
+    let (server_before, me_before) = (server.cpu_seconds(), servers::proc_cpu(me));
+    let run = load::run(server.addr, mode, sizes.duration, None, work).await;
+    let server_cpu = server.cpu_seconds() - server_before;
+    let my_cpu = servers::proc_cpu(me) - me_before;
+    Measured::of(label, mode, &run, server_cpu, my_cpu)
+}
+
+pub(crate) fn report(scenario: &str, command: &str) -> Report {
+    Report {
+        scenario: scenario.into(),
+        started_at: chrono::Utc::now().to_rfc3339(),
+        machine: machine(),
+        command: command.into(),
+        results: Vec::new(),
+        ratios: Vec::new(),
+        notes: Vec::new(),
+    }
+}
+
+fn ratio(report: &mut Report, a: usize, b: usize, what: &str) {
+    let (x, y) = (&report.results[a], &report.results[b]);
+    if y.rps > 0.0 {
+        let name = format!("{} / {} ({what})", x.target, y.target);
+        let value = x.rps / y.rps;
+        report.ratios.push((name, value));
+    }
+}
