@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
+use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// The defaults, documented key by key.
@@ -51,6 +52,8 @@ pub struct HttpSettings {
     pub idle_timeout_secs: u64,
     pub max_connections: usize,
     pub max_connections_per_address: usize,
+    #[serde(deserialize_with = "nets")]
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -405,6 +408,23 @@ fn positive(key: &'static str, value: u64) -> Result<(), ConfigError> {
 }
 
 /// Accepts `["a", "b"]` from a file or `"a,b"` from the environment.
+/// Networks as CIDRs (`10.0.0.0/8`) or single addresses (`127.0.0.1`), in a list or one
+/// comma-separated string (for environment variables).
+fn nets<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+    list_or_csv(d)?
+        .iter()
+        .map(|s| {
+            s.parse::<IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "{s:?} is not an address or a network (CIDR, like 10.0.0.0/8)"
+                    ))
+                })
+        })
+        .collect()
+}
+
 fn list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]

@@ -74,8 +74,10 @@ async fn wait_ready(addr: SocketAddr, path: &str, child: &mut Child) -> anyhow::
     }
 }
 
-/// Starts Corral on a fresh data dir with rate limits off (every request comes from one
-/// IP) and an admin account, with `env` (CORRAL_* settings) on top.
+/// Starts Corral on a fresh data dir with an admin account, with `env` (CORRAL_* settings)
+/// on top. Rate limits are off (every request comes from one address, so the buckets of
+/// one client would be measured) unless `BENCH_RATE_LIMITS=on`; then their 429s count as
+/// errors.
 pub async fn corral(env: &[(&str, String)]) -> anyhow::Result<Server> {
     corral_in(tempfile::TempDir::new()?, env).await
 }
@@ -90,10 +92,12 @@ pub async fn corral_in(dir: tempfile::TempDir, env: &[(&str, String)]) -> anyhow
         .arg(dir.path())
         .arg("--bind")
         .arg(addr.to_string())
-        .env("CORRAL_RATE_LIMITS__ENABLED", "false")
         .env("CORRAL_LOG__FILTER", "warn")
         .stdin(Stdio::null())
         .kill_on_drop(true);
+    if std::env::var("BENCH_RATE_LIMITS").as_deref() != Ok("on") {
+        command.env("CORRAL_RATE_LIMITS__ENABLED", "false");
+    }
     for (key, value) in env {
         command.env(key, value);
     }

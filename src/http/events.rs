@@ -239,6 +239,7 @@ async fn delete_event(
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
     /// Only events with this topic.
     topic: Option<String>,

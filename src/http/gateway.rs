@@ -13,7 +13,8 @@ use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota};
+use governor::middleware::StateInformationMiddleware;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tower::ServiceBuilder;
 use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -22,12 +23,16 @@ use tower_http::request_id::{
 };
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
+use super::client_ip::{ClientIp, TrustedProxies};
 use super::extract::bearer;
 use super::{ApiError, AppState, ops};
 use crate::config::{RateLimitSettings, Settings, TokenBucket};
 use crate::domain::UserId;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// The IETF httpapi rate-limit headers (draft-ietf-httpapi-ratelimit-headers).
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 /// Every this many requests, idle rate-limit buckets are dropped, bounding their memory.
 const PRUNE_EVERY: u64 = 4096;
 
@@ -53,7 +58,13 @@ pub fn wrap(routes: Router<AppState>, state: AppState) -> Router {
         .layer(CompressionLayer::new())
         .layer(DefaultBodyLimit::max(settings.http.max_json_bytes))
         .layer(middleware::from_fn_with_state(
-            (state.clone(), RateLimits::new(&settings.rate_limits)),
+            (
+                state.clone(),
+                RateLimits::new(
+                    &settings.rate_limits,
+                    TrustedProxies::new(settings.http.trusted_proxies.clone()),
+                ),
+            ),
             guard,
         ));
     routes.layer(stack).with_state(state)
@@ -89,7 +100,13 @@ fn cors(settings: &Settings) -> Option<CorsLayer> {
             .allow_origin(allow)
             .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
             .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
-            .expose_headers([header::LOCATION, header::RETRY_AFTER, REQUEST_ID]),
+            .expose_headers([
+                header::LOCATION,
+                header::RETRY_AFTER,
+                REQUEST_ID,
+                RATELIMIT,
+                RATELIMIT_POLICY,
+            ]),
     )
 }
 
@@ -134,7 +151,7 @@ fn is_upload(request: &Request) -> bool {
 }
 
 /// Which bucket a request draws from.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Class {
     Reads,
     Writes,
@@ -142,16 +159,29 @@ enum Class {
     Auth,
 }
 
-fn classify(request: &Request) -> Class {
-    let (method, path) = (request.method(), request.uri().path());
-    if method == Method::GET || method == Method::HEAD || method == Method::OPTIONS {
-        Class::Reads
-    } else if is_upload(request) {
-        Class::Uploads
-    } else if method == Method::POST && (path == "/v1/sessions" || path == "/v1/users") {
-        Class::Auth
-    } else {
-        Class::Writes
+impl Class {
+    const ALL: [Class; 4] = [Class::Reads, Class::Writes, Class::Uploads, Class::Auth];
+
+    fn name(self) -> &'static str {
+        match self {
+            Class::Reads => "reads",
+            Class::Writes => "writes",
+            Class::Uploads => "uploads",
+            Class::Auth => "auth",
+        }
+    }
+
+    fn of(request: &Request) -> Class {
+        let (method, path) = (request.method(), request.uri().path());
+        if method == Method::GET || method == Method::HEAD || method == Method::OPTIONS {
+            Class::Reads
+        } else if is_upload(request) {
+            Class::Uploads
+        } else if method == Method::POST && (path == "/v1/sessions" || path == "/v1/users") {
+            Class::Auth
+        } else {
+            Class::Writes
+        }
     }
 }
 
@@ -162,50 +192,127 @@ enum Client {
     Ip(IpAddr),
 }
 
-/// One keyed token bucket per request class.
+type Limiter = DefaultKeyedRateLimiter<Client, StateInformationMiddleware>;
+
+/// One class's token bucket per client, and its policy as the `RateLimit-Policy` header
+/// gives it.
+struct Bucket {
+    class: Class,
+    limiter: Limiter,
+    settings: TokenBucket,
+    /// `"reads";q=200;w=2`: the burst, and the seconds in which an empty bucket refills.
+    policy: HeaderValue,
+}
+
+impl Bucket {
+    fn new(class: Class, settings: TokenBucket) -> Self {
+        let per_minute = NonZeroU32::new(settings.per_minute).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(settings.burst).unwrap_or(NonZeroU32::MIN);
+        let settings = TokenBucket {
+            per_minute: per_minute.get(),
+            burst: burst.get(),
+        };
+        let limiter = RateLimiter::keyed(Quota::per_minute(per_minute).allow_burst(burst))
+            .with_middleware::<StateInformationMiddleware>();
+        let policy = format!(
+            "\"{}\";q={};w={}",
+            class.name(),
+            settings.burst,
+            refill_secs(settings, settings.burst)
+        );
+        Self {
+            class,
+            limiter,
+            settings,
+            policy: HeaderValue::from_str(&policy).unwrap_or(HeaderValue::from_static("")),
+        }
+    }
+
+    /// `"reads";r=199;t=1`: tokens left, and seconds until the bucket is full again.
+    fn state(&self, remaining: u32) -> HeaderValue {
+        let used = self.settings.burst.saturating_sub(remaining);
+        let value = format!(
+            "\"{}\";r={remaining};t={}",
+            self.class.name(),
+            refill_secs(self.settings, used)
+        );
+        HeaderValue::from_str(&value).unwrap_or(HeaderValue::from_static(""))
+    }
+}
+
+/// Whole seconds (at least 1) in which `tokens` tokens flow back into `bucket`.
+fn refill_secs(bucket: TokenBucket, tokens: u32) -> u64 {
+    (u64::from(tokens) * 60)
+        .div_ceil(u64::from(bucket.per_minute.max(1)))
+        .max(1)
+}
+
+/// The rate limits: one keyed token bucket per request class (`[rate_limits]`), and the
+/// proxies whose forwarding headers name the client (`http.trusted_proxies`).
 pub struct RateLimits {
     enabled: bool,
-    reads: DefaultKeyedRateLimiter<Client>,
-    writes: DefaultKeyedRateLimiter<Client>,
-    uploads: DefaultKeyedRateLimiter<Client>,
-    auth: DefaultKeyedRateLimiter<Client>,
+    buckets: [Bucket; 4],
+    proxies: TrustedProxies,
     seen: AtomicU64,
 }
 
+/// What a request's bucket said: the headers to send, and whether it may go on.
+struct Verdict<'a> {
+    bucket: &'a Bucket,
+    remaining: u32,
+    /// Seconds to wait, when refused.
+    refused: Option<u32>,
+}
+
+impl Verdict<'_> {
+    fn headers(&self, headers: &mut axum::http::HeaderMap) {
+        headers.insert(RATELIMIT_POLICY, self.bucket.policy.clone());
+        headers.insert(RATELIMIT, self.bucket.state(self.remaining));
+    }
+}
+
 impl RateLimits {
-    pub fn new(settings: &RateLimitSettings) -> Arc<Self> {
-        let keyed = |b: TokenBucket| {
-            let per_minute = NonZeroU32::new(b.per_minute).unwrap_or(NonZeroU32::MIN);
-            let burst = NonZeroU32::new(b.burst).unwrap_or(NonZeroU32::MIN);
-            DefaultKeyedRateLimiter::keyed(Quota::per_minute(per_minute).allow_burst(burst))
+    pub fn new(settings: &RateLimitSettings, proxies: TrustedProxies) -> Arc<Self> {
+        let bucket = |class| {
+            let s = match class {
+                Class::Reads => settings.reads,
+                Class::Writes => settings.writes,
+                Class::Uploads => settings.uploads,
+                Class::Auth => settings.auth,
+            };
+            Bucket::new(class, s)
         };
         Arc::new(Self {
             enabled: settings.enabled,
-            reads: keyed(settings.reads),
-            writes: keyed(settings.writes),
-            uploads: keyed(settings.uploads),
-            auth: keyed(settings.auth),
+            buckets: Class::ALL.map(bucket),
+            proxies,
             seen: AtomicU64::new(0),
         })
     }
 
-    /// `Err(seconds to wait)` when the client's bucket for `class` is empty.
-    fn check(&self, class: Class, client: &Client) -> Result<(), u32> {
-        let limiter = match class {
-            Class::Reads => &self.reads,
-            Class::Writes => &self.writes,
-            Class::Uploads => &self.uploads,
-            Class::Auth => &self.auth,
-        };
+    /// Takes a token from the client's bucket for `class`, if it has one.
+    fn check(&self, class: Class, client: &Client) -> Verdict<'_> {
+        let bucket = &self.buckets[class as usize];
         if self.seen.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1 {
-            for l in [&self.reads, &self.writes, &self.uploads, &self.auth] {
-                l.retain_recent();
+            for b in &self.buckets {
+                b.limiter.retain_recent();
             }
         }
-        limiter.check_key(client).map_err(|not_until| {
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
-            u32::try_from(wait.as_secs() + 1).unwrap_or(u32::MAX)
-        })
+        match bucket.limiter.check_key(client) {
+            Ok(snapshot) => Verdict {
+                bucket,
+                remaining: snapshot.remaining_burst_capacity(),
+                refused: None,
+            },
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                Verdict {
+                    bucket,
+                    remaining: 0,
+                    refused: Some(u32::try_from(wait.as_secs() + 1).unwrap_or(u32::MAX)),
+                }
+            }
+        }
     }
 }
 
@@ -215,12 +322,18 @@ async fn rate_limit(
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
+    let ip = limits.proxies.client(peer, request.headers());
+    request.extensions_mut().insert(ClientIp(ip));
     // Probes and the metrics scraper are never limited: an orchestrator must not see 429.
     let is_ops = matches!(request.uri().path(), "/healthz" | "/readyz" | "/metrics");
     if !limits.enabled || is_ops {
         return Ok(next.run(request).await);
     }
-    let class = classify(&request);
+    let class = Class::of(&request);
     // Sign-in and sign-up attempts are always counted per address: a token must not buy a
     // bucket of its own (an attacker could open accounts to multiply buckets).
     let user = match (class, bearer(request.headers())) {
@@ -230,22 +343,31 @@ async fn rate_limit(
     };
     let client = match &user {
         Some(user) => Client::User(user.id),
-        None => Client::Ip(
-            request
-                .extensions()
-                .get::<ConnectInfo<SocketAddr>>()
-                .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip()),
-        ),
+        None => Client::Ip(ip),
     };
     if let Some(user) = user {
         request.extensions_mut().insert(user);
     }
-    if let Err(retry_after_secs) = limits.check(class, &client) {
-        metrics::counter!("corral_rate_limited_total").increment(1);
-        return Err(ApiError::TooManyRequests {
-            detail: "too many requests; slow down".into(),
+    let verdict = limits.check(class, &client);
+    if let Some(retry_after_secs) = verdict.refused {
+        metrics::counter!("corral_rate_limited_total", "class" => class.name()).increment(1);
+        let TokenBucket { per_minute, burst } = verdict.bucket.settings;
+        let who = match client {
+            Client::User(_) => "this account",
+            Client::Ip(_) => "this address",
+        };
+        let mut response = ApiError::TooManyRequests {
+            detail: format!(
+                "too many {} requests from {who}: wait {retry_after_secs} s (the limit is {per_minute} a minute, in bursts of up to {burst})",
+                class.name()
+            ),
             retry_after_secs,
-        });
+        }
+        .into_response();
+        verdict.headers(response.headers_mut());
+        return Ok(response);
     }
-    Ok(next.run(request).await)
+    let mut response = next.run(request).await;
+    verdict.headers(response.headers_mut());
+    Ok(response)
 }

@@ -1,7 +1,6 @@
 //! Image metadata and uploads: upload, random sample, read, re-tag, delete, and the
 //! signed-in user's own images.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -9,8 +8,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 
+use axum::Extension;
 use axum::Json;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Multipart, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -18,6 +18,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
 use utoipa_axum::routes;
 
+use super::client_ip::ClientIp;
 use super::error::echo;
 use super::extract::{ApiJson, ApiPath, ApiQuery, CurrentUser, MaybeUser};
 use super::paging::{PageQuery, next_cursor};
@@ -43,6 +44,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct UploadQuery {
     /// Comma-separated tags for a raw-body upload (`llama,cute`).
     tags: Option<String>,
@@ -90,7 +92,7 @@ struct UploadForm {
 async fn upload(
     State(state): State<AppState>,
     MaybeUser(user): MaybeUser,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(ClientIp(ip)): Extension<ClientIp>,
     ApiQuery(query): ApiQuery<UploadQuery>,
     request: Request,
 ) -> Result<Response, ApiError> {
@@ -101,7 +103,7 @@ async fn upload(
         (query, user) => {
             let uploader = match &user {
                 Some(user) => Uploader::User(user.id),
-                None => Uploader::Address(peer.ip()),
+                None => Uploader::Address(ip),
             };
             stage_and_ingest(&state, query, uploader, user.map(|u| u.id), request).await
         }
@@ -310,6 +312,7 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct RandomQuery {
     /// How many distinct images, 1 to 100 (default 1).
     #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]

@@ -1,9 +1,10 @@
-//! The OpenAPI document: generated from the handlers' annotations, with the bearer scheme
-//! and a `default` problem+json response on every operation (429, 500 and 503 can come
-//! from any route). Served at `/openapi.json`, with Swagger UI (vendored) at `/docs`.
+//! The OpenAPI document: generated from the handlers' annotations, with the bearer scheme,
+//! the answers any route can give (429 with the rate-limit headers, 503, and a `default`
+//! problem+json for 500). Served at `/openapi.json`, with Swagger UI (vendored) at `/docs`.
 
+use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{ContentBuilder, OpenApi, RefOr, ResponseBuilder};
+use utoipa::openapi::{ContentBuilder, Object, OpenApi, RefOr, ResponseBuilder, Type};
 use utoipa::{Modify, OpenApi as _};
 
 #[derive(utoipa::OpenApi)]
@@ -46,22 +47,49 @@ pub fn base() -> OpenApi {
 }
 
 fn problem(description: &str) -> RefOr<utoipa::openapi::Response> {
+    RefOr::T(problem_builder(description).build())
+}
+
+fn problem_builder(description: &str) -> ResponseBuilder {
     let schema = RefOr::Ref(utoipa::openapi::Ref::from_schema_name("Problem"));
+    ResponseBuilder::new().description(description).content(
+        "application/problem+json",
+        ContentBuilder::new().schema(Some(schema)).build(),
+    )
+}
+
+/// 429, with the headers that say which limit applied and when to come back.
+fn rate_limited() -> RefOr<utoipa::openapi::Response> {
+    let header = |ty, description: &str| {
+        HeaderBuilder::new()
+            .schema(Some(Object::with_type(ty)))
+            .description(Some(description))
+            .build()
+    };
     RefOr::T(
-        ResponseBuilder::new()
-            .description(description)
-            .content(
-                "application/problem+json",
-                ContentBuilder::new().schema(Some(schema)).build(),
+        problem_builder("Rate limited: the detail names the limit (reads, writes, uploads or auth) and the wait")
+            .header("Retry-After", header(Type::Integer, "Seconds to wait"))
+            .header(
+                "RateLimit-Policy",
+                header(Type::String, "The limit that applied, e.g. `\"auth\";q=5;w=30` (burst, and seconds to refill it)"),
+            )
+            .header(
+                "RateLimit",
+                header(Type::String, "Its state, e.g. `\"auth\";r=0;t=30` (tokens left, seconds until full)"),
             )
             .build(),
     )
 }
 
+/// Routes the rate limits never apply to (probes and the metrics scraper).
+const UNLIMITED: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+
 /// Adds what every operation of a kind can answer: 413 and 415 wherever a JSON body is
-/// read, and a `default` problem response (429, 5xx) everywhere.
+/// read, 429 wherever a rate limit applies, and 503 and a `default` problem response
+/// (500) everywhere.
 pub fn finish(mut openapi: OpenApi) -> OpenApi {
-    for item in openapi.paths.paths.values_mut() {
+    for (path, item) in openapi.paths.paths.iter_mut() {
+        let limited = !UNLIMITED.contains(&path.as_str());
         let operations = [
             &mut item.get,
             &mut item.post,
@@ -84,9 +112,15 @@ pub fn finish(mut openapi: OpenApi) -> OpenApi {
                     .entry("415".into())
                     .or_insert_with(|| problem("The body is not JSON"));
             }
-            responses.entry("default".into()).or_insert_with(|| {
-                problem("Any other error (rate limited, overloaded, timed out, unexpected)")
+            if limited {
+                responses.entry("429".into()).or_insert_with(rate_limited);
+            }
+            responses.entry("503".into()).or_insert_with(|| {
+                problem("Overloaded, or the request took longer than its time limit; see Retry-After when given")
             });
+            responses
+                .entry("default".into())
+                .or_insert_with(|| problem("An unexpected error"));
         }
     }
     openapi

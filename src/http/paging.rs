@@ -11,6 +11,7 @@ pub const MAX_PAGE: usize = 100;
 pub const DEFAULT_PAGE: usize = 50;
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// Page size, 1 to 100 (default 50).
     #[param(minimum = 1, maximum = 100)]

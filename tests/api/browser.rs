@@ -1,6 +1,7 @@
 //! The web page at `/`, driven in headless Chromium over WebDriver (fantoccini and
 //! chromedriver): sign up, upload an image, see it arrive in the live strip over the
-//! WebSocket, and see the random grid load it. Without Chromium and chromedriver the test
+//! WebSocket, and see the random grid load it; then Swagger UI's "Try it out" on
+//! `/v1/images/random`. Without Chromium and chromedriver the test
 //! says so and passes, unless `REQUIRE_BROWSER=1` (which `.ci/run` sets) makes a
 //! missing browser a failure.
 
@@ -129,7 +130,10 @@ async fn sign_up_upload_and_see_it_live_and_in_the_random_grid() {
     let app = TestApp::spawn_with(|s| s.rate_limits.enabled = false).await;
     let driver = Driver::start(&driver).await;
     let page = browser(&driver, &chromium).await;
-    let outcome = drive(&app, &page).await;
+    let mut outcome = drive(&app, &page).await;
+    if outcome.is_ok() {
+        outcome = try_it_out(&app, &page).await;
+    }
     let _ = page.close().await;
     outcome.unwrap_or_else(|e| panic!("{e}"));
 }
@@ -219,6 +223,32 @@ async fn drive(app: &TestApp, page: &Client) -> Result<(), fantoccini::error::Cm
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(loaded, json!(24), "the grid image loaded at its real width");
+    Ok(())
+}
+
+/// Swagger UI's "Try it out" → "Execute" on `GET /v1/images/random` (a query parameter
+/// it must be able to leave out) gets a 200.
+async fn try_it_out(app: &TestApp, page: &Client) -> Result<(), fantoccini::error::CmdError> {
+    page.goto(&app.url("/docs/")).await?;
+    let op = "#operations-images-random";
+    element(page, &format!("{op} .opblock-summary"))
+        .await
+        .click()
+        .await?;
+    element(page, &format!("{op} .try-out__btn"))
+        .await
+        .click()
+        .await?;
+    element(page, &format!("{op} .execute"))
+        .await
+        .click()
+        .await?;
+    text_with(
+        page,
+        &format!("{op} .live-responses-table .response .response-col_status"),
+        "200",
+    )
+    .await;
     Ok(())
 }
 

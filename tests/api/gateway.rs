@@ -1,7 +1,7 @@
 //! What the gateway layers do to every request: rate limits, request ids, CORS and
 //! compression, through a real server.
 
-use crate::common::{TestApp, problem};
+use crate::common::{TestApp, metric, problem};
 use reqwest::Method;
 use serde_json::json;
 
@@ -47,6 +47,80 @@ async fn a_burst_over_the_limit_gets_429_with_retry_after_and_the_limit_recovers
     assert_eq!(app.get("/readyz").await.status(), 200);
     tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
     assert_eq!(app.get("/v1/images/random").await.status(), 200);
+}
+
+/// Reads `/v1/images/random` as `forwarded_for` until refused; returns the statuses.
+async fn reads_as(app: &TestApp, forwarded_for: &str, n: usize) -> Vec<reqwest::Response> {
+    let mut responses = Vec::new();
+    for _ in 0..n {
+        let response = app
+            .client
+            .get(app.url("/v1/images/random"))
+            .header("x-forwarded-for", forwarded_for)
+            .send()
+            .await
+            .unwrap();
+        responses.push(response);
+    }
+    responses
+}
+
+fn statuses(responses: &[reqwest::Response]) -> Vec<u16> {
+    responses.iter().map(|r| r.status().as_u16()).collect()
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_bucket() {
+    let tight = |s: &mut corral::config::Settings| {
+        s.rate_limits.reads.per_minute = 6;
+        s.rate_limits.reads.burst = 3;
+    };
+    let app = TestApp::spawn_with(|s| {
+        tight(s);
+        s.http.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    })
+    .await;
+    let first = reads_as(&app, "203.0.113.1", 4).await;
+    assert_eq!(statuses(&first), [200, 200, 200, 429]);
+    // The headers say which bucket applied and what is left of it.
+    let h = first[0].headers();
+    assert_eq!(h["ratelimit-policy"], r#""reads";q=3;w=30"#);
+    assert_eq!(h["ratelimit"], r#""reads";r=2;t=10"#);
+    let refused = first.into_iter().next_back().unwrap();
+    let h = refused.headers().clone();
+    assert_eq!(h["ratelimit-policy"], r#""reads";q=3;w=30"#);
+    assert!(
+        h["ratelimit"]
+            .to_str()
+            .unwrap()
+            .starts_with(r#""reads";r=0;t="#)
+    );
+    let wait: u64 = h["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=10).contains(&wait), "retry after {wait}");
+    let body = problem(refused, 429).await;
+    let detail = body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("reads") && detail.contains(&format!("wait {wait} s")),
+        "{detail}"
+    );
+    // Another client behind the same proxy is not held back by the first one.
+    assert_eq!(statuses(&reads_as(&app, "203.0.113.2", 1).await), [200]);
+    // The right-most hop the proxy vouches for counts, not what the client claimed.
+    assert_eq!(
+        statuses(&reads_as(&app, "198.51.100.7, 203.0.113.1", 1).await),
+        [429]
+    );
+
+    // Without trusted proxies the header is ignored: every client shares the peer's bucket.
+    let app = TestApp::spawn_with(tight).await;
+    let limited = || metric(&app, "corral_rate_limited_total", "class=\"reads\"");
+    let before = limited().await;
+    assert_eq!(
+        statuses(&reads_as(&app, "203.0.113.1", 4).await),
+        [200, 200, 200, 429]
+    );
+    assert_eq!(statuses(&reads_as(&app, "203.0.113.2", 1).await), [429]);
+    assert!(limited().await >= before + 2.0, "counted by class");
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::common::smtp::{Received, SmtpSink};
-use crate::common::{TestApp, problem};
+use crate::common::{TestApp, metric, problem};
 use chrono::{DateTime, TimeZone, Utc};
 use corral::App;
 use corral::config::{MailTransportKind, Overrides, Settings, SmtpTls};
@@ -308,14 +308,6 @@ async fn reminders_due_while_the_server_was_down_are_sent_once_after_restart() {
     assert_eq!(mails_for(&sink, &first).len(), 1);
     assert_eq!(mails_for(&sink, &second).len(), 1);
     app.stop().await;
-}
-
-async fn metric(app: &TestApp, name: &str, label: &str) -> f64 {
-    let text = app.get("/metrics").await.text().await.unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name) && l.contains(label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[tokio::test]

@@ -19,7 +19,7 @@ use crate::servers;
 
 pub async fn ws(sizes: Sizes, command: &str) -> anyhow::Result<Report> {
     let mut report = report("ws", command);
-    let corral = servers::corral(&[("CORRAL_RATE_LIMITS__ENABLED", "false".to_owned())]).await?;
+    let corral = servers::corral(&[]).await?;
     let addr = corral.addr;
     let token = admin_token(addr).await?;
     let clients = sizes.ws_clients;

@@ -293,6 +293,36 @@ impl Drop for TestApp {
     }
 }
 
+/// An outside tool the tests check the server with (a validator, promtool), if it is on
+/// PATH. Without it the test says so and passes, unless `REQUIRE_TOOLS=1` (which
+/// `.ci/run` sets, after installing them) makes a missing tool a failure.
+pub fn tool(name: &str, install: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(name))
+            .find(|candidate| candidate.is_file())
+    });
+    if found.is_none() {
+        let required = std::env::var("REQUIRE_TOOLS").is_ok_and(|v| v == "1");
+        assert!(
+            !required,
+            "REQUIRE_TOOLS=1 but {name} is not on PATH ({install})"
+        );
+        eprintln!("skipping a check by {name}: it is not on PATH ({install})");
+    }
+    found
+}
+
+/// The sum of the `/metrics` samples of `name` whose labels include `label`. The
+/// recorder is one per process, so in-process tests compare before and after.
+pub async fn metric(app: &TestApp, name: &str, label: &str) -> f64 {
+    let text = app.get("/metrics").await.text().await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Asserts `response` is a problem+json with `status` and a detail, and returns it.
 pub async fn problem(response: reqwest::Response, status: u16) -> serde_json::Value {
     assert_eq!(response.status(), status);
