@@ -56,6 +56,7 @@ pub struct Images {
     uploads: ActorSlot<UploadsMsg>,
     /// One permit per upload in flight (`uploads.max_in_flight`).
     pool: Arc<Semaphore>,
+    max_in_flight: usize,
     uploaders: Uploaders,
     rules: UploadRules,
 }
@@ -78,9 +79,15 @@ impl Images {
             store,
             uploads,
             pool: Arc::new(Semaphore::new(max_in_flight)),
+            max_in_flight,
             uploaders: Uploaders::default(),
             rules,
         }
+    }
+
+    /// Uploads admitted and not yet done (against `uploads.max_in_flight`).
+    pub fn slots_in_use(&self) -> usize {
+        self.max_in_flight - self.pool.available_permits()
     }
 
     /// A place for one upload by `uploader`, or why there is none now.

@@ -84,6 +84,14 @@ impl HubState {
         }
     }
 
+    /// Sets `corral_ws_subscriptions{topic}` after a change.
+    fn count_subscriptions(&self) {
+        let reminders: usize = self.reminders.values().map(HashSet::len).sum();
+        metrics::gauge!("corral_ws_subscriptions", "topic" => "images")
+            .set(self.images.len() as f64);
+        metrics::gauge!("corral_ws_subscriptions", "topic" => "reminders").set(reminders as f64);
+    }
+
     fn push<'a>(&self, to: impl IntoIterator<Item = &'a ConnId>, frame: &Utf8Bytes) {
         for conn in to {
             if let Some(outbox) = self.outboxes.get(conn) {
@@ -130,6 +138,7 @@ impl Actor for Hub {
                     conns.remove(&conn);
                     !conns.is_empty()
                 });
+                state.count_subscriptions();
             }
             HubMsg::Subscribe { conn, feed } => {
                 if state.outboxes.contains_key(&conn) {
@@ -141,9 +150,13 @@ impl Actor for Hub {
                             state.reminders.entry(user).or_default().insert(conn);
                         }
                     }
+                    state.count_subscriptions();
                 }
             }
-            HubMsg::Unsubscribe { conn, feed } => state.unsubscribe(conn, feed),
+            HubMsg::Unsubscribe { conn, feed } => {
+                state.unsubscribe(conn, feed);
+                state.count_subscriptions();
+            }
             HubMsg::ImageCreated(image) => {
                 if !state.images.is_empty() {
                     let frame = push::image_created(&image, &state.public_url);

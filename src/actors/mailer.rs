@@ -379,7 +379,11 @@ async fn attempt(args: &MailerArgs, job: &MailJob) -> (Attempt, Option<Reminder>
             Err(e) => tracing::warn!(mail = %job.id, error = %e, "could not check the reminder"),
         }
     }
-    let attempt = match args.transport.deliver(args.composer.from(), job).await {
+    let started = std::time::Instant::now();
+    let delivered = args.transport.deliver(args.composer.from(), job).await;
+    metrics::histogram!("corral_mail_delivery_duration_seconds", "kind" => job.kind.name())
+        .record(started.elapsed().as_secs_f64());
+    let attempt = match delivered {
         Ok(()) => Attempt::Delivered,
         Err(e) => Attempt::Failed(e),
     };

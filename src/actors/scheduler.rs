@@ -160,6 +160,7 @@ impl Actor for Scheduler {
         }
         fire_due(state).await;
         arm(&myself, state);
+        metrics::gauge!("corral_reminders_pending").set(state.dues.len() as f64);
         Ok(())
     }
 }

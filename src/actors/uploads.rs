@@ -158,12 +158,11 @@ async fn ingest(
     caller_gone: impl Fn() -> bool,
 ) -> Result<Ingested, IngestError> {
     let (limits, bytes, sha1) = (deps.limits, staged.bytes, staged.sha1);
-    let slot = deps
-        .decode_slots
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(|e| IngestError::Task(e.into()))?;
+    let waiting = metrics::gauge!("corral_upload_decodes_waiting");
+    waiting.increment(1.0);
+    let slot = deps.decode_slots.clone().acquire_owned().await;
+    waiting.decrement(1.0);
+    let slot = slot.map_err(|e| IngestError::Task(e.into()))?;
     let (inspected, staged) =
         tokio::task::spawn_blocking(move || inspect(&staged.path, limits).map(|i| (i, staged)))
             .await

@@ -96,6 +96,7 @@ async fn upload(
     ApiQuery(query): ApiQuery<UploadQuery>,
     request: Request,
 ) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
     let result = match (query, user) {
         (_, None) if !state.settings.uploads.allow_anonymous => Err(ApiError::Unauthorized(
             "sign in to upload: send Authorization: Bearer <token>".into(),
@@ -122,8 +123,10 @@ async fn upload(
         },
     };
     metrics::counter!("corral_uploads_total", "outcome" => outcome).increment(1);
+    metrics::histogram!("corral_upload_duration_seconds").record(started.elapsed().as_secs_f64());
     let done = result?;
     metrics::counter!("corral_upload_bytes_total").increment(done.image.bytes);
+    metrics::histogram!("corral_upload_size_bytes").record(done.image.bytes as f64);
     let location = format!("/v1/images/{}", done.image.id);
     let view = ImageView::new(done.image, &state.settings.http.public_url);
     Ok((

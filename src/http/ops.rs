@@ -3,6 +3,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Instant;
 
 use axum::Json;
@@ -35,6 +36,10 @@ struct Status {
 #[utoipa::path(get, path = "/metrics", tag = "ops",
     responses((status = 200, description = "Metrics", body = String, content_type = "text/plain")))]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    // What is cheaper to read when scraped than to keep up to date on every change.
+    crate::telemetry::process().collect();
+    metrics::gauge!("corral_http_requests_in_flight").set(IN_FLIGHT.load(Ordering::Relaxed) as f64);
+    metrics::gauge!("corral_upload_slots_in_use").set(state.images.slots_in_use() as f64);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
@@ -68,7 +73,11 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Status>, ApiError>
     Ok(Json(Status { status: "ready" }))
 }
 
+/// Requests being answered now, in this process (all apps of a test process share it).
+static IN_FLIGHT: AtomicI64 = AtomicI64::new(0);
+
 /// What a request is counted under: its method and matched route, taken before it runs.
+/// Counted in flight from `start` until dropped (answered or abandoned).
 pub struct Measured {
     started: Instant,
     method: &'static str,
@@ -91,6 +100,7 @@ thread_local! {
 
 impl Measured {
     pub fn start(request: &Request) -> Self {
+        IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
         Self {
             started: Instant::now(),
             method: method_name(request.method()),
@@ -131,6 +141,12 @@ impl Measured {
                 }
             }
         });
+    }
+}
+
+impl Drop for Measured {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -227,3 +227,80 @@ async fn shutdown_lets_an_in_flight_upload_finish_and_then_closes_the_store() {
     use corral::store::ImageStore;
     assert_eq!(store.scan_images(None, 10).await.unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn promtool_finds_nothing_to_warn_about_and_dashboards_have_their_series_from_the_start() {
+    // The real binary: the recorder is one per process, and this one must be fresh.
+    let dir = tempfile::tempdir().unwrap();
+    let mut corral = crate::common::child::Corral::new(dir.path());
+    let server = corral.start().await;
+    let client = crate::common::child::client();
+    let scrape = || async {
+        let response = client.get(server.url("/metrics")).send().await.unwrap();
+        response.text().await.unwrap()
+    };
+    let fresh = scrape().await;
+    // Before any such event: the series are there at 0, every metric has HELP, and the
+    // process and build are described.
+    for line in [
+        "corral_rate_limited_total{class=\"auth\"} 0",
+        "corral_uploads_total{outcome=\"too_slow\"} 0",
+        "corral_mails_dead_total{kind=\"reminder\"} 0",
+        "corral_ws_subscriptions{topic=\"images\"} 0",
+        "corral_http_connections_shed_total{reason=\"per_address\"} 0",
+        "corral_reminders_pending 0",
+        "corral_build_info{version=\"",
+        "process_resident_memory_bytes ",
+        "process_open_fds ",
+        "# HELP corral_http_request_duration_seconds ",
+    ] {
+        assert!(fresh.contains(line), "no {line:?} in\n{fresh}");
+    }
+    let random = client
+        .get(server.url("/v1/images/random"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(random.status(), 200);
+    let text = scrape().await;
+    for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let name = line.split(' ').nth(2).unwrap();
+        assert!(
+            text.contains(&format!("# HELP {name} ")),
+            "{name} has no HELP"
+        );
+    }
+    // The latency buckets start below a millisecond.
+    assert!(
+        text.contains("corral_http_request_duration_seconds_bucket{method=\"GET\",route=\"/v1/images/random\",le=\"0.00005\"}"),
+        "{text}"
+    );
+    server.stop(std::time::Duration::from_secs(10)).await;
+
+    let Some(promtool) = crate::common::tool("promtool", "apt-get install prometheus") else {
+        return;
+    };
+    let mut child = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(text.as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool check metrics ({}):\n{said}",
+        out.status
+    );
+}

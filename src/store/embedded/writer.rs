@@ -175,10 +175,14 @@ fn commit_batch(db: &Database, batch: &mut Vec<Box<dyn Job>>) {
                 limit = if at > 0 { at } else { usize::MAX };
             }
             None => {
+                let started = std::time::Instant::now();
                 let committed = match catch_unwind(AssertUnwindSafe(|| tx.commit())) {
                     Ok(done) => done.map_err(|e| -> Cause { Arc::new(e) }),
                     Err(_) => Err(cause("the commit panicked")),
                 };
+                metrics::histogram!("corral_store_commit_duration_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                metrics::histogram!("corral_store_commit_batch_writes").record(round as f64);
                 batch
                     .drain(..round)
                     .for_each(|job| job.answer(committed.clone()));
