@@ -186,11 +186,28 @@ pub struct MailSettings {
     pub transport: MailTransportKind,
     pub outbox_dir: PathBuf,
     pub from: String,
+    pub link_secret: Secret,
+    pub helo_name: String,
     pub max_attempts: u32,
     pub retry_initial_ms: u64,
     pub retry_max_ms: u64,
     pub concurrency: usize,
     pub smtp: SmtpSettings,
+}
+
+/// A setting that must not show in logs; `Debug` prints it redacted.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "<redacted>"
+        })
+    }
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -202,6 +219,24 @@ pub struct SmtpSettings {
     pub username: String,
     pub password: String,
     pub timeout_secs: u64,
+}
+
+impl MailSettings {
+    /// The domain of `from` (`corral@example.org` or `Corral <corral@example.org>`).
+    pub fn sender_domain(&self) -> &str {
+        let address = self.from.trim().trim_end_matches('>');
+        address
+            .rsplit_once('@')
+            .map_or("", |(_, domain)| domain.trim())
+    }
+
+    /// The EHLO name: `helo_name`, or the sender's domain.
+    pub fn helo(&self) -> &str {
+        match self.helo_name.trim() {
+            "" => self.sender_domain(),
+            name => name,
+        }
+    }
 }
 
 impl std::fmt::Debug for SmtpSettings {
@@ -366,6 +401,17 @@ impl Settings {
                 key: "node.id",
                 reason: "use at most 64 letters, digits, '-', '_' or '.'".into(),
             });
+        }
+        if self.mail.transport == MailTransportKind::Smtp {
+            let domain = self.mail.sender_domain();
+            if !domain.contains('.') || domain == "localhost" || domain.ends_with(".localhost") {
+                return Err(ConfigError::Invalid {
+                    key: "mail.from",
+                    reason: format!(
+                        "with mail.transport = \"smtp\" the sender must be on a real domain, not {domain:?}: set mail.from (e.g. CORRAL_MAIL__FROM='Corral <corral@example.org>')"
+                    ),
+                });
+            }
         }
         let url = &self.http.public_url;
         if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {

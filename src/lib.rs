@@ -12,6 +12,7 @@ pub mod config;
 pub mod domain;
 pub mod http;
 pub mod images;
+pub mod links;
 pub mod mail;
 pub mod media;
 pub mod problem;
@@ -52,8 +53,16 @@ const ACTOR_STOP_WAIT: Duration = Duration::from_secs(15);
 pub enum AppError {
     #[error("store: {0}")]
     Store(#[from] StoreError),
-    #[error("data directory: {0}")]
-    DataDir(std::io::Error),
+    #[error("cannot open the store in {}", .path.display())]
+    OpenStore {
+        path: std::path::PathBuf,
+        source: StoreError,
+    },
+    #[error("data directory {}: {source}", .path.display())]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("actors failed to start: {0}")]
     Actors(String),
     #[error(transparent)]
@@ -93,11 +102,15 @@ impl App {
         // The recorder first: the actors register their series as they start.
         let metrics = telemetry::metrics();
         let node = node_id(&settings)?;
-        let composer = Composer::new(&settings.mail.from, node.clone())?;
+        let links = links::Links::new(
+            &settings.http.public_url,
+            link_secret(&settings)?.as_bytes(),
+        );
+        let composer = Composer::new(&settings.mail.from, node.clone(), links.clone())?;
         let transport = Transport::from_settings(&settings.mail, &settings.outbox_dir())?;
         let cache = settings.images.file_cache_mib.saturating_mul(1024 * 1024);
-        let media =
-            MediaRoot::open(&settings.storage.data_dir, cache).map_err(AppError::DataDir)?;
+        let media = MediaRoot::open(&settings.storage.data_dir, cache)
+            .map_err(data_dir(&settings.storage.data_dir))?;
         let orphans = actors::uploads::settle_intents(&media, &store).await?;
         if orphans > 0 {
             tracing::warn!(orphans, "removed files a crash left without a record");
@@ -158,8 +171,12 @@ impl App {
                 process_timeout: Duration::from_secs(settings.uploads.process_timeout_secs),
             },
         );
-        let reminders =
-            reminders::Reminders::new(store.clone(), actors.scheduler.clone(), actors.hub.clone());
+        let reminders = reminders::Reminders::new(
+            store.clone(),
+            actors.scheduler.clone(),
+            actors.hub.clone(),
+            links,
+        );
         let accounts = Accounts::new(
             store.clone(),
             images.clone(),
@@ -214,6 +231,10 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), AppError> {
         let http = &self.state.settings.http;
+        if let Ok(addr) = listener.local_addr() {
+            let data_dir = self.state.settings.storage.data_dir.display();
+            tracing::info!(%addr, %data_dir, "corral listening");
+        }
         let grace = Duration::from_secs(http.shutdown_grace_secs);
         let fd_limit = http::serve::raise_fd_limit();
         let limits = http::serve::ConnLimits {
@@ -271,26 +292,56 @@ impl App {
 
 /// This node's id: `node.id`, or a random one kept in `<data_dir>/node_id`.
 fn node_id(settings: &Settings) -> Result<String, AppError> {
-    if !settings.node.id.is_empty() {
-        return Ok(settings.node.id.clone());
+    kept(settings, &settings.node.id, "node_id", || {
+        uuid::Uuid::now_v7().simple().to_string()
+    })
+}
+
+/// The key of the links in mails: `mail.link_secret`, or a random one kept in
+/// `<data_dir>/link_secret` (nodes answering each other's links must share one).
+fn link_secret(settings: &Settings) -> Result<String, AppError> {
+    kept(
+        settings,
+        &settings.mail.link_secret.0,
+        "link_secret",
+        || hex::encode(rand::random::<[u8; 32]>()),
+    )
+}
+
+/// `configured` if set, else the random value kept in `<data_dir>/<file>` (made once).
+fn kept(
+    settings: &Settings,
+    configured: &str,
+    file: &str,
+    make: fn() -> String,
+) -> Result<String, AppError> {
+    if !configured.is_empty() {
+        return Ok(configured.to_owned());
     }
     let dir = &settings.storage.data_dir;
-    std::fs::create_dir_all(dir).map_err(AppError::DataDir)?;
-    let path = dir.join("node_id");
+    std::fs::create_dir_all(dir).map_err(data_dir(dir))?;
+    let path = dir.join(file);
     match std::fs::read_to_string(&path) {
-        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_owned()),
-        Ok(_) => write_node_id(&path),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => write_node_id(&path),
-        Err(e) => Err(AppError::DataDir(e)),
+        Ok(value) if !value.trim().is_empty() => Ok(value.trim().to_owned()),
+        Ok(_) => keep_new(&path, make()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => keep_new(&path, make()),
+        Err(e) => Err(data_dir(&path)(e)),
     }
 }
 
-fn write_node_id(path: &std::path::Path) -> Result<String, AppError> {
-    let id = uuid::Uuid::now_v7().simple().to_string();
+fn keep_new(path: &std::path::Path, value: String) -> Result<String, AppError> {
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, &id).map_err(AppError::DataDir)?;
-    std::fs::rename(&tmp, path).map_err(AppError::DataDir)?;
-    Ok(id)
+    std::fs::write(&tmp, &value).map_err(data_dir(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(data_dir(path))?;
+    Ok(value)
+}
+
+/// An I/O failure on `path` in the data directory, naming it.
+pub(crate) fn data_dir(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> AppError + '_ {
+    move |source| AppError::DataDir {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 pub(crate) async fn open_store(settings: &Settings) -> Result<SharedStore, AppError> {
@@ -298,10 +349,14 @@ pub(crate) async fn open_store(settings: &Settings) -> Result<SharedStore, AppEr
         Backend::Embedded => {
             let cache = settings.storage.cache_mib.saturating_mul(1024 * 1024);
             let cache = usize::try_from(cache).unwrap_or(usize::MAX);
-            Arc::new(EmbeddedStore::open_with_cache(
-                &settings.storage.data_dir,
-                cache,
-            )?)
+            let dir = &settings.storage.data_dir;
+            let store = EmbeddedStore::open_with_cache(dir, cache).map_err(|source| {
+                AppError::OpenStore {
+                    path: dir.clone(),
+                    source,
+                }
+            })?;
+            Arc::new(store)
         }
         Backend::Scylla => Arc::new(ScyllaStore::connect(&scylla_target(settings)).await?),
     })

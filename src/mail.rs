@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use lettre::message::Mailbox;
-use lettre::message::header::ContentType;
+use lettre::message::header::{HeaderName, HeaderValue};
+use lettre::message::{MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::{Credentials, DEFAULT_MECHANISMS};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
@@ -16,6 +17,7 @@ use lettre::{AsyncFileTransport, AsyncTransport, Message, Tokio1Executor};
 
 use crate::config::{MailSettings, MailTransportKind, SmtpSettings, SmtpTls};
 use crate::domain::{Email, Event, MailId, MailJob, MailKind, Reminder, User};
+use crate::links::Links;
 
 /// Why the mail setup could not be built from the settings.
 #[derive(Debug, thiserror::Error)]
@@ -54,14 +56,15 @@ impl DeliveryError {
 pub struct Composer {
     from: Mailbox,
     node: String,
+    links: Links,
 }
 
 impl Composer {
-    pub fn new(from: &str, node: String) -> Result<Self, MailError> {
+    pub fn new(from: &str, node: String, links: Links) -> Result<Self, MailError> {
         let from = from
             .parse::<Mailbox>()
             .map_err(|e| MailError::From(e.to_string()))?;
-        Ok(Self { from, node })
+        Ok(Self { from, node, links })
     }
 
     pub fn from(&self) -> &Mailbox {
@@ -72,14 +75,7 @@ impl Composer {
         &self.node
     }
 
-    fn job(
-        &self,
-        id: MailId,
-        kind: MailKind,
-        to: &Email,
-        subject: String,
-        body: String,
-    ) -> MailJob {
+    fn job(&self, id: MailId, kind: MailKind, to: &Email, subject: String, body: Body) -> MailJob {
         let now = Utc::now();
         MailJob {
             id,
@@ -87,7 +83,9 @@ impl Composer {
             kind,
             to: to.clone(),
             subject,
-            body,
+            body: body.text,
+            html: body.html,
+            unsubscribe: body.unsubscribe,
             message_id: format!("<{}.{}@{}>", kind.name(), id, self.from.email.domain()),
             attempts: 0,
             next_attempt_at: now,
@@ -109,7 +107,11 @@ impl Composer {
             MailKind::Welcome { user: user.id },
             &user.email,
             "Welcome to Corral".into(),
-            body,
+            Body {
+                text: body,
+                html: None,
+                unsubscribe: None,
+            },
         )
     }
 
@@ -121,21 +123,56 @@ impl Composer {
                 .format("%A %-d %B %Y, %H:%M %Z")
                 .to_string()
         };
-        let mut body = format!(
+        let (name, starts, ends) = (
+            user.username.as_str(),
+            when(event.starts_at),
+            when(event.ends_at),
+        );
+        let (event_url, cancel_url) = (
+            self.links.event(event.id),
+            self.links.unsubscribe(reminder.id),
+        );
+        let mut text = format!(
             "Hello {name},\n\nyou asked to be reminded of \"{title}\".\n\n\
              When:  {starts} ({zone})\nUntil: {ends}\nWhere: {place}\n",
-            name = user.username.as_str(),
             title = event.title,
-            starts = when(event.starts_at),
-            ends = when(event.ends_at),
             zone = user.time_zone.name(),
             place = event.location.name,
         );
         if !event.description.is_empty() {
-            body.push('\n');
-            body.push_str(&event.description);
-            body.push('\n');
+            text.push('\n');
+            text.push_str(&event.description);
+            text.push('\n');
         }
+        if let (Some(event_url), Some(cancel_url)) = (&event_url, &cancel_url) {
+            text.push_str(&format!(
+                "\nThe event: {event_url}\nRemove this reminder: {cancel_url}\n"
+            ));
+        }
+        let mut html = format!(
+            "<!doctype html><html><body><p>Hello {name},</p>\
+             <p>you asked to be reminded of <strong>{title}</strong>.</p>\
+             <table><tr><th align=\"left\">When</th><td>{starts} ({zone})</td></tr>\
+             <tr><th align=\"left\">Until</th><td>{ends}</td></tr>\
+             <tr><th align=\"left\">Where</th><td>{place}</td></tr></table>",
+            name = escape(name),
+            title = escape(&event.title),
+            starts = escape(&starts),
+            ends = escape(&ends),
+            zone = escape(user.time_zone.name()),
+            place = escape(&event.location.name),
+        );
+        if !event.description.is_empty() {
+            html.push_str(&format!("<p>{}</p>", escape(&event.description)));
+        }
+        if let (Some(event_url), Some(cancel_url)) = (&event_url, &cancel_url) {
+            html.push_str(&format!(
+                "<p><a href=\"{}\">The event</a> · <a href=\"{}\">Remove this reminder</a></p>",
+                escape(event_url),
+                escape(cancel_url)
+            ));
+        }
+        html.push_str("</body></html>");
         self.job(
             MailId(reminder.id.0),
             MailKind::Reminder {
@@ -144,9 +181,36 @@ impl Composer {
             },
             &reminder.email,
             format!("Reminder: {}", event.title),
-            body,
+            Body {
+                text,
+                html: Some(html),
+                unsubscribe: cancel_url,
+            },
         )
     }
+}
+
+/// A mail's content before it is a job.
+struct Body {
+    text: String,
+    html: Option<String>,
+    unsubscribe: Option<String>,
+}
+
+/// Text made safe for HTML.
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Where mail goes.
@@ -167,9 +231,11 @@ impl Transport {
                 })?;
                 Self::File(AsyncFileTransport::new(outbox))
             }
-            MailTransportKind::Smtp => {
-                Self::Smtp(Box::new(SmtpPool::new(&mail.smtp, mail.concurrency)?))
-            }
+            MailTransportKind::Smtp => Self::Smtp(Box::new(SmtpPool::new(
+                &mail.smtp,
+                mail.helo(),
+                mail.concurrency,
+            )?)),
         }))
     }
 
@@ -180,14 +246,35 @@ impl Transport {
             .as_str()
             .parse::<Mailbox>()
             .map_err(|e| DeliveryError::permanent(format!("bad recipient: {e}")))?;
-        let message = Message::builder()
+        let mut builder = Message::builder()
             .from(from.clone())
             .to(to)
             .subject(job.subject.clone())
-            .message_id(Some(job.message_id.clone()))
-            .header(ContentType::TEXT_PLAIN)
-            .body(job.body.clone())
-            .map_err(|e| DeliveryError::permanent(format!("unbuildable message: {e}")))?;
+            .message_id(Some(job.message_id.clone()));
+        // RFC 3834: an automatic mail; autoresponders must not answer it.
+        let mut headers = vec![("Auto-Submitted", "auto-generated".to_owned())];
+        if let Some(url) = &job.unsubscribe {
+            // RFC 2369 and RFC 8058: one-click unsubscribe by a POST to the URL.
+            headers.push(("List-Unsubscribe", format!("<{url}>")));
+            headers.push(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click".into()));
+        }
+        for (name, value) in headers {
+            builder = builder.raw_header(HeaderValue::new(
+                HeaderName::new_from_ascii_str(name),
+                value,
+            ));
+        }
+        let text = SinglePart::plain(job.body.clone());
+        let built = match &job.html {
+            Some(html) => builder.multipart(
+                MultiPart::alternative()
+                    .singlepart(text)
+                    .singlepart(SinglePart::html(html.clone())),
+            ),
+            None => builder.singlepart(text),
+        };
+        let message =
+            built.map_err(|e| DeliveryError::permanent(format!("unbuildable message: {e}")))?;
         match self {
             Self::File(t) => t.send(message).await.map(drop).map_err(|e| DeliveryError {
                 permanent: false,
@@ -221,7 +308,7 @@ pub struct SmtpPool {
 const SMTP_IDLE: Duration = Duration::from_secs(30);
 
 impl SmtpPool {
-    fn new(s: &SmtpSettings, max_idle: usize) -> Result<Self, MailError> {
+    fn new(s: &SmtpSettings, helo: &str, max_idle: usize) -> Result<Self, MailError> {
         let tls = match s.tls {
             SmtpTls::None => None,
             SmtpTls::Starttls | SmtpTls::Tls => Some(
@@ -233,7 +320,7 @@ impl SmtpPool {
             tls,
             credentials: (!s.username.is_empty())
                 .then(|| Credentials::new(s.username.clone(), s.password.clone())),
-            hello: ClientId::default(),
+            hello: ClientId::Domain(helo.to_owned()),
             timeout: Duration::from_secs(s.timeout_secs),
             idle: std::sync::Mutex::new(Vec::new()),
             max_idle,

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use corral::config::{Overrides, Settings};
 
@@ -15,7 +16,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(
     version,
-    about = "Corral: an image server (uploads, files, random samples) built from supervised actors"
+    about = "Corral: images (uploads, files, random samples), an events catalogue with mail \
+             reminders, accounts and live push, from one server of supervised actors",
+    long_about = None
 )]
 struct Cli {
     /// A TOML file layered over the built-in defaults (see config/default.toml).
@@ -59,14 +62,16 @@ enum Command {
 enum AdminCommand {
     /// Create an admin account, or promote the existing user with that username.
     Create {
+        /// The admin's username (3 to 32 letters, digits, '-', '_' or '.').
         #[arg(long)]
         username: String,
+        /// The admin's email address.
         #[arg(long)]
         email: String,
         /// The password (8 to 128 characters). Prefer the CORRAL_ADMIN_PASSWORD variable,
-        /// which does not show in the process list.
+        /// which does not show in the process list; one of the two is needed.
         #[arg(long, env = "CORRAL_ADMIN_PASSWORD", hide_env_values = true)]
-        password: String,
+        password: Option<String>,
     },
 }
 
@@ -77,6 +82,12 @@ async fn main() -> ExitCode {
         Some(Command::Serve { bind }) => *bind,
         _ => None,
     };
+    if let Some(path) = &cli.config
+        && let Err(e) = std::fs::File::open(path)
+    {
+        eprintln!("corral: --config {}: {e}", path.display());
+        return ExitCode::from(2);
+    }
     let overrides = Overrides {
         bind,
         data_dir: cli.data_dir.clone(),
@@ -84,7 +95,13 @@ async fn main() -> ExitCode {
     let settings = match Settings::load(cli.config.as_deref(), &overrides) {
         Ok(settings) => settings,
         Err(e) => {
-            eprintln!("corral: {e}");
+            // figment breaks its message over lines; one line reads better in a log.
+            let said = e
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            eprintln!("corral: {said}");
             return ExitCode::from(2);
         }
     };
@@ -100,16 +117,18 @@ async fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("corral: {e:#}");
+            // Once, each cause once (many errors repeat their source in their own text).
+            eprintln!("corral: {}", corral::problem::chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(settings.http.bind).await?;
-    tracing::info!(addr = %listener.local_addr()?, data_dir = %settings.storage.data_dir.display(), "corral listening");
+    let bind = settings.http.bind;
+    let listener = tokio::net::TcpListener::bind(bind).await.with_context(|| {
+        format!("cannot listen on {bind} (http.bind): is another server using it? Choose another with --bind")
+    })?;
     corral::run(settings, listener, shutdown_signal()).await?;
     Ok(())
 }
@@ -131,9 +150,15 @@ async fn admin(settings: Settings, command: AdminCommand) -> anyhow::Result<()> 
         email,
         password,
     } = command;
-    let username = Username::parse(&username)?;
-    let email = Email::parse(&email)?;
-    let password = Password::parse(password)?;
+    let password = password.ok_or_else(|| {
+        anyhow::anyhow!(
+            "admin create needs a password: set CORRAL_ADMIN_PASSWORD (or pass --password)"
+        )
+    })?;
+    let username =
+        Username::parse(&username).with_context(|| format!("--username {username:?}"))?;
+    let email = Email::parse(&email).with_context(|| format!("--email {email:?}"))?;
+    let password = Password::parse(password).context("the password")?;
     // The same store, config and data dir as `serve`; the server must not be running on an
     // embedded store (its file is locked while open).
     let app = corral::App::start(settings).await?;

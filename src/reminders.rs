@@ -12,6 +12,7 @@ use crate::domain::user::AccountError;
 use crate::domain::{
     Email, EventId, Reminder, ReminderId, ReminderKey, ReminderState, ReminderUpdate, User, UserId,
 };
+use crate::links::Links;
 use crate::store::{SharedStore, StoreError};
 
 /// How far ahead a reminder may be set.
@@ -49,6 +50,8 @@ pub struct Reminders {
     store: SharedStore,
     scheduler: ActorSlot<SchedulerMsg>,
     hub: ActorSlot<HubMsg>,
+    /// Checks the unsubscribe links of reminder mails.
+    links: Links,
 }
 
 impl Reminders {
@@ -56,11 +59,13 @@ impl Reminders {
         store: SharedStore,
         scheduler: ActorSlot<SchedulerMsg>,
         hub: ActorSlot<HubMsg>,
+        links: Links,
     ) -> Self {
         Self {
             store,
             scheduler,
             hub,
+            links,
         }
     }
 
@@ -148,6 +153,25 @@ impl Reminders {
     pub async fn cancel(&self, owner: UserId, id: &str) -> Result<(), RemindersError> {
         let reminder = self.find(owner, id).await?;
         self.remove(&reminder).await
+    }
+
+    /// The reminder an unsubscribe token was made for: `None` if it is gone already.
+    pub async fn by_token(&self, token: &str) -> Result<Option<Reminder>, RemindersError> {
+        let id = self
+            .links
+            .verify(token)
+            .ok_or_else(|| RemindersError::NotFound(token.to_owned()))?;
+        Ok(self.store.get_reminder(id).await?)
+    }
+
+    /// Deletes the reminder of an unsubscribe token (a one-click unsubscribe from its
+    /// mail); returns it, or `None` if it was gone already.
+    pub async fn unsubscribe(&self, token: &str) -> Result<Option<Reminder>, RemindersError> {
+        let reminder = self.by_token(token).await?;
+        if let Some(reminder) = &reminder {
+            self.remove(reminder).await?;
+        }
+        Ok(reminder)
     }
 
     /// Deletes every reminder of `owner`.

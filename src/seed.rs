@@ -22,8 +22,9 @@ const FILES: usize = 16;
 /// Writes `images` image rows and `events` events; reports progress on stderr.
 pub async fn seed(settings: &Settings, images: u64, events: u64) -> Result<(), AppError> {
     let store = open_store(settings).await?;
-    let media = MediaRoot::open(&settings.storage.data_dir, 0).map_err(AppError::DataDir)?;
-    let files = write_files(&media).map_err(AppError::DataDir)?;
+    let dir = &settings.storage.data_dir;
+    let media = MediaRoot::open(dir, 0).map_err(crate::data_dir(dir))?;
+    let files = write_files(&media).map_err(crate::data_dir(dir))?;
     let tags = Tags::parse_csv("seed,llama").unwrap_or_default();
     let mut progress = Progress::new("images", images);
     let mut written = 0;

@@ -328,7 +328,11 @@ fn unreachable_buckets(e: metrics_exporter_prometheus::BuildError) -> Prometheus
 pub fn init_tracing(filter: &str, format: crate::config::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colours only for a terminal: in a file or a pipe they are escape-code noise.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi);
     let _ = match format {
         crate::config::LogFormat::Human => builder.try_init(),
         crate::config::LogFormat::Json => builder.json().try_init(),

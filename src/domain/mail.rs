@@ -42,7 +42,14 @@ pub struct MailJob {
     pub kind: MailKind,
     pub to: Email,
     pub subject: String,
+    /// The plain-text part.
     pub body: String,
+    /// The HTML part, if the mail has one (jobs queued before it existed have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub html: Option<String>,
+    /// The one-click unsubscribe URL (`List-Unsubscribe`), if there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsubscribe: Option<String>,
     /// Stable across retries, so a receiver can recognise a mail sent twice.
     pub message_id: String,
     /// Failed attempts so far.

@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, FixedOffset};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -23,6 +23,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_reminder, list_reminders))
         .routes(routes!(get_reminder, update_reminder, delete_reminder))
+        .routes(routes!(unsubscribe_page, unsubscribe))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -198,4 +199,76 @@ async fn list_reminders(
         reminders: page.into_iter().map(ReminderView::from).collect(),
         next,
     }))
+}
+
+/// The pages of the unsubscribe link: nothing a browser can run or load.
+const PAGE_CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'";
+
+fn page(title: &str, body: &str) -> Response {
+    let html = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width\"><title>{title}</title></head>\
+         <body style=\"font-family:sans-serif;max-width:32rem;margin:2rem auto\"><h1>{title}</h1>{body}</body></html>"
+    );
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CONTENT_SECURITY_POLICY, PAGE_CSP),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        html,
+    )
+        .into_response()
+}
+
+const GONE: &str = "<p>This reminder was removed already; no mail will come of it.</p>";
+
+/// The page a reminder mail's unsubscribe link opens: what it would remove, and a button
+/// to do it. Opening it changes nothing (link scanners open links too).
+#[utoipa::path(
+    get, path = "/v1/unsubscribe/{token}", tag = "reminders",
+    params(("token" = String, Path, description = "The token from the mail's link")),
+    responses(
+        (status = 200, description = "A confirmation page", body = String, content_type = "text/html"),
+        (status = 404, description = "Not a link Corral made", body = ProblemDoc, content_type = "application/problem+json"),
+    ),
+)]
+async fn unsubscribe_page(
+    State(state): State<AppState>,
+    ApiPath(token): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    Ok(match state.reminders.by_token(&token).await? {
+        Some(reminder) => page(
+            "Remove this reminder?",
+            &format!(
+                "<p>The reminder set for {} will be removed and its mail not sent.</p>\
+                 <form method=\"post\"><button type=\"submit\">Remove it</button></form>",
+                reminder.remind_at.format("%Y-%m-%d %H:%M UTC")
+            ),
+        ),
+        None => page("Already removed", GONE),
+    })
+}
+
+/// One-click unsubscribe (RFC 8058): removes the reminder the mail was about. Mail
+/// clients POST `List-Unsubscribe=One-Click`; any body is accepted.
+#[utoipa::path(
+    post, path = "/v1/unsubscribe/{token}", tag = "reminders",
+    params(("token" = String, Path, description = "The token from the mail's link")),
+    responses(
+        (status = 200, description = "Removed (or it was already)", body = String, content_type = "text/html"),
+        (status = 404, description = "Not a link Corral made", body = ProblemDoc, content_type = "application/problem+json"),
+    ),
+)]
+async fn unsubscribe(
+    State(state): State<AppState>,
+    ApiPath(token): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    Ok(match state.reminders.unsubscribe(&token).await? {
+        Some(_) => page(
+            "Reminder removed",
+            "<p>Done: this reminder is removed, and no mail will come of it.</p>",
+        ),
+        None => page("Already removed", GONE),
+    })
 }

@@ -38,6 +38,9 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the store is closed")]
     Closed,
+    /// The embedded store's file is held by another process.
+    #[error("{} is open in another process; is `corral serve` running on this data dir? Stop it first", .0.display())]
+    InUse(std::path::PathBuf),
     /// The record changed (or went) since it was read; read it again and retry.
     #[error("the record changed meanwhile")]
     Changed,

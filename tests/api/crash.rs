@@ -375,7 +375,7 @@ struct Planned {
 impl Planned {
     /// The Message-ID the reminder's mail carries (src/mail.rs: `<kind.id@from-domain>`).
     fn message_id(&self) -> String {
-        format!("<reminder.{}@localhost>", self.id)
+        format!("<reminder.{}@example.org>", self.id)
     }
 }
 
@@ -386,6 +386,7 @@ async fn sigkill_while_reminders_fire_mails_each_at_least_once_with_bounded_dupl
     let mut corral = Corral::new(root.path())
         .env("CORRAL_RATE_LIMITS__ENABLED", "false")
         .env("CORRAL_MAIL__TRANSPORT", "smtp")
+        .env("CORRAL_MAIL__FROM", "Corral <corral@example.org>")
         .env("CORRAL_MAIL__SMTP__HOST", "127.0.0.1")
         .env("CORRAL_MAIL__SMTP__PORT", sink.port())
         .env("CORRAL_MAIL__SMTP__TLS", "none")

@@ -34,6 +34,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/reminders/{id}"),
     ("patch", "/v1/reminders/{id}"),
     ("delete", "/v1/reminders/{id}"),
+    ("get", "/v1/unsubscribe/{token}"),
+    ("post", "/v1/unsubscribe/{token}"),
     ("get", "/v1/admin/mail/dead"),
     ("get", "/v1/ws"),
     ("get", "/metrics"),

@@ -12,13 +12,26 @@ use chrono::{DateTime, TimeZone, Utc};
 use corral::App;
 use corral::config::{MailTransportKind, Overrides, Settings, SmtpTls};
 use corral::domain::{Email, EventId, Reminder, ReminderId, ReminderState, UserId};
+use mail_parser::MimeHeaders;
 use reqwest::Method;
 use serde_json::{Value, json};
 
 /// Mail to `sink`, quick retries and ticks, no rate limits (tests make many requests).
+/// What the test servers call themselves in links (the tests reach them by their port).
+const PUBLIC_URL: &str = "https://corral.example";
+
+/// A received mail as a MIME parser reads it.
+fn parsed(mail: &Received) -> mail_parser::Message<'_> {
+    mail_parser::MessageParser::default()
+        .parse(mail.data.as_bytes())
+        .expect("a mail a MIME parser can read")
+}
+
 fn via(port: u16) -> impl Fn(&mut Settings) + Copy {
     move |s: &mut Settings| {
         s.mail.transport = MailTransportKind::Smtp;
+        s.mail.from = "Corral <corral@example.org>".into();
+        s.http.public_url = PUBLIC_URL.into();
         s.mail.smtp.host = "127.0.0.1".into();
         s.mail.smtp.port = port;
         s.mail.smtp.tls = SmtpTls::None;
@@ -120,6 +133,149 @@ async fn add_email(app: &TestApp, token: &str, email: &str) {
 }
 
 #[tokio::test]
+async fn a_reminder_mail_is_well_formed_and_its_one_click_link_removes_the_reminder() {
+    let sink = SmtpSink::start().await;
+    let app = TestApp::spawn_with(via(sink.port())).await;
+    let event = app
+        .create_event("Opera <Night> & \"Friends\"", starts())
+        .await;
+    let (id, _) = remind(&app, &app.token, &event, Duration::from_millis(500), None).await;
+    let mail = sink
+        .wait_for(Duration::from_secs(5), |m| {
+            m.header("Message-ID").is_some_and(|h| h.contains(&id))
+        })
+        .await
+        .expect("the reminder arrives");
+    let message = parsed(&mail);
+    let header = |name: &str| {
+        message
+            .header_raw(name)
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_else(|| panic!("no {name} header in\n{}", mail.data))
+    };
+    assert_eq!(header("MIME-Version"), "1.0");
+    assert!(message.date().is_some(), "a Date header");
+    assert_eq!(
+        message.message_id(),
+        Some(format!("reminder.{id}@example.org").as_str())
+    );
+    assert_eq!(header("Auto-Submitted"), "auto-generated");
+    assert_eq!(
+        header("List-Unsubscribe-Post"),
+        "List-Unsubscribe=One-Click"
+    );
+    let unsubscribe = header("List-Unsubscribe");
+    let url = unsubscribe
+        .strip_prefix('<')
+        .and_then(|u| u.strip_suffix('>'))
+        .unwrap_or_else(|| panic!("List-Unsubscribe is not <url>: {unsubscribe}"));
+    assert!(
+        url.starts_with(&format!("{PUBLIC_URL}/v1/unsubscribe/")),
+        "{url}"
+    );
+    // multipart/alternative: a text and an HTML part, each naming the event and linking
+    // to it and to the unsubscribe URL; the HTML escapes the title.
+    let content_type = message.content_type().expect("a Content-Type");
+    assert_eq!(
+        (content_type.ctype(), content_type.subtype()),
+        ("multipart", Some("alternative"))
+    );
+    let text = message.body_text(0).expect("a text part");
+    let html = message.body_html(0).expect("an HTML part");
+    let event_url = format!("{PUBLIC_URL}/v1/events/{event}");
+    assert!(text.contains("Opera <Night> & \"Friends\""), "{text}");
+    assert!(text.contains(&event_url) && text.contains(url), "{text}");
+    assert!(
+        html.contains("Opera &lt;Night&gt; &amp; &quot;Friends&quot;"),
+        "{html}"
+    );
+    assert!(html.contains(&event_url) && html.contains(url), "{html}");
+
+    // Opening the link shows a page and changes nothing; the one-click POST removes it.
+    let path = url.strip_prefix(PUBLIC_URL).unwrap();
+    let page = app.get(path).await;
+    assert_eq!(page.status(), 200);
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert!(
+        page.text()
+            .await
+            .unwrap()
+            .contains("<form method=\"post\">")
+    );
+    let reminder = format!("/v1/reminders/{id}");
+    assert_eq!(
+        app.authed(Method::GET, &reminder)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let clicked = app
+        .client
+        .post(app.url(path))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("List-Unsubscribe=One-Click")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(clicked.status(), 200);
+    assert!(clicked.text().await.unwrap().contains("removed"));
+    assert_eq!(
+        app.authed(Method::GET, &reminder)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    // Again: still fine. A token changed by one character, or made up: 404.
+    assert_eq!(
+        app.client
+            .post(app.url(path))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let mut forged: Vec<char> = path.chars().collect();
+    let at = forged.len() - 10;
+    forged[at] = if forged[at] == 'A' { 'B' } else { 'A' };
+    let forged: String = forged.into_iter().collect();
+    problem(app.client.post(app.url(&forged)).send().await.unwrap(), 404).await;
+    problem(app.get("/v1/unsubscribe/made-up").await, 404).await;
+    app.stop().await;
+}
+
+#[test]
+fn the_server_will_not_send_smtp_mail_from_localhost() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = crate::common::child::run(
+        &[
+            "--data-dir",
+            data.to_str().unwrap(),
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+        ],
+        &[("CORRAL_MAIL__TRANSPORT", "smtp")],
+    );
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("mail.from") && said.contains("real domain") && said.contains("localhost"),
+        "{said}"
+    );
+}
+
+#[tokio::test]
 async fn a_reminder_arrives_on_time_by_smtp_at_the_chosen_address_naming_the_event() {
     let sink = SmtpSink::start().await;
     let app = TestApp::spawn_with(via(sink.port())).await;
@@ -163,19 +319,14 @@ async fn a_reminder_arrives_on_time_by_smtp_at_the_chosen_address_naming_the_eve
     );
     assert_eq!(mail.to, vec!["tester.alt@example.com"]);
     // The envelope sender is the configured `mail.from` address (bounces go there).
-    assert_eq!(mail.from, "corral@localhost");
-    assert_eq!(
-        mail.header("Subject").as_deref(),
-        Some("Reminder: Llama Parade")
-    );
-    assert!(mail.data.contains("Llama Parade"), "{}", mail.data);
+    assert_eq!(mail.from, "corral@example.org");
+    let message = parsed(&mail);
+    assert_eq!(message.subject(), Some("Reminder: Llama Parade"));
+    let text = message.body_text(0).expect("a text part");
+    assert!(text.contains("Llama Parade"), "{text}");
     // 18:00 UTC is 03:00 the next day in Tokyo.
-    assert!(
-        mail.data.contains("Monday 2 June 2031, 03:00 JST"),
-        "{}",
-        mail.data
-    );
-    assert!(mail.data.contains("Champ de Mars"), "{}", mail.data);
+    assert!(text.contains("Monday 2 June 2031, 03:00 JST"), "{text}");
+    assert!(text.contains("Champ de Mars"), "{text}");
 
     let reminder = wait_state(&app, &app.token, &id, "sent").await;
     assert_eq!(reminder["email"], "tester.alt@example.com");

@@ -474,6 +474,8 @@ fn job(node: &str, kind: MailKind, id: MailId) -> MailJob {
         to: Email::parse("ann@example.com").unwrap(),
         subject: "s".into(),
         body: "b".into(),
+        html: Some("<p>b</p>".into()),
+        unsubscribe: Some(format!("https://corral.example/v1/unsubscribe/{id}")),
         message_id: format!("<{id}@example.com>"),
         attempts: 0,
         next_attempt_at: at,

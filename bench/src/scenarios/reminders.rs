@@ -12,6 +12,10 @@ pub async fn reminders(sizes: Sizes, command: &str) -> anyhow::Result<Report> {
     let sink = crate::smtp::SmtpSink::start().await;
     let env = [
         ("CORRAL_MAIL__TRANSPORT", "smtp".to_owned()),
+        (
+            "CORRAL_MAIL__FROM",
+            "Corral <corral@example.org>".to_owned(),
+        ),
         ("CORRAL_MAIL__SMTP__HOST", "127.0.0.1".to_owned()),
         ("CORRAL_MAIL__SMTP__PORT", sink.port().to_string()),
         ("CORRAL_MAIL__SMTP__TLS", "none".to_owned()),

@@ -110,9 +110,14 @@ impl EmbeddedStore {
     /// memory, and makes sure every table exists.
     pub fn open_with_cache(data_dir: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(StoreError::embedded)?;
+        let file = data_dir.join("corral.redb");
         let db = redb::Builder::new()
             .set_cache_size(cache_bytes)
-            .create(data_dir.join("corral.redb"))?;
+            .create(&file)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse(file.clone()),
+                e => e.into(),
+            })?;
         let tx = db.begin_write()?;
         tx.open_table(IMAGES)?;
         tx.open_table(IMAGES_BY_SHA1)?;

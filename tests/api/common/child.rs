@@ -316,3 +316,25 @@ pub fn client() -> reqwest::Client {
         .build()
         .expect("http client")
 }
+
+/// Runs the `corral` binary to completion with `args` and `env`, output captured; fails
+/// the test if it runs for 30 s (a command that should have stopped at once).
+pub fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_corral"))
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the corral binary");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().expect("wait for corral").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("corral {args:?} did not finish");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("corral's output")
+}

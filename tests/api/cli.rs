@@ -1,0 +1,164 @@
+//! The `corral` binary's own messages, as an operator reads them: every start-up and admin
+//! failure names what failed once, with the fix when there is one; logs carry no colour
+//! codes when they do not go to a terminal; `--help` describes the whole server.
+
+use std::net::TcpListener;
+use std::process::Output;
+use std::time::Duration;
+
+use crate::common::child::{Corral, run as corral};
+
+/// The failure's stderr, checked to be one line, said once, after a failed exit.
+fn failure(out: &Output) -> String {
+    assert!(!out.status.success(), "it succeeded: {out:?}");
+    let said = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    let lines: Vec<&str> = said.lines().collect();
+    assert_eq!(lines.len(), 1, "one line, not:\n{said}");
+    let line = lines[0];
+    assert!(line.starts_with("corral: "), "{line}");
+    // No cause repeated ("x: y: y").
+    let parts: Vec<&str> = line.split(": ").collect();
+    for pair in parts.windows(2) {
+        assert_ne!(pair[0], pair[1], "repeated: {line}");
+    }
+    assert!(!line.contains('\u{1b}'), "colour codes: {line:?}");
+    line.to_owned()
+}
+
+#[test]
+fn a_missing_config_file_is_named_on_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nope.toml");
+    let line = failure(&corral(&["--config", path.to_str().unwrap(), "serve"], &[]));
+    assert!(
+        line.contains(path.to_str().unwrap()) && line.contains("No such file"),
+        "{line}"
+    );
+}
+
+#[test]
+fn an_unusable_data_dir_is_named_and_nothing_claims_to_listen() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    let data = file.join("data");
+    let out = corral(
+        &[
+            "--data-dir",
+            data.to_str().unwrap(),
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    let line = failure(&out);
+    assert!(line.contains(data.to_str().unwrap()), "{line}");
+    assert!(line.contains("Not a directory"), "{line}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("listening"), "{stdout}");
+}
+
+#[test]
+fn an_address_in_use_is_named_with_the_way_out() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let line = failure(&corral(
+        &[
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "serve",
+            "--bind",
+            &addr,
+        ],
+        &[],
+    ));
+    assert!(line.contains(&addr) && line.contains("--bind"), "{line}");
+    assert!(line.contains("in use"), "{line}");
+}
+
+#[tokio::test]
+async fn admin_create_while_the_server_runs_says_to_stop_it_and_logs_have_no_colours() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Corral::new(dir.path());
+    let running = server.start().await;
+    let data = server.data_dir().to_str().unwrap().to_owned();
+    let out = corral(
+        &[
+            "--data-dir",
+            &data,
+            "admin",
+            "create",
+            "--username",
+            "root",
+            "--email",
+            "root@example.org",
+        ],
+        &[("CORRAL_ADMIN_PASSWORD", "password-root")],
+    );
+    let line = failure(&out);
+    assert!(line.contains(&format!("{data}/corral.redb")), "{line}");
+    assert!(line.contains("Stop it first"), "{line}");
+    running.stop(Duration::from_secs(10)).await;
+    // The server's log went to a file (not a terminal): plain text.
+    let log = server.log();
+    assert!(log.contains("corral listening"), "{log}");
+    assert!(!log.contains('\u{1b}'), "colour codes in the log file");
+}
+
+#[test]
+fn admin_create_without_a_password_says_how_to_give_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let line = failure(&corral(
+        &[
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "admin",
+            "create",
+            "--username",
+            "root",
+            "--email",
+            "root@example.org",
+        ],
+        &[],
+    ));
+    assert!(
+        line.contains("CORRAL_ADMIN_PASSWORD") && line.contains("--password"),
+        "{line}"
+    );
+}
+
+#[test]
+fn help_describes_the_whole_server_and_every_admin_flag() {
+    let out = corral(&["--help"], &[]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for word in ["images", "events", "reminders", "accounts"] {
+        assert!(
+            help.contains(word),
+            "--help does not mention {word}:\n{help}"
+        );
+    }
+    let out = corral(&["admin", "create", "--help"], &[]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    let usage = help.lines().find(|l| l.starts_with("Usage:")).unwrap();
+    assert!(
+        !usage.contains("--password"),
+        "the password is not required: {usage}"
+    );
+    for flag in [
+        "--username <USERNAME>",
+        "--email <EMAIL>",
+        "--password <PASSWORD>",
+    ] {
+        let line = help
+            .lines()
+            .find(|l| l.trim_start().starts_with(flag))
+            .unwrap();
+        assert!(
+            line.trim_start().len() > flag.len() + 10,
+            "no help for {flag}: {line}"
+        );
+    }
+}
