@@ -1,5 +1,5 @@
 // Corral's web page: random images, live uploads over the WebSocket (/v1/ws), image
-// upload, sign-up / sign-in, event search and reminders. Plain DOM, fetch and
+// upload, sign-up / sign-in, your images, event search and reminders. Plain DOM, fetch and
 // async/await: no libraries, no build step. Server text only ever goes through
 // textContent / DOM APIs, never innerHTML.
 'use strict';
@@ -22,7 +22,13 @@ const state = {
   reminders: new Map(), // reminder id -> reminder
   eventsQuery: new URLSearchParams(),
   eventsNext: null,
+  mineNext: null, // cursor of the next page of "Your images"
 };
+
+/** The events window the server searches when given none: this many days on. */
+const DEFAULT_WINDOW_DAYS = 7;
+/** The longest window the server searches ("All upcoming"). */
+const MAX_WINDOW_DAYS = 365;
 
 const timeFormat = new Intl.DateTimeFormat(undefined, { dateStyle: 'medium', timeStyle: 'short' });
 
@@ -138,8 +144,14 @@ async function api(path, { method = 'GET', json, body, headers = {}, auth = true
 function renderSession() {
   const signedIn = Boolean(state.token && state.user);
   $('#session-status').textContent = signedIn ? `Signed in as ${state.user.username}` : 'Not signed in';
+  $('#account-name').textContent = signedIn ? state.user.username : '';
   $('#signout').hidden = !signedIn;
   document.body.classList.toggle('signed-in', signedIn);
+  if (!signedIn) {
+    $('#mine-list').replaceChildren();
+    $('#mine-empty').hidden = true;
+    $('#mine-more').hidden = true;
+  }
   renderReminders();
 }
 
@@ -168,6 +180,7 @@ async function refreshMe() {
     const me = await api('/v1/users/me');
     saveSession(state.token, { username: me.username, email: me.email });
     loadReminders();
+    loadMine(false);
   } catch (e) {
     if (e.status === 401) setStatus($('#account-status'), 'Your session has ended; sign in again.', 'error');
   }
@@ -179,6 +192,7 @@ async function signIn(login, password) {
   saveSession(session.token, { username: me.username, email: me.email });
   wsAuth();
   loadReminders();
+  loadMine(false);
 }
 
 /** Creates an account; retries without the time zone if the server does not know it. */
@@ -270,7 +284,7 @@ async function loadRandom() {
     try {
       const { images } = await api(`/v1/images/random?count=${count}`, { auth: false });
       $('#random-grid').replaceChildren(...images.map((i) => imageFigure(i, altText(i, 'Random image'))));
-      setStatus(status, images.length ? `${images.length} random images.` : 'No images yet: upload one!');
+      setStatus(status, images.length ? `${images.length} random image${images.length === 1 ? '' : 's'}.` : 'No images yet: upload one!');
     } catch (e) {
       setStatus(status, e.message, 'error');
     }
@@ -339,6 +353,7 @@ async function onUpload(event) {
       preview.hidden = false;
       $('#upload-form').reset();
       showChosenFile();
+      loadMine(false);
     } catch (e) {
       preview.hidden = true;
       setStatus(status, e.message, 'error');
@@ -346,7 +361,70 @@ async function onUpload(event) {
   });
 }
 
+// ---------------------------------------------------------------- your images
+
+async function loadMine(more) {
+  if (!state.token) return;
+  const status = $('#mine-status');
+  const list = $('#mine-list');
+  const params = new URLSearchParams({ limit: '20' });
+  if (more && state.mineNext) params.set('cursor', state.mineNext);
+  try {
+    const page = await api(`/v1/users/me/images?${params}`);
+    if (!more) list.replaceChildren();
+    list.append(...page.images.map(mineItem));
+    state.mineNext = page.next || null;
+    $('#mine-more').hidden = !state.mineNext;
+    $('#mine-empty').hidden = list.children.length > 0;
+    setStatus(status, '');
+  } catch (e) {
+    setStatus(status, e.message, 'error');
+  }
+}
+
+function mineItem(image) {
+  const li = el('li', { className: 'mine-item' });
+  li.dataset.id = image.id;
+  const remove = el('button', { type: 'button', className: 'secondary delete' }, 'Delete');
+  remove.setAttribute('aria-label', `Delete ${image.name}`);
+  remove.addEventListener('click', () => whileBusy(remove, () => deleteMine(image, li)));
+  const tags = image.tags && image.tags.length ? image.tags.join(', ') : 'no tags';
+  li.append(imageFigure(image, altText(image, 'Your image')), el('span', { className: 'hint' }, tags), remove);
+  return li;
+}
+
+async function deleteMine(image, li) {
+  const status = $('#mine-status');
+  try {
+    await api(`/v1/images/${encodeURIComponent(image.id)}`, { method: 'DELETE' });
+    li.remove();
+    for (const img of document.querySelectorAll(`img[data-id="${CSS.escape(image.id)}"]`)) {
+      img.closest('figure').remove();
+    }
+    $('#mine-empty').hidden = $('#mine-list').children.length > 0;
+    setStatus(status, `Deleted ${image.name}.`, 'ok');
+  } catch (e) {
+    setStatus(status, e.message, 'error');
+  }
+}
+
 // ---------------------------------------------------------------- events
+
+/** A date field's value for `date`, in local time. */
+function toDateInput(date) {
+  return toLocalInput(date).slice(0, 10);
+}
+
+/** Fills the filter's dates with the window searched: today to a week on, or a year. */
+function showEventsWindow() {
+  const all = $('#events-all').checked;
+  const from = $('#events-from').value ? new Date(`${$('#events-from').value}T00:00`) : new Date();
+  if (!$('#events-from').value) $('#events-from').value = toDateInput(from);
+  const to = new Date(from);
+  to.setDate(to.getDate() + (all ? MAX_WINDOW_DAYS : DEFAULT_WINDOW_DAYS) - 1);
+  if (all || !$('#events-to').value) $('#events-to').value = toDateInput(to);
+  $('#events-to').disabled = all;
+}
 
 /** Where the browser is, as a promise of { latitude, longitude }. */
 function locate() {
@@ -529,7 +607,45 @@ function reminderItem(r) {
   if (r.remind_at) li.append(el('span', { className: 'hint' }, ' at ', timeElement(r.remind_at)));
   if (r.email) li.append(el('span', { className: 'hint' }, ` to ${r.email}`));
   if (r.detail) li.append(el('p', { className: 'detail' }, r.detail));
+  if (r.state === 'scheduled') li.append(reminderControls(r));
   return li;
+}
+
+/** Move a scheduled reminder to another time, or cancel it. */
+function reminderControls(r) {
+  const id = `move-${r.id}`;
+  const input = el('input', { type: 'datetime-local', id, required: true, value: toLocalInput(new Date(r.remind_at)) });
+  const move = el('button', { type: 'submit', className: 'secondary' }, 'Move');
+  const cancel = el('button', { type: 'button', className: 'secondary cancel' }, 'Cancel');
+  const status = el('span', { className: 'status' });
+  status.setAttribute('role', 'status');
+  status.setAttribute('aria-live', 'polite');
+  const form = el('form', { className: 'remind' }, el('label', { htmlFor: id }, 'Move to'), input, move, cancel, status);
+  form.addEventListener('submit', (e) => {
+    e.preventDefault();
+    whileBusy(move, async () => {
+      const at = new Date(input.value);
+      if (Number.isNaN(at.getTime())) return setStatus(status, 'Pick a date and time.', 'error');
+      try {
+        const moved = await api(`/v1/reminders/${encodeURIComponent(r.id)}`, { method: 'PATCH', json: { remind_at: at.toISOString() } });
+        upsertReminder(moved);
+        setStatus($('#reminders-status'), `Moved to ${formatTime(moved.remind_at)}.`, 'ok');
+      } catch (err) {
+        setStatus(status, err.message, 'error');
+      }
+    });
+  });
+  cancel.addEventListener('click', () => whileBusy(cancel, async () => {
+    try {
+      await api(`/v1/reminders/${encodeURIComponent(r.id)}`, { method: 'DELETE' });
+      state.reminders.delete(r.id);
+      renderReminders();
+      setStatus($('#reminders-status'), 'Reminder cancelled.', 'ok');
+    } catch (err) {
+      setStatus(status, err.message, 'error');
+    }
+  }));
+  return form;
 }
 
 function renderReminders() {
@@ -627,6 +743,16 @@ function init() {
     loadRandom();
   });
   $('#events-form').addEventListener('submit', onSearchEvents);
+  $('#events-all').addEventListener('change', () => {
+    if (!$('#events-all').checked) $('#events-to').value = '';
+    showEventsWindow();
+    onSearchEvents();
+  });
+  $('#account-signout').addEventListener('click', onSignOut);
+  $('#mine-more').addEventListener('click', () => whileBusy($('#mine-more'), () => loadMine(true)));
+  // On a phone the account forms start folded, below the images and the upload.
+  $('#account-details').open = window.matchMedia('(min-width: 960px)').matches;
+  showEventsWindow();
   $('#events-more').addEventListener('click', () => whileBusy($('#events-more'), () => loadEvents(true)));
   setupDropZone();
   renderSession();

@@ -1,6 +1,7 @@
 //! The web page at `/` (plain HTML, CSS and JavaScript from `web/`, built into the
 //! binary): the random grid, the live strip of uploads, the upload form, sign-up and
-//! sign-in, events and the signed-in user's reminders. Not part of the API document.
+//! sign-in, events and the signed-in user's images and reminders, and the favicon. Not
+//! part of the API document.
 
 use std::sync::OnceLock;
 
@@ -15,6 +16,7 @@ use super::AppState;
 const INDEX: &str = include_str!("../../web/index.html");
 const SCRIPT: &str = include_str!("../../web/app.js");
 const STYLE: &str = include_str!("../../web/style.css");
+const ICON: &str = include_str!("../../web/favicon.svg");
 
 pub fn router(public_url: &str) -> Router<AppState> {
     let csp = csp(public_url);
@@ -26,6 +28,8 @@ pub fn router(public_url: &str) -> Router<AppState> {
         .route("/", route(&PAGE, INDEX))
         .route("/web/app.js", route(&APP_JS, SCRIPT))
         .route("/web/style.css", route(&CSS, STYLE))
+        // Browsers ask for /favicon.ico whatever the page says; an SVG answers both.
+        .route("/favicon.ico", route(&FAVICON, ICON))
 }
 
 /// The page's Content-Security-Policy: scripts, styles, fetches and the WebSocket to
@@ -50,6 +54,7 @@ struct Asset {
 static PAGE: Asset = Asset::new("text/html; charset=utf-8");
 static APP_JS: Asset = Asset::new("text/javascript; charset=utf-8");
 static CSS: Asset = Asset::new("text/css; charset=utf-8");
+static FAVICON: Asset = Asset::new("image/svg+xml");
 
 impl Asset {
     const fn new(content_type: &'static str) -> Self {

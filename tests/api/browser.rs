@@ -1,7 +1,9 @@
 //! The web page at `/`, driven in headless Chromium over WebDriver (fantoccini and
 //! chromedriver): sign up, upload an image, see it arrive in the live strip over the
-//! WebSocket, and see the random grid load it; then Swagger UI's "Try it out" on
-//! `/v1/images/random`. Without Chromium and chromedriver the test
+//! WebSocket, and see the random grid load it; set a reminder from an event's card,
+//! cancel it and delete the image from the page; then Swagger UI's "Try it out" on
+//! `/v1/images/random`. With `SCREENSHOTS_DIR=<dir>` it also saves the page at desktop
+//! and phone width (the ones in `docs/`). Without Chromium and chromedriver the test
 //! says so and passes, unless `REQUIRE_BROWSER=1` (which `.ci/run` sets) makes a
 //! missing browser a failure.
 
@@ -148,9 +150,57 @@ async fn click(page: &Client, id: &str) -> Result<(), fantoccini::error::CmdErro
     page.find(Locator::Id(id)).await?.click().await
 }
 
+/// Waits (up to 10 s) until nothing matches `selector`.
+async fn gone(page: &Client, selector: &str) {
+    for _ in 0..100 {
+        if page.find(Locator::Css(selector)).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{selector} is still there");
+}
+
+/// With `SCREENSHOTS_DIR=<dir>`, the page at desktop and phone width, as PNGs.
+async fn screenshots(page: &Client) -> Result<(), fantoccini::error::CmdError> {
+    let Some(dir) = std::env::var_os("SCREENSHOTS_DIR") else {
+        return Ok(());
+    };
+    let dir = PathBuf::from(dir);
+    for (name, width, height) in [
+        ("page-desktop.png", 1280, 1000),
+        ("page-phone.png", 390, 844),
+    ] {
+        page.set_window_size(width, height).await?;
+        page.execute("window.scrollTo(0, 0)", vec![]).await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        std::fs::write(dir.join(name), page.screenshot().await?).unwrap();
+    }
+    page.set_window_size(1280, 1000).await?;
+    Ok(())
+}
+
 async fn drive(app: &TestApp, page: &Client) -> Result<(), fantoccini::error::CmdError> {
+    let event = app
+        .create_event("Llama Walk", chrono::Utc::now() + chrono::Duration::days(2))
+        .await;
     page.goto(&app.url("/")).await?;
     text_with(page, "#ws-status", "live").await;
+    // The events filter shows the window it searched (today and the next six days), and
+    // the event two days on is in it.
+    let from = page
+        .find(Locator::Id("events-from"))
+        .await?
+        .prop("value")
+        .await?;
+    assert_eq!(
+        from.as_deref(),
+        Some(chrono::Local::now().format("%Y-%m-%d").to_string().as_str())
+    );
+    element(page, &format!("#events-list li[data-id='{event}']")).await;
+    let favicon = app.get("/favicon.ico").await;
+    assert_eq!(favicon.status(), 200);
+    assert_eq!(favicon.headers()["content-type"], "image/svg+xml");
 
     // Sign up (the page signs in after it).
     element(page, "#signup-username")
@@ -161,6 +211,21 @@ async fn drive(app: &TestApp, page: &Client) -> Result<(), fantoccini::error::Cm
     fill(page, "signup-password", "password-walker").await?;
     click(page, "signup-submit").await?;
     text_with(page, "#session-status", "Signed in as walker").await;
+    // Signed in, the account forms give way to who you are and a way out.
+    text_with(page, "#account-summary", "Signed in as walker").await;
+    assert!(
+        !page
+            .find(Locator::Id("account-details"))
+            .await?
+            .is_displayed()
+            .await?
+    );
+    assert!(
+        page.find(Locator::Id("account-signout"))
+            .await?
+            .is_displayed()
+            .await?
+    );
     let user = app
         .store
         .find_user("walker")
@@ -223,6 +288,41 @@ async fn drive(app: &TestApp, page: &Client) -> Result<(), fantoccini::error::Cm
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(loaded, json!(24), "the grid image loaded at its real width");
+
+    // Your images lists the upload; a reminder for the event, set from its card.
+    element(page, &format!("#mine-list li[data-id='{id}']")).await;
+    page.find(Locator::Css(&format!(
+        "#events-list li[data-id='{event}'] form.remind button[type='submit']"
+    )))
+    .await?
+    .click()
+    .await?;
+    let scheduled = element(page, "#reminders-list li[data-state='scheduled']").await;
+    let reminder = scheduled.attr("data-id").await?.expect("the reminder's id");
+    screenshots(page).await?;
+
+    // Cancel the reminder and delete the image from the page; the server agrees.
+    let token = app.log_in(user.username.as_str()).await;
+    let status_of = |path: String| {
+        let request = app.client.get(app.url(&path)).bearer_auth(&token);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    page.find(Locator::Css(&format!(
+        "#reminders-list li[data-id='{reminder}'] button.cancel"
+    )))
+    .await?
+    .click()
+    .await?;
+    gone(page, &format!("#reminders-list li[data-id='{reminder}']")).await;
+    assert_eq!(status_of(format!("/v1/reminders/{reminder}")).await, 404);
+    page.find(Locator::Css(&format!(
+        "#mine-list li[data-id='{id}'] button.delete"
+    )))
+    .await?
+    .click()
+    .await?;
+    gone(page, &format!("#mine-list li[data-id='{id}']")).await;
+    assert_eq!(status_of(format!("/v1/images/{id}")).await, 404);
     Ok(())
 }
 
