@@ -397,9 +397,15 @@ async fn get_image(
 struct Retag {
     /// The new tags, replacing the old ones: up to 32 of 1 to 64 characters of a-z, 0-9,
     /// `-`, `_`, `.` (lowercased).
-    #[schema(max_items = 32)]
+    #[schema(max_items = 32, value_type = Vec<TagName>)]
     tags: Vec<String>,
 }
+
+/// One tag as the schema states it (the handler parses the strings).
+#[derive(ToSchema)]
+#[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
+#[allow(dead_code)]
+struct TagName(String);
 
 /// Replace an image's tags (owner or admin).
 #[utoipa::path(

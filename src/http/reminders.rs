@@ -88,6 +88,7 @@ async fn get_reminder(
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(min_properties = 1)]
 struct ReminderChanges {
     /// A new time (the "delay"), RFC 3339, in the future.
     remind_at: Option<DateTime<FixedOffset>>,

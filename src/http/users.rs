@@ -67,6 +67,10 @@ struct SignUp {
     #[schema(format = Password, min_length = 8, max_length = 128)]
     password: String,
     /// IANA time zone such as `Europe/Paris` (default `UTC`).
+    #[schema(
+        pattern = "^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$",
+        max_length = 64
+    )]
     time_zone: Option<String>,
 }
 
@@ -131,6 +135,10 @@ struct UpdateMe {
     #[schema(format = Email, max_length = 254)]
     email: Option<String>,
     /// IANA time zone such as `Europe/Paris`.
+    #[schema(
+        pattern = "^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$",
+        max_length = 64
+    )]
     time_zone: Option<String>,
 }
 
