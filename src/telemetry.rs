@@ -118,6 +118,12 @@ const CATALOGUE: &[(&str, Kind, Series, &str)] = &[
         "Images in the random sample",
     ),
     (
+        "corral_file_cache_bytes",
+        Kind::Gauge,
+        Series::One,
+        "Bytes of image files served from memory by GET /i/, against images.file_cache_mib",
+    ),
+    (
         "corral_actor_restarts_total",
         Kind::Counter,
         Series::Later,

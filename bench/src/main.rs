@@ -8,6 +8,7 @@ mod servers;
 #[allow(dead_code)]
 #[path = "../../tests/api/common/smtp.rs"]
 mod smtp;
+mod wrk;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -161,6 +161,7 @@ events {{ worker_connections 4096; }}
 http {{
     access_log off;
     sendfile on;
+    open_file_cache max=1000 inactive=60s;
     tcp_nopush on;
     tcp_nodelay on;
     keepalive_requests 1000000;

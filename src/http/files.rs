@@ -1,6 +1,7 @@
 //! Image bytes by name: `GET /i/{name}`. Names are content addresses, so a response never
 //! changes: strong ETag (the sha1), immutable caching, 304 on a match, single byte ranges.
-//! Served from disk (small files from memory once read); the store is not consulted.
+//! Served from memory once read (files up to an eighth of `images.file_cache_mib`, at most
+//! 8 MiB), larger ones streamed from disk; the store is not consulted.
 
 use std::io::SeekFrom;
 
@@ -19,8 +20,8 @@ use super::{ApiError, AppState};
 use crate::domain::ImageName;
 use crate::media::{MediaError, Opened};
 
-/// Read size when streaming a file out.
-const CHUNK: usize = 64 * 1024;
+/// Read size when streaming a file out (one blocking-pool trip each).
+const CHUNK: usize = 256 * 1024;
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 
 pub fn router() -> OpenApiRouter<AppState> {

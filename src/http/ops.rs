@@ -40,6 +40,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     crate::telemetry::process().collect();
     metrics::gauge!("corral_http_requests_in_flight").set(IN_FLIGHT.load(Ordering::Relaxed) as f64);
     metrics::gauge!("corral_upload_slots_in_use").set(state.images.slots_in_use() as f64);
+    metrics::gauge!("corral_file_cache_bytes").set(state.media.cached_bytes() as f64);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),

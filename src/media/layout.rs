@@ -18,8 +18,13 @@ use tempfile::TempPath;
 
 use crate::domain::ImageName;
 
-/// Files up to this size are read whole, in one blocking call, and may be cached.
+/// Files up to this size are always read whole, in one blocking call, and cached.
 pub const SMALL_FILE: u64 = 256 * 1024;
+/// The largest file kept in the cache: an eighth of the cache, at most 8 MiB.
+const MAX_CACHED_FILE: u64 = 8 * 1024 * 1024;
+/// Larger files read whole at once (each up to MAX_CACHED_FILE): bounds the memory that
+/// many misses of distinct large files can take; past it they are streamed.
+const WHOLE_READS: usize = 8;
 /// A cached file not read for this long is dropped (bounds how long another node, sharing
 /// the volume, can serve a file deleted elsewhere).
 const IDLE: Duration = Duration::from_secs(600);
@@ -31,19 +36,24 @@ pub struct MediaRoot {
     tmp: PathBuf,
     intents: PathBuf,
     hot: moka::sync::Cache<String, Bytes>,
+    /// Files up to this size are cached (those over SMALL_FILE while a whole read is free).
+    max_cached: u64,
+    whole_reads: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 /// A stored file, opened for serving.
 pub enum Opened {
     /// A small file's bytes.
     Whole(Bytes),
-    /// A larger file, to be streamed, and its length.
+    /// A file too large to cache (or met while every whole read is taken), to be
+    /// streamed, and its length.
     Large(std::fs::File, u64),
 }
 
 impl MediaRoot {
     /// Creates the directories if needed and removes temp files a crash left behind.
-    /// Keeps up to `cache_bytes` of small files in memory (0: none).
+    /// Keeps up to `cache_bytes` of files in memory (0: none), each at most an eighth of
+    /// that or 8 MiB.
     pub fn open(data_dir: &Path, cache_bytes: u64) -> io::Result<Self> {
         let hot = moka::sync::Cache::builder()
             .max_capacity(cache_bytes)
@@ -55,6 +65,8 @@ impl MediaRoot {
             tmp: data_dir.join("tmp"),
             intents: data_dir.join("intents"),
             hot,
+            max_cached: (cache_bytes / 8).min(MAX_CACHED_FILE),
+            whole_reads: std::sync::Arc::new(tokio::sync::Semaphore::new(WHOLE_READS)),
         };
         std::fs::create_dir_all(&root.images)?;
         std::fs::create_dir_all(&root.intents)?;
@@ -141,22 +153,32 @@ impl MediaRoot {
         Ok(names)
     }
 
-    /// Opens a stored file: a small one is read whole (from the cache when it is there),
-    /// a larger one is handed back open. `NotFound` if it does not exist.
+    /// Bytes of files held in memory now (against `images.file_cache_mib`).
+    pub fn cached_bytes(&self) -> u64 {
+        self.hot.weighted_size()
+    }
+
+    /// Opens a stored file: from the cache when it is there; else a file that may be
+    /// cached is read whole, in one blocking call, and cached; a larger one is handed back
+    /// open, to be streamed. `NotFound` if it does not exist.
     pub async fn open_file(&self, name: &ImageName) -> io::Result<Opened> {
         let key = name.to_string();
         if let Some(bytes) = self.hot.get(&key) {
             return Ok(Opened::Whole(bytes));
         }
         let path = self.path_of(name);
+        let max_cached = self.max_cached;
+        let whole_read = self.whole_reads.clone().try_acquire_owned().ok();
         let opened = tokio::task::spawn_blocking(move || -> io::Result<Opened> {
             let mut file = std::fs::File::open(path)?;
             let length = file.metadata()?.len();
-            if length > SMALL_FILE {
+            let whole = length <= SMALL_FILE || (length <= max_cached && whole_read.is_some());
+            if !whole {
                 return Ok(Opened::Large(file, length));
             }
             let mut bytes = Vec::with_capacity(length as usize);
             file.read_to_end(&mut bytes)?;
+            drop(whole_read);
             Ok(Opened::Whole(bytes.into()))
         })
         .await

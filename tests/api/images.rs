@@ -247,6 +247,53 @@ async fn a_matching_if_none_match_gets_304_and_ranges_get_206() {
     problem(past, 416).await;
 }
 
+/// A PNG of noise, `side`² pixels: about 3 bytes a pixel (noise does not compress).
+fn noise_png(side: u32) -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let img = image::RgbImage::from_fn(side, side, |_, _| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        image::Rgb([x as u8, (x >> 8) as u8, (x >> 16) as u8])
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+#[tokio::test]
+async fn files_from_memory_and_files_streamed_from_disk_are_served_exactly() {
+    // A 1 MiB cache keeps files up to 128 KiB: the large one is streamed from disk.
+    let app = TestApp::spawn_with(|s| s.images.file_cache_mib = 1).await;
+    let large = noise_png(330);
+    assert!(large.len() > 300_000, "{}", large.len());
+    let small = png(40, 40, 11);
+    for bytes in [large, small] {
+        let image = app.upload_png(bytes.clone()).await;
+        let url = app.url(image["url"].as_str().unwrap());
+        for _ in 0..2 {
+            // The first read fills the cache (when the file fits it), the second uses it.
+            let whole = app.client.get(&url).send().await.unwrap();
+            assert_eq!(whole.status(), 200);
+            assert_eq!(
+                whole.headers()["content-length"],
+                bytes.len().to_string().as_str()
+            );
+            assert_eq!(whole.bytes().await.unwrap(), bytes);
+            let (from, to) = (bytes.len() / 2, bytes.len() / 2 + 99);
+            let part = app
+                .client
+                .get(&url)
+                .header("range", format!("bytes={from}-{to}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(part.status(), 206);
+            assert_eq!(part.bytes().await.unwrap(), bytes[from..=to]);
+        }
+    }
+}
+
 #[tokio::test]
 async fn random_returns_distinct_images_within_the_count_bounds() {
     let app = TestApp::spawn().await;

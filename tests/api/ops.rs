@@ -249,6 +249,7 @@ async fn promtool_finds_nothing_to_warn_about_and_dashboards_have_their_series_f
         "corral_ws_subscriptions{topic=\"images\"} 0",
         "corral_http_connections_shed_total{reason=\"per_address\"} 0",
         "corral_reminders_pending 0",
+        "corral_file_cache_bytes 0",
         "corral_build_info{version=\"",
         "process_resident_memory_bytes ",
         "process_open_fds ",

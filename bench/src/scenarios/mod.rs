@@ -160,12 +160,36 @@ pub(crate) fn png(n: usize) -> Vec<u8> {
     out.into_inner()
 }
 
+/// A PNG of `side`² pixels of noise: about 3 bytes a pixel, as PNG cannot compress noise.
+pub(crate) fn noise_png(side: u32, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let img = image::RgbImage::from_fn(side, side, |_, _| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        image::Rgb([x as u8, (x >> 8) as u8, (x >> 16) as u8])
+    });
+    let mut out = Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png)
+        .expect("encode a PNG in memory");
+    out.into_inner()
+}
+
 /// Uploads `count` distinct images; returns their names.
 async fn seed_images(addr: SocketAddr, token: &str, count: usize) -> anyhow::Result<Vec<String>> {
+    upload_all(addr, token, (0..count).map(png)).await
+}
+
+/// Uploads each PNG; returns their names.
+async fn upload_all(
+    addr: SocketAddr,
+    token: &str,
+    pngs: impl Iterator<Item = Vec<u8>>,
+) -> anyhow::Result<Vec<String>> {
     let mut conn = Conn::new(addr);
-    let mut names = Vec::with_capacity(count);
-    for n in 0..count {
-        let mut req = request("POST", addr, "/v1/images", Some(token), Bytes::from(png(n)));
+    let mut names = Vec::new();
+    for png in pngs {
+        let mut req = request("POST", addr, "/v1/images", Some(token), Bytes::from(png));
         req.headers_mut()
             .insert("content-type", "image/png".parse().expect("header"));
         let response = conn.send(req).await?;
@@ -198,6 +222,55 @@ pub(crate) fn report(scenario: &str, command: &str) -> Report {
         ratios: Vec::new(),
         notes: Vec::new(),
     }
+}
+
+/// Rounds of each side in a wrk comparison, alternating, so a drift of the machine's
+/// speed falls on both.
+const ROUNDS: usize = 3;
+
+/// `corral` against `reference` with wrk, [`ROUNDS`] alternating rounds on `connections`
+/// connections; records every round and the median of the rounds' throughput ratios,
+/// and of their p99 ratios.
+#[allow(clippy::too_many_arguments)]
+async fn alternate(
+    report: &mut Report,
+    wrk: &std::path::Path,
+    corral: &Server,
+    (reference, name): (&Server, &str),
+    what: &str,
+    connections: usize,
+    duration: Duration,
+    paths: &[String],
+) -> anyhow::Result<()> {
+    let (mut throughput, mut p99) = (Vec::new(), Vec::new());
+    for round in 1..=ROUNDS {
+        let label = |who: &str| format!("{who}, {what}, {connections} conns, round {round}");
+        let c = crate::wrk::measure(wrk, corral, &label("corral"), connections, duration, paths)
+            .await?;
+        let r =
+            crate::wrk::measure(wrk, reference, &label(name), connections, duration, paths).await?;
+        if r.rps > 0.0 && r.p99_ms > 0.0 {
+            throughput.push(c.rps / r.rps);
+            p99.push(c.p99_ms / r.p99_ms);
+        }
+        report.results.push(c);
+        report.results.push(r);
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied()
+    };
+    if let (Some(t), Some(p)) = (median(throughput), median(p99)) {
+        report.ratios.push((
+            format!("corral / {name}, {what}, {connections} conns (req/s, median of {ROUNDS})"),
+            t,
+        ));
+        report.ratios.push((
+            format!("corral / {name}, {what}, {connections} conns (p99, median of {ROUNDS})"),
+            p,
+        ));
+    }
+    Ok(())
 }
 
 fn ratio(report: &mut Report, a: usize, b: usize, what: &str) {

@@ -2,21 +2,6 @@
 
 use super::*;
 
-/// A PNG of `side`² pixels of noise: about 3 bytes a pixel, as PNG cannot compress noise.
-fn noise_png(side: u32, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let img = image::RgbImage::from_fn(side, side, |_, _| {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        image::Rgb([x as u8, (x >> 8) as u8, (x >> 16) as u8])
-    });
-    let mut out = Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png)
-        .expect("encode a PNG in memory");
-    out.into_inner()
-}
-
 /// `png` with a tEXt chunk naming `n` after its header: the same pixels, a new sha1.
 fn tagged(png: &[u8], n: u64) -> Vec<u8> {
     const AFTER_IHDR: usize = 8 + 25;
