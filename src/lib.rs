@@ -187,7 +187,9 @@ impl App {
                 max_secondary_emails: settings.accounts.max_secondary_emails,
             },
         );
+        let proxies = app::client_ip::TrustedProxies::new(settings.http.trusted_proxies.clone());
         let state = app::AppState::new(app::Shared {
+            proxies,
             accounts,
             images,
             reminders,
@@ -322,7 +324,15 @@ fn kept(
     std::fs::create_dir_all(dir).map_err(data_dir(dir))?;
     let path = dir.join(file);
     match std::fs::read_to_string(&path) {
-        Ok(value) if !value.trim().is_empty() => Ok(value.trim().to_owned()),
+        Ok(value) if !value.trim().is_empty() => {
+            // Files kept by older versions were world-readable.
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+            }
+            Ok(value.trim().to_owned())
+        }
         Ok(_) => keep_new(&path, make()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => keep_new(&path, make()),
         Err(e) => Err(data_dir(&path)(e)),
@@ -330,10 +340,58 @@ fn kept(
 }
 
 fn keep_new(path: &std::path::Path, value: String) -> Result<String, AppError> {
+    use std::io::Write;
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, &value).map_err(data_dir(&tmp))?;
+    let mut file = std::fs::OpenOptions::new();
+    file.write(true).create(true).truncate(true);
+    // Readable by this user only: the link secret signs unsubscribe links.
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut file, 0o600);
+    file.open(&tmp)
+        .and_then(|mut f| f.write_all(value.as_bytes()).and_then(|()| f.sync_all()))
+        .map_err(data_dir(&tmp))?;
     std::fs::rename(&tmp, path).map_err(data_dir(path))?;
     Ok(value)
+}
+
+/// Creates an admin, or promotes the existing user of that name: straight through the
+/// store, with no actors, so a tool run on a stopped server's data dir fires no reminder
+/// and sends no mail.
+pub async fn create_admin(
+    settings: &Settings,
+    username: domain::Username,
+    email: domain::Email,
+    password: domain::Password,
+) -> Result<domain::User, AppError> {
+    let store = open_store(settings).await?;
+    // The services a deletion would use are never called here; their actors stay unset.
+    let images = images::Images::new(
+        store.clone(),
+        Default::default(),
+        1,
+        images::UploadRules {
+            max_in_flight_per_client: 1,
+            process_timeout: Duration::from_secs(1),
+        },
+    );
+    let links = links::Links::new("", b"");
+    let reminders =
+        reminders::Reminders::new(store.clone(), Default::default(), Default::default(), links);
+    let accounts = Accounts::new(
+        store.clone(),
+        images,
+        reminders,
+        AccountRules {
+            session_ttl: Duration::from_secs(settings.accounts.session_ttl_secs),
+            cache_ttl: Duration::from_secs(settings.accounts.cache_ttl_secs),
+            max_secondary_emails: settings.accounts.max_secondary_emails,
+        },
+    );
+    let user = accounts
+        .create_or_promote_admin(username, email, password)
+        .await;
+    store.close().await?;
+    Ok(user?)
 }
 
 /// An I/O failure on `path` in the data directory, naming it.

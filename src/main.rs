@@ -158,16 +158,11 @@ async fn admin(settings: Settings, command: AdminCommand) -> anyhow::Result<()> 
     let username =
         Username::parse(&username).with_context(|| format!("--username {username:?}"))?;
     let email = Email::parse(&email).with_context(|| format!("--email {email:?}"))?;
-    let password = Password::parse(password).context("the password")?;
+    let password = Password::parse(password)?;
     // The same store, config and data dir as `serve`; the server must not be running on an
-    // embedded store (its file is locked while open).
-    let app = corral::App::start(settings).await?;
-    let user = app
-        .accounts()
-        .create_or_promote_admin(username, email, password)
-        .await?;
+    // embedded store (its file is locked while open). No actors start: nothing is sent.
+    let user = corral::create_admin(&settings, username, email, password).await?;
     println!("{} ({}) is an admin", user.username.as_str(), user.id);
-    app.shutdown().await?;
     Ok(())
 }
 

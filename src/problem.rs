@@ -262,6 +262,7 @@ impl From<RemindersError> for ApiError {
             RemindersError::NotFound(id) => {
                 Self::NotFound(format!("no reminder with id {}", echo(&id)))
             }
+            e @ RemindersError::UnknownLink => Self::NotFound(e.to_string()),
             RemindersError::Unprocessable(d) => Self::Unprocessable(d),
             e @ RemindersError::BadEmail(_) => Self::BadRequest(e.to_string()),
             e @ RemindersError::NotScheduled(_) => Self::Conflict(e.to_string()),

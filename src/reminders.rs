@@ -25,6 +25,9 @@ pub enum RemindersError {
     /// No such reminder of the caller's; holds the id as the client gave it.
     #[error("no reminder with id {0:?}")]
     NotFound(String),
+    /// An unsubscribe token Corral did not make (or made under another secret).
+    #[error("this unsubscribe link is not one Corral made")]
+    UnknownLink,
     /// The request is well formed but cannot be honoured (a time in the past, an unknown
     /// event, an address that is not the user's).
     #[error("{0}")]
@@ -160,7 +163,7 @@ impl Reminders {
         let id = self
             .links
             .verify(token)
-            .ok_or_else(|| RemindersError::NotFound(token.to_owned()))?;
+            .ok_or(RemindersError::UnknownLink)?;
         Ok(self.store.get_reminder(id).await?)
     }
 

@@ -2,6 +2,7 @@
 //! the extractors for the signed-in user and JSON bodies. The problem+json error is
 //! `crate::problem`.
 
+pub mod client_ip;
 pub mod extract;
 
 use std::sync::Arc;
@@ -49,6 +50,8 @@ pub struct Shared {
     pub metrics: PrometheusHandle,
     /// Open WebSocket connections, against `ws.max_connections`.
     pub ws_gate: crate::actors::hub::WsGate,
+    /// Reverse proxies whose forwarding headers name the client (`http.trusted_proxies`).
+    pub proxies: client_ip::TrustedProxies,
     /// Set when the server starts shutting down; open WebSockets close (1001).
     pub stopping: tokio::sync::watch::Sender<bool>,
 }

@@ -14,7 +14,7 @@ pub const MAX_TOPICS: usize = 10;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EventError {
-    #[error("title must be 1 to 200 characters")]
+    #[error("title must be 1 to 200 characters on one line, without control characters")]
     BadTitle,
     #[error("description must be at most 5000 characters")]
     BadDescription,
@@ -24,7 +24,7 @@ pub enum EventError {
     BadTopics,
     #[error("ends_at must not be before starts_at")]
     EndsBeforeStart,
-    #[error("location name must be 1 to 200 characters")]
+    #[error("location name must be 1 to 200 characters on one line, without control characters")]
     BadPlaceName,
     #[error("lat must be within -90..90 and lon within -180..180")]
     BadCoordinates,
@@ -78,8 +78,13 @@ pub struct Event {
 impl Event {
     /// Checks the fields a client controls.
     pub fn validate(&self) -> Result<(), EventError> {
-        if !TITLE_LEN.contains(&self.title.trim().chars().count()) {
+        // Titles and places end up in mail subjects and bodies: one line, no controls.
+        let one_line = |t: &str| !t.chars().any(char::is_control);
+        if !TITLE_LEN.contains(&self.title.trim().chars().count()) || !one_line(&self.title) {
             return Err(EventError::BadTitle);
+        }
+        if !one_line(&self.location.name) {
+            return Err(EventError::BadPlaceName);
         }
         if self.description.chars().count() > MAX_DESCRIPTION_LEN {
             return Err(EventError::BadDescription);

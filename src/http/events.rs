@@ -256,6 +256,7 @@ struct ListQuery {
     #[param(value_type = Option<f64>, minimum = 0, maximum = 500)]
     radius_km: Option<String>,
     /// The `next` value of the previous page.
+    #[param(min_length = 1)]
     cursor: Option<String>,
     /// Page size, 1 to 100 (default 20).
     #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]

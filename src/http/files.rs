@@ -55,16 +55,21 @@ async fn serve_file(
     let missing = || ApiError::not_found(format!("no image named {}", echo(&raw)));
     let name = ImageName::parse(&raw).ok_or_else(missing)?;
     let etag = format!("\"{}\"", name.sha1());
+    let etag_value =
+        HeaderValue::from_str(&etag).map_err(|e| ApiError::internal("the etag header", e))?;
     let opened = match state.media.open_file(&name).await {
         Ok(opened) => opened,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(missing()),
         Err(e) => return Err(MediaError::from(e).into()),
     };
     let common = [
-        (header::ETAG, etag.clone()),
-        (header::CACHE_CONTROL, IMMUTABLE.to_owned()),
-        (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_owned()),
-        (header::ACCEPT_RANGES, "bytes".to_owned()),
+        (header::ETAG, etag_value),
+        (header::CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE)),
+        (
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ),
+        (header::ACCEPT_RANGES, HeaderValue::from_static("bytes")),
     ];
     if etag_matches(&headers, &etag) {
         return Ok((StatusCode::NOT_MODIFIED, common).into_response());

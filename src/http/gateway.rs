@@ -1,14 +1,14 @@
 //! What stands in front of every route: request ids, tracing, CORS, compression, metrics,
 //! timeouts and rate limits.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -23,7 +23,7 @@ use tower_http::request_id::{
 };
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
-use super::client_ip::{ClientIp, TrustedProxies};
+use super::client_ip::ClientIp;
 use super::extract::bearer;
 use super::{ApiError, AppState, ops};
 use crate::config::{RateLimitSettings, Settings, TokenBucket};
@@ -60,10 +60,7 @@ pub fn wrap(routes: Router<AppState>, state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(
             (
                 state.clone(),
-                RateLimits::new(
-                    &settings.rate_limits,
-                    TrustedProxies::new(settings.http.trusted_proxies.clone()),
-                ),
+                RateLimits::new(&settings.rate_limits),
             ),
             guard,
         ));
@@ -247,12 +244,10 @@ fn refill_secs(bucket: TokenBucket, tokens: u32) -> u64 {
         .max(1)
 }
 
-/// The rate limits: one keyed token bucket per request class (`[rate_limits]`), and the
-/// proxies whose forwarding headers name the client (`http.trusted_proxies`).
+/// The rate limits: one keyed token bucket per request class (`[rate_limits]`).
 pub struct RateLimits {
     enabled: bool,
     buckets: [Bucket; 4],
-    proxies: TrustedProxies,
     seen: AtomicU64,
 }
 
@@ -272,7 +267,7 @@ impl Verdict<'_> {
 }
 
 impl RateLimits {
-    pub fn new(settings: &RateLimitSettings, proxies: TrustedProxies) -> Arc<Self> {
+    pub fn new(settings: &RateLimitSettings) -> Arc<Self> {
         let bucket = |class| {
             let s = match class {
                 Class::Reads => settings.reads,
@@ -285,7 +280,6 @@ impl RateLimits {
         Arc::new(Self {
             enabled: settings.enabled,
             buckets: Class::ALL.map(bucket),
-            proxies,
             seen: AtomicU64::new(0),
         })
     }
@@ -319,15 +313,9 @@ impl RateLimits {
 async fn rate_limit(
     state: &AppState,
     limits: &RateLimits,
-    mut request: Request,
+    request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let peer = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
-    let ip = limits.proxies.client(peer, request.headers());
-    request.extensions_mut().insert(ClientIp(ip));
     // Probes and the metrics scraper are never limited: an orchestrator must not see 429.
     let is_ops = matches!(request.uri().path(), "/healthz" | "/readyz" | "/metrics");
     if !limits.enabled || is_ops {
@@ -341,13 +329,15 @@ async fn rate_limit(
         // An invalid token is the handler's to refuse; here it only means "anonymous".
         (_, Some(token)) => state.accounts.authenticate(token).await.ok().flatten(),
     };
+    let (mut parts, body) = request.into_parts();
     let client = match &user {
         Some(user) => Client::User(user.id),
-        None => Client::Ip(ip),
+        None => Client::Ip(ClientIp::of(&parts, &state.proxies).0),
     };
     if let Some(user) = user {
-        request.extensions_mut().insert(user);
+        parts.extensions.insert(user);
     }
+    let request = Request::from_parts(parts, body);
     let verdict = limits.check(class, &client);
     if let Some(retry_after_secs) = verdict.refused {
         metrics::counter!("corral_rate_limited_total", "class" => class.name()).increment(1);

@@ -8,7 +8,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 
-use axum::Extension;
 use axum::Json;
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -92,7 +91,7 @@ struct UploadForm {
 async fn upload(
     State(state): State<AppState>,
     MaybeUser(user): MaybeUser,
-    Extension(ClientIp(ip)): Extension<ClientIp>,
+    ClientIp(ip): ClientIp,
     ApiQuery(query): ApiQuery<UploadQuery>,
     request: Request,
 ) -> Result<Response, ApiError> {

@@ -2,7 +2,6 @@
 //! the OpenAPI document by construction), merged here and wrapped by the gateway layers.
 
 mod admin;
-pub mod client_ip;
 mod events;
 mod files;
 pub mod gateway;
@@ -24,7 +23,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 pub use crate::app::{AppState, Shared};
 // The error and extractors are shared with the WebSocket frontend (`crate::ws`).
-pub(crate) use crate::app::extract;
+pub(crate) use crate::app::{client_ip, extract};
 pub use crate::problem::{self as error, ApiError};
 pub use gateway::RateLimits;
 

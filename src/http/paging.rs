@@ -17,6 +17,7 @@ pub struct PageQuery {
     #[param(minimum = 1, maximum = 100)]
     limit: Option<usize>,
     /// The `next` value of the previous page.
+    #[param(min_length = 1)]
     cursor: Option<String>,
 }
 

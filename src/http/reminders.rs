@@ -91,9 +91,10 @@ async fn get_reminder(
 #[schema(min_properties = 1)]
 struct ReminderChanges {
     /// A new time (the "delay"), RFC 3339, in the future.
+    #[schema(nullable = false)]
     remind_at: Option<DateTime<FixedOffset>>,
     /// Another of your addresses.
-    #[schema(format = Email)]
+    #[schema(format = Email, nullable = false)]
     email: Option<String>,
 }
 
@@ -158,6 +159,7 @@ struct ListQuery {
     #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
     limit: Option<String>,
     /// The `next` value of the previous page.
+    #[param(min_length = 1)]
     cursor: Option<String>,
 }
 
@@ -222,7 +224,7 @@ fn page(title: &str, body: &str) -> Response {
         .into_response()
 }
 
-const GONE: &str = "<p>This reminder was removed already; no mail will come of it.</p>";
+const GONE: &str = "<p>This reminder was removed already.</p>";
 
 /// The page a reminder mail's unsubscribe link opens: what it would remove, and a button
 /// to do it. Opening it changes nothing (link scanners open links too).
@@ -239,13 +241,10 @@ async fn unsubscribe_page(
     ApiPath(token): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     Ok(match state.reminders.by_token(&token).await? {
-        Some(reminder) => page(
+        Some(_) => page(
             "Remove this reminder?",
-            &format!(
-                "<p>The reminder set for {} will be removed and its mail not sent.</p>\
-                 <form method=\"post\"><button type=\"submit\">Remove it</button></form>",
-                reminder.remind_at.format("%Y-%m-%d %H:%M UTC")
-            ),
+            "<p>It is removed from your reminders; if its mail has not gone out yet, it \
+             will not.</p><form method=\"post\"><button type=\"submit\">Remove it</button></form>",
         ),
         None => page("Already removed", GONE),
     })
@@ -268,7 +267,7 @@ async fn unsubscribe(
     Ok(match state.reminders.unsubscribe(&token).await? {
         Some(_) => page(
             "Reminder removed",
-            "<p>Done: this reminder is removed, and no mail will come of it.</p>",
+            "<p>Done: the reminder is removed, and Corral sends nothing more about it.</p>",
         ),
         None => page("Already removed", GONE),
     })

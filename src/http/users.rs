@@ -130,9 +130,10 @@ async fn me(CurrentUser(user): CurrentUser) -> Json<UserView> {
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(min_properties = 1)]
 struct UpdateMe {
     /// The new primary address; the old one stays on the account as a secondary one.
-    #[schema(format = Email, max_length = 254)]
+    #[schema(format = Email, max_length = 254, nullable = false)]
     email: Option<String>,
     /// IANA time zone such as `Europe/Paris`.
     #[schema(

@@ -162,3 +162,98 @@ fn help_describes_the_whole_server_and_every_admin_flag() {
         );
     }
 }
+
+/// The `.eml` files in `outbox` that mention `needle`.
+fn mails_with(outbox: &std::path::Path, needle: &str) -> usize {
+    std::fs::read_dir(outbox)
+        .map(|dir| {
+            dir.flatten()
+                .filter(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains(needle)))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn admin_create_on_a_stopped_servers_data_fires_no_reminder_and_sends_no_mail() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Corral::new(dir.path()).env("CORRAL_REMINDERS__TICK_MS", 200);
+    let admin = |server: &Corral, name: &str| {
+        let out = server.cli(
+            &[
+                "admin",
+                "create",
+                "--username",
+                name,
+                "--email",
+                &format!("{name}@example.org"),
+            ],
+            &[("CORRAL_ADMIN_PASSWORD", "password-root")],
+        );
+        assert!(out.status.success(), "{out:?}");
+    };
+    admin(&server, "root");
+    let running = server.start().await;
+    // The key that signs unsubscribe links is the server's own.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let secret = std::fs::metadata(server.data_dir().join("link_secret")).unwrap();
+        assert_eq!(secret.permissions().mode() & 0o777, 0o600);
+    }
+    let client = crate::common::child::client();
+    let call =
+        |method: reqwest::Method, path: &str, token: Option<&str>, body: serde_json::Value| {
+            let mut request = client.request(method, running.url(path)).json(&body);
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            async move {
+                let response = request.send().await.unwrap();
+                assert!(response.status().is_success(), "{}", response.status());
+                response.json::<serde_json::Value>().await.unwrap()
+            }
+        };
+    let login = serde_json::json!({"login": "root", "password": "password-root"});
+    let session = call(reqwest::Method::POST, "/v1/sessions", None, login).await;
+    let token = session["token"].as_str().unwrap().to_owned();
+    let starts = chrono::Utc::now() + chrono::Duration::days(1);
+    let event = serde_json::json!({
+        "title": "Shearing day", "topics": ["farm"],
+        "starts_at": starts.to_rfc3339(), "ends_at": (starts + chrono::Duration::hours(1)).to_rfc3339(),
+        "location": {"name": "The barn", "lat": 45.0, "lon": 5.0},
+    });
+    let event = call(reqwest::Method::POST, "/v1/events", Some(&token), event).await;
+    let due = chrono::Utc::now() + chrono::Duration::seconds(2);
+    let reminder = serde_json::json!({"event_id": event["id"], "remind_at": due.to_rfc3339()});
+    let reminder = call(
+        reqwest::Method::POST,
+        "/v1/reminders",
+        Some(&token),
+        reminder,
+    )
+    .await;
+    let id = reminder["id"].as_str().unwrap().to_owned();
+    running.stop(Duration::from_secs(10)).await;
+
+    // The reminder falls due while the server is down; an admin command runs meanwhile.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    admin(&server, "root2");
+    let outbox = server.data_dir().join("outbox");
+    assert_eq!(
+        mails_with(&outbox, &id),
+        0,
+        "admin create sent the reminder"
+    );
+
+    // The server, started again, is the one that sends it.
+    let _running = server.start().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while mails_with(&outbox, &id) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server never sent it"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

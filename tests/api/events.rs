@@ -416,6 +416,8 @@ async fn bad_searches_and_bad_events_get_400_problem_json() {
     let mut bad_events = Vec::new();
     for (field, value) in [
         ("title", json!("")),
+        ("title", json!("Evil\r\nBcc: victim@example.net")),
+        ("location", json!({"name": "a\nb", "lat": 0.0, "lon": 0.0})),
         ("topics", json!([])),
         ("topics", json!(["no spaces"])),
         ("ends_at", json!("2031-02-01T00:00:00Z")),

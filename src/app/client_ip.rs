@@ -4,17 +4,44 @@
 //! is not itself a trusted proxy (the left-most ones are whatever the client claimed).
 //! From any other peer those headers are ignored, so a client cannot pick its own address.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::HeaderMap;
 use axum::http::header::FORWARDED;
+use axum::http::request::Parts;
 use ipnet::IpNet;
+
+use super::AppState;
 
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
 
-/// The client's address as the gateway worked it out; in every request's extensions.
+/// The client's address, worked out when a handler asks for it (an extractor, so the
+/// requests that do not ask pay nothing).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClientIp(pub IpAddr);
+
+impl ClientIp {
+    /// The client of a request with these `parts`, under `proxies`.
+    pub fn of(parts: &Parts, proxies: &TrustedProxies) -> Self {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
+        Self(proxies.client(peer, &parts.headers))
+    }
+}
+
+impl FromRequestParts<AppState> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self::of(parts, &state.proxies))
+    }
+}
 
 /// The proxies whose forwarding headers are believed.
 #[derive(Clone, Debug, Default)]
