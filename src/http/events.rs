@@ -84,7 +84,7 @@ struct NewEvent {
     #[schema(max_length = 5000)]
     description: String,
     /// 1 to 10 topics, a-z, 0-9, `-`, `_`, `.` (lowercased).
-    #[schema(min_items = 1, max_items = 10)]
+    #[schema(min_items = 1, max_items = 10, value_type = Vec<super::images::TagName>)]
     topics: Vec<String>,
     /// RFC 3339, any offset; stored in UTC.
     starts_at: DateTime<FixedOffset>,
@@ -164,7 +164,7 @@ struct EventChanges {
     title: Option<String>,
     #[schema(max_length = 5000)]
     description: Option<String>,
-    #[schema(min_items = 1, max_items = 10)]
+    #[schema(min_items = 1, max_items = 10, value_type = Option<Vec<super::images::TagName>>, nullable = false)]
     topics: Option<Vec<String>>,
     starts_at: Option<DateTime<FixedOffset>>,
     ends_at: Option<DateTime<FixedOffset>>,

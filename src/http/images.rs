@@ -400,11 +400,11 @@ struct Retag {
     tags: Vec<String>,
 }
 
-/// One tag as the schema states it (the handler parses the strings).
+/// One tag (or event topic) as the schema states it (the handlers parse the strings).
 #[derive(ToSchema)]
 #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
 #[allow(dead_code)]
-struct TagName(String);
+pub(super) struct TagName(String);
 
 /// Replace an image's tags (owner or admin).
 #[utoipa::path(

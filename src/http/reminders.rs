@@ -31,7 +31,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 struct NewReminder {
     #[schema(value_type = String, format = Uuid)]
     event_id: String,
-    /// RFC 3339 with any offset, in the future; stored in UTC.
+    /// RFC 3339 with any offset, in the future (at most 3,660 days ahead); stored in UTC.
     remind_at: DateTime<FixedOffset>,
     /// One of your addresses (default: your primary one).
     #[schema(format = Email)]
@@ -90,7 +90,7 @@ async fn get_reminder(
 #[serde(deny_unknown_fields)]
 #[schema(min_properties = 1)]
 struct ReminderChanges {
-    /// A new time (the "delay"), RFC 3339, in the future.
+    /// A new time (the "delay"), RFC 3339, in the future (at most 3,660 days ahead).
     #[schema(nullable = false)]
     remind_at: Option<DateTime<FixedOffset>>,
     /// Another of your addresses.
