@@ -181,11 +181,7 @@ impl App {
             store.clone(),
             images.clone(),
             reminders.clone(),
-            AccountRules {
-                session_ttl: Duration::from_secs(settings.accounts.session_ttl_secs),
-                cache_ttl: Duration::from_secs(settings.accounts.cache_ttl_secs),
-                max_secondary_emails: settings.accounts.max_secondary_emails,
-            },
+            account_rules(&settings),
         );
         let proxies = app::client_ip::TrustedProxies::new(settings.http.trusted_proxies.clone());
         let state = app::AppState::new(app::Shared {
@@ -354,6 +350,15 @@ fn keep_new(path: &std::path::Path, value: String) -> Result<String, AppError> {
     Ok(value)
 }
 
+/// The accounts module's settings.
+fn account_rules(settings: &Settings) -> AccountRules {
+    AccountRules {
+        session_ttl: Duration::from_secs(settings.accounts.session_ttl_secs),
+        cache_ttl: Duration::from_secs(settings.accounts.cache_ttl_secs),
+        max_secondary_emails: settings.accounts.max_secondary_emails,
+    }
+}
+
 /// Creates an admin, or promotes the existing user of that name: straight through the
 /// store, with no actors, so a tool run on a stopped server's data dir fires no reminder
 /// and sends no mail.
@@ -377,16 +382,7 @@ pub async fn create_admin(
     let links = links::Links::new("", b"");
     let reminders =
         reminders::Reminders::new(store.clone(), Default::default(), Default::default(), links);
-    let accounts = Accounts::new(
-        store.clone(),
-        images,
-        reminders,
-        AccountRules {
-            session_ttl: Duration::from_secs(settings.accounts.session_ttl_secs),
-            cache_ttl: Duration::from_secs(settings.accounts.cache_ttl_secs),
-            max_secondary_emails: settings.accounts.max_secondary_emails,
-        },
-    );
+    let accounts = Accounts::new(store.clone(), images, reminders, account_rules(settings));
     let user = accounts
         .create_or_promote_admin(username, email, password)
         .await;

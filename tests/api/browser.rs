@@ -17,13 +17,10 @@ use serde_json::{Value, json};
 
 /// An executable on PATH (or named by `env`), if there is one.
 fn find(env: &str, names: &[&str]) -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os(env) {
-        return Some(PathBuf::from(path));
+    match std::env::var_os(env) {
+        Some(path) => Some(PathBuf::from(path)),
+        None => crate::common::on_path(names),
     }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .flat_map(|dir| names.iter().map(move |name| dir.join(name)))
-        .find(|candidate| candidate.is_file())
 }
 
 /// chromedriver on a free loopback port, killed when dropped.

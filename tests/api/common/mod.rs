@@ -293,15 +293,19 @@ impl Drop for TestApp {
     }
 }
 
+/// The first of `names` found on PATH.
+pub fn on_path(names: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .flat_map(|dir| names.iter().map(move |name| dir.join(name)))
+        .find(|candidate| candidate.is_file())
+}
+
 /// An outside tool the tests check the server with (a validator, promtool), if it is on
 /// PATH. Without it the test says so and passes, unless `REQUIRE_TOOLS=1` (which
 /// `.ci/run` sets, after installing them) makes a missing tool a failure.
 pub fn tool(name: &str, install: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|dir| dir.join(name))
-            .find(|candidate| candidate.is_file())
-    });
+    let found = on_path(&[name]);
     if found.is_none() {
         let required = std::env::var("REQUIRE_TOOLS").is_ok_and(|v| v == "1");
         assert!(
