@@ -62,6 +62,11 @@ pub async fn random(sizes: Sizes, command: &str) -> anyhow::Result<Report> {
     report
         .results
         .push(measure(&corral, &label, open, &sizes, work.clone()).await);
+    if let Some(rss) = corral.pid().map(servers::rss_mib) {
+        report.notes.push(format!(
+            "Corral's resident memory after the runs: {rss:.0} MiB"
+        ));
+    }
     corral.stop().await;
     report.notes.push(format!(
         "{} images seeded; closed loop, {:?} each; server and generator share the machine",
