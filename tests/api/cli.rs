@@ -1,6 +1,7 @@
 //! The `corral` binary's own messages, as an operator reads them: every start-up and admin
 //! failure names what failed once, with the fix when there is one; logs carry no colour
-//! codes when they do not go to a terminal; `--help` describes the whole server.
+//! codes when they do not go to a terminal, and name the request they were written in;
+//! `--help` describes the whole server.
 
 use std::net::TcpListener;
 use std::process::Output;
@@ -256,4 +257,68 @@ async fn admin_create_on_a_stopped_servers_data_fires_no_reminder_and_sends_no_m
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test]
+async fn log_lines_written_during_a_request_name_its_request_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Corral::new(dir.path()).env("CORRAL_LOG__FORMAT", "json");
+    let made = server.cli(
+        &[
+            "admin",
+            "create",
+            "--username",
+            "root",
+            "--email",
+            "root@example.org",
+        ],
+        &[("CORRAL_ADMIN_PASSWORD", "password-root")],
+    );
+    assert!(made.status.success(), "{made:?}");
+    let running = server.start().await;
+    let session: serde_json::Value = running
+        .client
+        .post(running.url("/v1/sessions"))
+        .json(&serde_json::json!({"login": "root", "password": "password-root"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = session["token"].as_str().unwrap().to_owned();
+    // One id chosen by the client, one made by the server; each request logs a line.
+    let list = |id: Option<&'static str>| {
+        let mut request = running
+            .client
+            .get(running.url("/v1/admin/users"))
+            .bearer_auth(&token);
+        if let Some(id) = id {
+            request = request.header("x-request-id", id);
+        }
+        request.send()
+    };
+    let chosen = list(Some("trace-me-7")).await.unwrap();
+    assert_eq!(chosen.headers()["x-request-id"], "trace-me-7");
+    let made = list(None).await.unwrap();
+    let generated = made.headers()["x-request-id"].to_str().unwrap().to_owned();
+    running.stop(Duration::from_secs(10)).await;
+    let ids: Vec<String> = server
+        .log()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|entry| entry["fields"]["message"] == "admin listed users")
+        .map(|entry| {
+            entry["span"]["request_id"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        ["trace-me-7", generated.as_str()],
+        "{}",
+        server.log_tail(20)
+    );
 }
