@@ -7,7 +7,7 @@ use std::net::TcpListener;
 use std::process::Output;
 use std::time::Duration;
 
-use crate::common::child::{Corral, run as corral};
+use crate::common::child::{Corral, Running, run as corral};
 
 /// The failure's stderr, checked to be one line, said once, after a failed exit.
 fn failure(out: &Output) -> String {
@@ -24,6 +24,37 @@ fn failure(out: &Output) -> String {
     }
     assert!(!line.contains('\u{1b}'), "colour codes: {line:?}");
     line.to_owned()
+}
+
+/// Makes `name` an admin with `admin create` (password `password-root`), server stopped.
+fn admin(server: &Corral, name: &str) {
+    let out = server.cli(
+        &[
+            "admin",
+            "create",
+            "--username",
+            name,
+            "--email",
+            &format!("{name}@example.org"),
+        ],
+        &[("CORRAL_ADMIN_PASSWORD", "password-root")],
+    );
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// Signs `name` in (as [`admin`] made it) and returns the token.
+async fn sign_in(running: &Running, name: &str) -> String {
+    let session: serde_json::Value = running
+        .client
+        .post(running.url("/v1/sessions"))
+        .json(&serde_json::json!({"login": name, "password": "password-root"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    session["token"].as_str().unwrap().to_owned()
 }
 
 #[test]
@@ -179,20 +210,6 @@ fn mails_with(outbox: &std::path::Path, needle: &str) -> usize {
 async fn admin_create_on_a_stopped_servers_data_fires_no_reminder_and_sends_no_mail() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = Corral::new(dir.path()).env("CORRAL_REMINDERS__TICK_MS", 200);
-    let admin = |server: &Corral, name: &str| {
-        let out = server.cli(
-            &[
-                "admin",
-                "create",
-                "--username",
-                name,
-                "--email",
-                &format!("{name}@example.org"),
-            ],
-            &[("CORRAL_ADMIN_PASSWORD", "password-root")],
-        );
-        assert!(out.status.success(), "{out:?}");
-    };
     admin(&server, "root");
     let running = server.start().await;
     // The key that signs unsubscribe links is the server's own.
@@ -215,9 +232,7 @@ async fn admin_create_on_a_stopped_servers_data_fires_no_reminder_and_sends_no_m
                 response.json::<serde_json::Value>().await.unwrap()
             }
         };
-    let login = serde_json::json!({"login": "root", "password": "password-root"});
-    let session = call(reqwest::Method::POST, "/v1/sessions", None, login).await;
-    let token = session["token"].as_str().unwrap().to_owned();
+    let token = sign_in(&running, "root").await;
     let starts = chrono::Utc::now() + chrono::Duration::days(1);
     let event = serde_json::json!({
         "title": "Shearing day", "topics": ["farm"],
@@ -263,30 +278,9 @@ async fn admin_create_on_a_stopped_servers_data_fires_no_reminder_and_sends_no_m
 async fn log_lines_written_during_a_request_name_its_request_id() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = Corral::new(dir.path()).env("CORRAL_LOG__FORMAT", "json");
-    let made = server.cli(
-        &[
-            "admin",
-            "create",
-            "--username",
-            "root",
-            "--email",
-            "root@example.org",
-        ],
-        &[("CORRAL_ADMIN_PASSWORD", "password-root")],
-    );
-    assert!(made.status.success(), "{made:?}");
+    admin(&server, "root");
     let running = server.start().await;
-    let session: serde_json::Value = running
-        .client
-        .post(running.url("/v1/sessions"))
-        .json(&serde_json::json!({"login": "root", "password": "password-root"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = session["token"].as_str().unwrap().to_owned();
+    let token = sign_in(&running, "root").await;
     // One id chosen by the client, one made by the server; each request logs a line.
     let list = |id: Option<&'static str>| {
         let mut request = running
