@@ -103,6 +103,8 @@ pub struct UploadSettings {
 pub struct ImageSettings {
     pub reservoir_capacity: usize,
     pub file_cache_mib: u64,
+    pub variant_sizes: Vec<u32>,
+    pub variant_makers: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -319,6 +321,19 @@ impl Settings {
             "images.reservoir_capacity",
             self.images.reservoir_capacity as u64,
         )?;
+        let sizes = &self.images.variant_sizes;
+        if sizes
+            .iter()
+            .any(|&n| n == 0 || n > u.max_width.max(u.max_height))
+        {
+            return Err(ConfigError::Invalid {
+                key: "images.variant_sizes",
+                reason: format!(
+                    "sizes must be 1 to {} pixels (the largest upload side)",
+                    u.max_width.max(u.max_height)
+                ),
+            });
+        }
         positive(
             "actors.restart_window_secs",
             self.actors.restart_window_secs,
@@ -434,12 +449,20 @@ impl Settings {
 
     /// Uploads decoded at once: the configured number, or cores less one (at least one).
     pub fn upload_decoders(&self) -> usize {
-        match self.uploads.decoders {
-            0 => {
-                std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
-            }
-            n => n,
-        }
+        per_core_less_one(self.uploads.decoders)
+    }
+
+    /// Variants made at once (`images.variant_makers`; 0: one per core, less one).
+    pub fn variant_makers(&self) -> usize {
+        per_core_less_one(self.images.variant_makers)
+    }
+}
+
+/// `n`, or for 0 one per core less one (at least one).
+fn per_core_less_one(n: usize) -> usize {
+    match n {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1)),
+        n => n,
     }
 }
 

@@ -41,7 +41,7 @@ use actors::uploads::UploadDeps;
 use actors::{Actors, Supervisor};
 use config::{Backend, Settings};
 use mail::{Composer, RetryPolicy, Transport};
-use media::{DecodeLimits, MediaRoot};
+use media::{DecodeLimits, MediaRoot, Variants};
 use store::scylla::ScyllaTarget;
 use store::{EmbeddedStore, ScyllaStore, SharedStore, StoreError};
 
@@ -117,6 +117,13 @@ impl App {
         }
         let actors = Actors::default();
         let u = &settings.uploads;
+        let decode_limits = DecodeLimits {
+            max_width: u.max_width,
+            max_height: u.max_height,
+            max_pixels: u.max_pixels,
+            max_alloc: u.max_decode_bytes,
+        };
+        let variants = Variants::new(media.clone(), decode_limits, settings.variant_makers());
         let args = SupervisorArgs {
             store: store.clone(),
             actors: actors.clone(),
@@ -124,12 +131,7 @@ impl App {
             upload_deps: UploadDeps {
                 store: store.clone(),
                 media: media.clone(),
-                limits: DecodeLimits {
-                    max_width: u.max_width,
-                    max_height: u.max_height,
-                    max_pixels: u.max_pixels,
-                    max_alloc: u.max_decode_bytes,
-                },
+                limits: decode_limits,
                 decode_slots: Arc::new(Semaphore::new(settings.upload_decoders())),
                 image_pool: actors.image_pool.clone(),
                 hub: actors.hub.clone(),
@@ -192,6 +194,7 @@ impl App {
             settings: Arc::new(settings),
             store,
             media,
+            variants,
             actors,
             composer,
             metrics,

@@ -210,6 +210,9 @@ impl From<MediaError> for ApiError {
                 retry_after_secs: 1,
             },
             MediaError::Io(e) => Self::internal("media I/O", e),
+            // The original is stored and was checked at upload: failing to make a variant
+            // of it is the server's fault, whatever the reason.
+            MediaError::Variant(e) => Self::internal("making an image variant", e),
         }
     }
 }

@@ -124,6 +124,18 @@ const CATALOGUE: &[(&str, Kind, Series, &str)] = &[
         "Bytes of image files served from memory by GET /i/, against images.file_cache_mib",
     ),
     (
+        "corral_variants_made_total",
+        Kind::Counter,
+        Series::Later,
+        "Image variants made (resized, re-encoded) on their first request, by format",
+    ),
+    (
+        "corral_variant_make_seconds",
+        Kind::Histogram,
+        Series::Later,
+        "Time to make one image variant: decoding the original, shrinking, encoding, storing",
+    ),
+    (
         "corral_actor_restarts_total",
         Kind::Counter,
         Series::Later,

@@ -265,9 +265,14 @@ function altText(image, fallback) {
     : `${fallback} ${image.name}`;
 }
 
-/** A linked thumbnail; the <img> carries data-id. */
+/** A linked thumbnail (a small variant, WebP where the browser takes it); the <img>
+ * carries data-id. */
 function imageFigure(image, alt) {
-  const img = el('img', { src: image.url, alt, loading: 'lazy', decoding: 'async' });
+  const img = el('img', {
+    src: `${image.url}?w=256&format=auto`,
+    srcset: `${image.url}?w=256&format=auto 1x, ${image.url}?w=512&format=auto 2x`,
+    alt, loading: 'lazy', decoding: 'async',
+  });
   if (image.width) img.width = image.width;
   if (image.height) img.height = image.height;
   img.dataset.id = image.id;

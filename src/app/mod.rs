@@ -41,6 +41,8 @@ pub struct Shared {
     pub settings: Arc<Settings>,
     pub store: SharedStore,
     pub media: MediaRoot,
+    /// Makes and opens image variants (`GET /i/{name}?w=`).
+    pub variants: crate::media::Variants,
     pub actors: Actors,
     pub accounts: Accounts,
     pub images: Images,

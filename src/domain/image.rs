@@ -94,18 +94,19 @@ impl FromStr for ImageFormat {
 ///
 /// Parsing is the only way to get one, so a name can never carry a path separator,
 /// a dot segment or anything else that could escape the image directory.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct ImageName {
-    sha1: String,
+    /// Lowercase hex: always ASCII (a fixed array, so a name is cloned without allocating).
+    sha1: [u8; 40],
     format: ImageFormat,
 }
 
 impl ImageName {
     pub fn new(sha1: [u8; 20], format: ImageFormat) -> Self {
-        Self {
-            sha1: hex::encode(sha1),
-            format,
-        }
+        let mut hex = [0; 40];
+        // Cannot fail: 20 bytes take exactly 40 hex digits.
+        let _ = hex::encode_to_slice(sha1, &mut hex);
+        Self { sha1: hex, format }
     }
 
     /// Accepts exactly `<40 lowercase hex>.<jpg|png|gif|webp>`; anything else is `None`.
@@ -114,15 +115,13 @@ impl ImageName {
         let hex_ok =
             sha1.len() == 40 && sha1.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
         let format = ImageFormat::from_extension(ext)?;
-        hex_ok.then(|| Self {
-            sha1: sha1.to_owned(),
-            format,
-        })
+        let sha1 = <[u8; 40]>::try_from(sha1.as_bytes()).ok()?;
+        hex_ok.then_some(Self { sha1, format })
     }
 
     /// The content hash, lowercase hex.
     pub fn sha1(&self) -> &str {
-        &self.sha1
+        std::str::from_utf8(&self.sha1).unwrap_or_default()
     }
 
     pub fn format(&self) -> ImageFormat {
@@ -131,13 +130,20 @@ impl ImageName {
 
     /// The two shard directories (`ab`, `cd`) this file lives under.
     pub fn shards(&self) -> (&str, &str) {
-        (&self.sha1[0..2], &self.sha1[2..4])
+        let sha1 = self.sha1();
+        (&sha1[0..2], &sha1[2..4])
+    }
+}
+
+impl fmt::Debug for ImageName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
     }
 }
 
 impl fmt::Display for ImageName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.sha1, self.format.extension())
+        write!(f, "{}.{}", self.sha1(), self.format.extension())
     }
 }
 

@@ -1,24 +1,28 @@
-//! Image bytes by name: `GET /i/{name}`. Names are content addresses, so a response never
-//! changes: strong ETag (the sha1), immutable caching, 304 on a match, single byte ranges.
-//! Served from memory once read (files up to an eighth of `images.file_cache_mib`, at most
+//! Image bytes by name: `GET /i/{name}`, and its variants (`?w=256&format=webp`: resized
+//! and re-encoded, made on first request). Names are content addresses and a variant's
+//! recipe is in its URL, so a response never changes: strong ETag (the sha1, and the
+//! recipe for a variant), immutable caching, 304 on a match, single byte ranges. Served
+//! from memory once read (files up to an eighth of `images.file_cache_mib`, at most
 //! 8 MiB), larger ones streamed from disk; the store is not consulted.
 
 use std::io::SeekFrom;
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
+use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::echo;
 use super::extract::ApiPath;
 use super::{ApiError, AppState};
-use crate::domain::ImageName;
-use crate::media::{MediaError, Opened};
+use crate::domain::{ImageFormat, ImageName};
+use crate::media::{Fit, MediaError, Opened, Recipe, StoredFile};
 
 /// Read size when streaming a file out (one blocking-pool trip each).
 const CHUNK: usize = 256 * 1024;
@@ -28,14 +32,39 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(serve_file))
 }
 
-/// An image's bytes by name.
+/// Asks for a variant of the image instead of the original. With none of these, the
+/// original is served.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct VariantQuery {
+    /// Largest width in pixels: one of `images.variant_sizes` (by default 64, 128, 256,
+    /// 512, 1024, 2048). Never enlarged: a smaller image keeps its size.
+    #[param(value_type = Option<u32>)]
+    w: Option<String>,
+    /// Largest height in pixels: one of `images.variant_sizes`.
+    #[param(value_type = Option<u32>)]
+    h: Option<String>,
+    /// With both `w` and `h`: `contain` (whole, inside the box; the default) or `cover`
+    /// (fills the box, cut around the centre).
+    #[param(value_type = Option<String>, pattern = "^(contain|cover)$")]
+    fit: Option<String>,
+    /// `jpeg`, `png`, `webp`, `gif`, or `auto` (WebP when `Accept` takes it, else the
+    /// original's format; answered with `Vary: Accept`). Default: the original's format.
+    #[param(value_type = Option<String>, pattern = "^(jpeg|png|webp|gif|auto)$")]
+    format: Option<String>,
+}
+
+/// An image's bytes by name, or a variant of them.
 ///
-/// Strong `ETag` (the sha1), `Cache-Control: immutable`, `304` on `If-None-Match`, and
-/// single byte ranges.
+/// Strong `ETag` (the sha1; for a variant, the sha1 and the recipe), `Cache-Control:
+/// immutable`, `304` on `If-None-Match`, and single byte ranges. A variant is made on its
+/// first request (upright, shrunk, re-encoded, without metadata) and kept.
 #[utoipa::path(
     get, path = "/i/{name}", tag = "images",
     params(
         ("name" = String, Path, description = "`<sha1>.<jpg|png|gif|webp>`"),
+        VariantQuery,
         ("if-none-match" = Option<String>, Header, description = "A previously seen ETag"),
         ("range" = Option<String>, Header, description = "One byte range, e.g. `bytes=0-1023`"),
     ),
@@ -43,6 +72,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         (status = 200, description = "The bytes", content_type = "image/*", body = Vec<u8>),
         (status = 206, description = "The requested range", content_type = "image/*", body = Vec<u8>),
         (status = 304, description = "Not modified"),
+        (status = 400, description = "A variant parameter is not allowed", body = super::error::ProblemDoc, content_type = "application/problem+json"),
         (status = 404, description = "No such file", body = super::error::ProblemDoc, content_type = "application/problem+json"),
         (status = 416, description = "Range outside the file", body = super::error::ProblemDoc, content_type = "application/problem+json"),
     ),
@@ -50,18 +80,47 @@ pub fn router() -> OpenApiRouter<AppState> {
 async fn serve_file(
     State(state): State<AppState>,
     ApiPath(raw): ApiPath<String>,
-    headers: HeaderMap,
+    // The request itself, not `HeaderMap`: that extractor copies every header.
+    request: Request,
 ) -> Result<Response, ApiError> {
+    let headers = request.headers();
     let missing = || ApiError::not_found(format!("no image named {}", echo(&raw)));
     let name = ImageName::parse(&raw).ok_or_else(missing)?;
-    let etag = format!("\"{}\"", name.sha1());
+    let variant = match request.uri().query() {
+        None => None,
+        Some(_) => {
+            let Query(query) = Query::<VariantQuery>::try_from_uri(request.uri())
+                .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+            query.recipe(&name, headers, &state.settings.images.variant_sizes)?
+        }
+    };
+    let (etag, format, opened) = match variant {
+        None => {
+            let opened = state
+                .media
+                .open_file(&StoredFile::Original(name.clone()))
+                .await;
+            (
+                format!("\"{}\"", name.sha1()),
+                name.format(),
+                opened.map_err(MediaError::from),
+            )
+        }
+        Some((recipe, _)) => {
+            let opened = state.variants.open(&name, recipe).await;
+            let etag = format!("\"{}-{}\"", name.sha1(), recipe.file_name());
+            (etag, recipe.format(), opened)
+        }
+    };
+    let opened = match opened {
+        Ok(opened) => opened,
+        Err(MediaError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(missing());
+        }
+        Err(e) => return Err(e.into()),
+    };
     let etag_value =
         HeaderValue::from_str(&etag).map_err(|e| ApiError::internal("the etag header", e))?;
-    let opened = match state.media.open_file(&name).await {
-        Ok(opened) => opened,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(missing()),
-        Err(e) => return Err(MediaError::from(e).into()),
-    };
     let common = [
         (header::ETAG, etag_value),
         (header::CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE)),
@@ -71,14 +130,21 @@ async fn serve_file(
         ),
         (header::ACCEPT_RANGES, HeaderValue::from_static("bytes")),
     ];
-    if etag_matches(&headers, &etag) {
-        return Ok((StatusCode::NOT_MODIFIED, common).into_response());
+    let vary = variant.is_some_and(|(_, by_accept)| by_accept);
+    if etag_matches(headers, &etag) {
+        let mut response = (StatusCode::NOT_MODIFIED, common).into_response();
+        if vary {
+            response
+                .headers_mut()
+                .insert(header::VARY, HeaderValue::from_static("accept"));
+        }
+        return Ok(response);
     }
     let length = match &opened {
         Opened::Whole(bytes) => bytes.len() as u64,
         Opened::Large(_, length) => *length,
     };
-    let (status, start, count) = match requested_range(&headers, length)? {
+    let (status, start, count) = match requested_range(headers, length)? {
         Some((start, end)) => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
         None => (StatusCode::OK, 0, length),
     };
@@ -98,8 +164,11 @@ async fn serve_file(
     let h = response.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static(name.format().mime()),
+        HeaderValue::from_static(format.mime()),
     );
+    if vary {
+        h.insert(header::VARY, HeaderValue::from_static("accept"));
+    }
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
     if status == StatusCode::PARTIAL_CONTENT {
         let range = format!("bytes {start}-{}/{length}", start + count - 1);
@@ -110,6 +179,83 @@ async fn serve_file(
         );
     }
     Ok(response)
+}
+
+impl VariantQuery {
+    /// The variant asked for (and whether `Accept` chose its format), or `None` for the
+    /// original; a 400 problem for a size off the allow-list or an unknown fit or format.
+    fn recipe(
+        self,
+        source: &ImageName,
+        headers: &HeaderMap,
+        sizes: &[u32],
+    ) -> Result<Option<(Recipe, bool)>, ApiError> {
+        if self.w.is_none() && self.h.is_none() && self.fit.is_none() && self.format.is_none() {
+            return Ok(None);
+        }
+        let size = |key: &str, raw: Option<String>| -> Result<u32, ApiError> {
+            let Some(raw) = raw else { return Ok(0) };
+            raw.parse::<u32>()
+                .ok()
+                .filter(|n| sizes.contains(n))
+                .ok_or_else(|| {
+                    let allowed: Vec<String> = sizes.iter().map(u32::to_string).collect();
+                    ApiError::BadRequest(format!(
+                        "{key} must be one of {}, not {}",
+                        allowed.join(", "),
+                        echo(&raw)
+                    ))
+                })
+        };
+        let (width, height) = (size("w", self.w)?, size("h", self.h)?);
+        let fit = match self.fit.as_deref() {
+            None | Some("contain") => Fit::Contain,
+            Some("cover") => Fit::Cover,
+            Some(other) => {
+                return Err(ApiError::BadRequest(format!(
+                    "fit must be contain or cover, not {}",
+                    echo(other)
+                )));
+            }
+        };
+        let (format, by_accept) = match self.format.as_deref() {
+            None => (source.format(), false),
+            Some("jpeg") => (ImageFormat::Jpeg, false),
+            Some("png") => (ImageFormat::Png, false),
+            Some("webp") => (ImageFormat::Webp, false),
+            Some("gif") => (ImageFormat::Gif, false),
+            Some("auto") if accepts_webp(headers) => (ImageFormat::Webp, true),
+            Some("auto") => (source.format(), true),
+            Some(other) => {
+                return Err(ApiError::BadRequest(format!(
+                    "format must be jpeg, png, webp, gif or auto, not {}",
+                    echo(other)
+                )));
+            }
+        };
+        Ok(Some((Recipe::new(width, height, fit, format), by_accept)))
+    }
+}
+
+/// `Accept` names `image/webp` (not with `q=0`).
+fn accepts_webp(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|item| {
+            let mut parts = item.split(';').map(str::trim);
+            let webp = parts
+                .next()
+                .is_some_and(|t| t.eq_ignore_ascii_case("image/webp"));
+            let refused = parts.any(|p| {
+                p.strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .is_some_and(|q| q == 0.0)
+            });
+            webp && !refused
+        })
 }
 
 /// `If-None-Match` holds `*` or our ETag (weak comparison, as RFC 9110 asks for GET).

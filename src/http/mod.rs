@@ -27,11 +27,12 @@ pub(crate) use crate::app::{client_ip, extract};
 pub use crate::problem::{self as error, ApiError};
 pub use gateway::RateLimits;
 
-/// The documented routes and their OpenAPI document.
-pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    let (routes, doc) = OpenApiRouter::with_openapi(openapi::base())
+/// The documented routes (the API's, and apart from them the image files', which the
+/// gateway wraps without compression) and their OpenAPI document.
+pub fn api() -> (Router<AppState>, Router<AppState>, utoipa::openapi::OpenApi) {
+    let (files, files_doc) = files::router().split_for_parts();
+    let (routes, mut doc) = OpenApiRouter::with_openapi(openapi::base())
         .merge(images::router())
-        .merge(files::router())
         .merge(users::router())
         .merge(sessions::router())
         .merge(admin::router())
@@ -40,12 +41,17 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(crate::ws::router())
         .merge(ops::router())
         .split_for_parts();
-    (routes, openapi::finish(doc))
+    doc.merge(files_doc);
+    (routes, files, openapi::finish(doc))
+}
+
+async fn not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed("method not allowed on this route".into())
 }
 
 /// The whole application.
 pub fn router(state: AppState) -> Router {
-    let (routes, doc) = api();
+    let (routes, files, doc) = api();
     let doc = Arc::new(doc);
     let routes = routes
         .route(
@@ -53,10 +59,9 @@ pub fn router(state: AppState) -> Router {
             axum::routing::get(move || async move { Json(doc.as_ref().clone()) }),
         )
         .merge(web::router(&state.settings.http.public_url))
-        .merge(SwaggerUi::new("/docs").url("/docs/openapi.json", api().1))
+        .merge(SwaggerUi::new("/docs").url("/docs/openapi.json", api().2))
         .fallback(|| async { ApiError::not_found("no such route") })
-        .method_not_allowed_fallback(|| async {
-            ApiError::MethodNotAllowed("method not allowed on this route".into())
-        });
-    gateway::wrap(routes, state)
+        .method_not_allowed_fallback(not_allowed);
+    let files = files.method_not_allowed_fallback(not_allowed);
+    gateway::wrap(routes, files, state)
 }

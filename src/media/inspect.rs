@@ -114,7 +114,7 @@ fn sniff(path: &Path) -> Result<ImageFormat, MediaError> {
     }
 }
 
-fn reader(
+pub(super) fn reader(
     path: &Path,
     format: ImageFormat,
     limits: DecodeLimits,

@@ -1,5 +1,6 @@
-//! Where files live: `<data>/images/ab/cd/<sha1>.<ext>` and `<data>/tmp` for uploads in
-//! flight, plus a bounded in-memory cache of small files (content-addressed files never
+//! Where files live: `<data>/images/ab/cd/<sha1>.<ext>`, their variants under
+//! `<data>/variants/ab/cd/<sha1>/` (see `variant`), and `<data>/tmp` for files being
+//! written, plus a bounded in-memory cache of small files (content-addressed files never
 //! change, so a cached copy is only ever stale once the file is deleted, which drops it).
 //!
 //! `<data>/intents` makes adding and removing files crash-safe: before a file is moved
@@ -16,6 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tempfile::TempPath;
 
+use super::variant::Recipe;
 use crate::domain::ImageName;
 
 /// Files up to this size are always read whole, in one blocking call, and cached.
@@ -33,12 +35,20 @@ const IDLE: Duration = Duration::from_secs(600);
 #[derive(Clone)]
 pub struct MediaRoot {
     images: PathBuf,
+    variants: PathBuf,
     tmp: PathBuf,
     intents: PathBuf,
-    hot: moka::sync::Cache<String, Bytes>,
+    hot: moka::sync::Cache<StoredFile, Bytes>,
     /// Files up to this size are cached (those over SMALL_FILE while a whole read is free).
     max_cached: u64,
     whole_reads: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+/// A file the tree holds: an original, or a variant of one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum StoredFile {
+    Original(ImageName),
+    Variant(ImageName, Recipe),
 }
 
 /// A stored file, opened for serving.
@@ -57,11 +67,14 @@ impl MediaRoot {
     pub fn open(data_dir: &Path, cache_bytes: u64) -> io::Result<Self> {
         let hot = moka::sync::Cache::builder()
             .max_capacity(cache_bytes)
-            .weigher(|_: &String, b: &Bytes| u32::try_from(b.len()).unwrap_or(u32::MAX))
+            .weigher(|_: &StoredFile, b: &Bytes| u32::try_from(b.len()).unwrap_or(u32::MAX))
             .time_to_idle(IDLE)
+            // Removing an original drops its cached variants too.
+            .support_invalidation_closures()
             .build();
         let root = Self {
             images: data_dir.join("images"),
+            variants: data_dir.join("variants"),
             tmp: data_dir.join("tmp"),
             intents: data_dir.join("intents"),
             hot,
@@ -69,6 +82,7 @@ impl MediaRoot {
             whole_reads: std::sync::Arc::new(tokio::sync::Semaphore::new(WHOLE_READS)),
         };
         std::fs::create_dir_all(&root.images)?;
+        std::fs::create_dir_all(&root.variants)?;
         std::fs::create_dir_all(&root.intents)?;
         if root.tmp.exists() {
             std::fs::remove_dir_all(&root.tmp)?;
@@ -85,6 +99,36 @@ impl MediaRoot {
     pub fn path_of(&self, name: &ImageName) -> PathBuf {
         let (a, b) = name.shards();
         self.images.join(a).join(b).join(name.to_string())
+    }
+
+    /// The path of a stored original or variant.
+    pub fn file_path(&self, file: &StoredFile) -> PathBuf {
+        match file {
+            StoredFile::Original(name) => self.path_of(name),
+            StoredFile::Variant(source, recipe) => {
+                self.variants_of(source).join(recipe.file_name())
+            }
+        }
+    }
+
+    /// The directory holding `source`'s variants.
+    fn variants_of(&self, source: &ImageName) -> PathBuf {
+        let (a, b) = source.shards();
+        self.variants.join(a).join(b).join(source.sha1())
+    }
+
+    /// Writes a variant: durably, under a temp name first, so that a crash never leaves a
+    /// partly written file under its name (it would be served as immutable). Variants
+    /// can be made again, so unlike originals they need no intent. Blocking.
+    pub fn store(&self, file: &StoredFile, bytes: &[u8]) -> io::Result<()> {
+        let target = self.file_path(file);
+        let dir = target.parent().unwrap_or(&self.variants);
+        std::fs::create_dir_all(dir)?;
+        let mut staged = tempfile::NamedTempFile::new_in(&self.tmp)?;
+        io::Write::write_all(&mut staged, bytes)?;
+        staged.as_file().sync_all()?;
+        staged.persist(&target).map_err(|e| e.error)?;
+        std::fs::File::open(dir)?.sync_all()
     }
 
     /// Makes a fully written temp file durable and moves it into place under `name`,
@@ -161,12 +205,11 @@ impl MediaRoot {
     /// Opens a stored file: from the cache when it is there; else a file that may be
     /// cached is read whole, in one blocking call, and cached; a larger one is handed back
     /// open, to be streamed. `NotFound` if it does not exist.
-    pub async fn open_file(&self, name: &ImageName) -> io::Result<Opened> {
-        let key = name.to_string();
-        if let Some(bytes) = self.hot.get(&key) {
+    pub async fn open_file(&self, file: &StoredFile) -> io::Result<Opened> {
+        if let Some(bytes) = self.hot.get(file) {
             return Ok(Opened::Whole(bytes));
         }
-        let path = self.path_of(name);
+        let path = self.file_path(file);
         let max_cached = self.max_cached;
         let whole_read = self.whole_reads.clone().try_acquire_owned().ok();
         let opened = tokio::task::spawn_blocking(move || -> io::Result<Opened> {
@@ -184,16 +227,25 @@ impl MediaRoot {
         .await
         .map_err(io::Error::other)??;
         if let Opened::Whole(bytes) = &opened {
-            self.hot.insert(key, bytes.clone());
+            self.hot.insert(file.clone(), bytes.clone());
         }
         Ok(opened)
     }
 
-    /// Removes a stored file (used to undo a commit whose metadata could not be written,
-    /// and when its last image is deleted), and its cached copy.
+    /// Removes a stored original (used to undo a commit whose metadata could not be
+    /// written, and when its last image is deleted), its variants, and their cached copies.
     pub fn remove(&self, name: &ImageName) -> io::Result<()> {
-        self.hot.invalidate(&name.to_string());
+        self.hot.invalidate(&StoredFile::Original(name.clone()));
+        let source = name.clone();
+        // Fails only if the cache was built without invalidation closures: it is not.
+        let _ = self.hot.invalidate_entries_if(
+            move |file, _| matches!(file, StoredFile::Variant(s, _) if *s == source),
+        );
         match std::fs::remove_file(self.path_of(name)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        match std::fs::remove_dir_all(self.variants_of(name)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }

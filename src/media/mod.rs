@@ -4,10 +4,12 @@
 mod inspect;
 mod layout;
 mod staging;
+mod variant;
 
 pub use inspect::{DecodeLimits, Inspected, inspect};
-pub use layout::{MediaRoot, Opened};
+pub use layout::{MediaRoot, Opened, StoredFile};
 pub use staging::{StagedUpload, stage};
+pub use variant::{Fit, Recipe, Variants};
 
 /// Why an upload's bytes were refused or could not be kept.
 #[derive(Debug, thiserror::Error)]
@@ -22,4 +24,7 @@ pub enum MediaError {
     Body(String),
     #[error("disk I/O failed: {0}")]
     Io(#[from] std::io::Error),
+    /// A variant's making failed (shared by every request that waited for it).
+    #[error(transparent)]
+    Variant(std::sync::Arc<MediaError>),
 }

@@ -263,13 +263,14 @@ async fn drive(app: &TestApp, page: &Client) -> Result<(), fantoccini::error::Cm
         "images have alt text"
     );
 
-    // ...and the random grid, the only image in the pool, shows it, loaded from /i/.
+    // ...and the random grid, the only image in the pool, shows it: a small WebP variant
+    // from /i/ (a 24 px image is not enlarged).
     click(page, "random-refresh").await?;
     let grid = element(page, &format!("#random-grid img[data-id='{id}']")).await;
     assert!(
         grid.attr("src")
             .await?
-            .is_some_and(|src| src.ends_with(&format!("/i/{name}")))
+            .is_some_and(|src| src.ends_with(&format!("/i/{name}?w=256&format=auto")))
     );
     let mut loaded = Value::Null;
     for _ in 0..50 {

@@ -17,4 +17,5 @@ mod reminders;
 mod seed;
 mod store_conformance;
 mod upload_memory;
+mod variants;
 mod ws;

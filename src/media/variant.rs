@@ -1,0 +1,340 @@
+//! Variants: an original resized and re-encoded, made on first request and kept beside it.
+//!
+//! A variant is named by its source and its recipe, not by its own bytes
+//! (`<data>/variants/ab/cd/<sha1>/<recipe>`), so it is found without an index, removed
+//! with its source, and its strong ETag is known before it is made. Making decodes under
+//! the upload limits, turns the picture upright (EXIF orientation), shrinks it (never
+//! enlarges) and encodes it; the encoders write no metadata.
+
+use std::collections::HashMap;
+use std::io::{self, Cursor};
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
+use tokio::sync::Semaphore;
+
+use image::codecs::gif::GifEncoder;
+use image::codecs::jpeg::JpegEncoder;
+use image::codecs::png::PngEncoder;
+use image::imageops::FilterType;
+use image::metadata::Orientation;
+use image::{DynamicImage, ImageDecoder};
+
+use super::MediaError;
+use super::inspect::{DecodeLimits, reader};
+use super::layout::{MediaRoot, Opened, StoredFile};
+use crate::domain::{ImageFormat, ImageName};
+
+/// JPEG quality of variants (1–100): the usual web default, well below visible loss.
+const JPEG_QUALITY: u8 = 82;
+/// Lossy WebP quality (0–100).
+const WEBP_QUALITY: f32 = 80.0;
+
+/// How a variant is made from its source. Build it with [`Recipe::new`], which makes it
+/// canonical (one recipe, one file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Recipe {
+    /// Largest width (0: not bounded).
+    width: u32,
+    /// Largest height (0: not bounded).
+    height: u32,
+    fit: Fit,
+    format: ImageFormat,
+}
+
+/// How a picture meets a box of both a width and a height.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Fit {
+    /// Inside the box, whole: one side may come out shorter.
+    Contain,
+    /// Covering the box, cut to it around the centre.
+    Cover,
+}
+
+impl Fit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fit::Contain => "contain",
+            Fit::Cover => "cover",
+        }
+    }
+}
+
+impl Recipe {
+    /// `width`/`height` 0 leave that side unbounded; with only one bounded, both fits are
+    /// the same picture, so the fit is normalised to `Contain`.
+    pub fn new(width: u32, height: u32, fit: Fit, format: ImageFormat) -> Self {
+        let fit = if width == 0 || height == 0 {
+            Fit::Contain
+        } else {
+            fit
+        };
+        Self {
+            width,
+            height,
+            fit,
+            format,
+        }
+    }
+
+    pub fn format(&self) -> ImageFormat {
+        self.format
+    }
+
+    /// The variant's file name, unique per recipe: `256x0-contain.webp`.
+    pub fn file_name(&self) -> String {
+        format!(
+            "{}x{}-{}.{}",
+            self.width,
+            self.height,
+            self.fit.as_str(),
+            self.format.extension()
+        )
+    }
+
+    /// The size to shrink a `w`×`h` picture to before cutting (never larger than it).
+    fn scaled(&self, w: u32, h: u32) -> (u32, u32) {
+        let ratio = |bound: u32, side: u32| {
+            if bound == 0 {
+                f64::INFINITY
+            } else {
+                f64::from(bound) / f64::from(side.max(1))
+            }
+        };
+        let (rw, rh) = (ratio(self.width, w), ratio(self.height, h));
+        let scale = match self.fit {
+            Fit::Contain => rw.min(rh),
+            Fit::Cover => rw.max(rh),
+        }
+        .min(1.0);
+        let side = |s: u32| ((f64::from(s) * scale).round() as u32).max(1);
+        (side(w), side(h))
+    }
+}
+
+/// Makes each variant once, a bounded number at a time, and opens it for serving.
+#[derive(Clone)]
+pub struct Variants {
+    root: MediaRoot,
+    limits: DecodeLimits,
+    /// One per variant being made (`images.variant_makers`): the CPU-bound step.
+    permits: Arc<Semaphore>,
+    /// Variants being made, so that concurrent first requests wait for one making.
+    making: Arc<Mutex<HashMap<StoredFile, Making>>>,
+}
+
+type Making = Shared<BoxFuture<'static, Result<(), Arc<MediaError>>>>;
+
+impl Variants {
+    pub fn new(root: MediaRoot, limits: DecodeLimits, makers: usize) -> Self {
+        Self {
+            root,
+            limits,
+            permits: Arc::new(Semaphore::new(makers.max(1))),
+            making: Arc::default(),
+        }
+    }
+
+    /// Opens `source`'s variant made by `recipe`, making it first if it does not exist.
+    /// `NotFound` (as [`MediaError::Io`]) when there is no such source.
+    pub async fn open(&self, source: &ImageName, recipe: Recipe) -> Result<Opened, MediaError> {
+        let file = StoredFile::Variant(source.clone(), recipe);
+        match self.root.open_file(&file).await {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            opened => return Ok(opened?),
+        }
+        let original = self.root.path_of(source);
+        if !tokio::fs::try_exists(&original).await? {
+            return Err(io::Error::from(io::ErrorKind::NotFound).into());
+        }
+        self.make_once(file.clone())
+            .await
+            .map_err(MediaError::Variant)?;
+        Ok(self.root.open_file(&file).await?)
+    }
+
+    /// The making of `file`: the one under way, or a new one.
+    fn make_once(&self, file: StoredFile) -> Making {
+        let mut making = self.making.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(under_way) = making.get(&file) {
+            return under_way.clone();
+        }
+        // Spawned, so that it finishes (and leaves the map) even if every request waiting
+        // for it goes away.
+        let task = tokio::spawn({
+            let this = self.clone();
+            let file = file.clone();
+            async move {
+                let made = this.make(&file).await.map_err(Arc::new);
+                this.making
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&file);
+                made
+            }
+        });
+        let shared = async move {
+            task.await
+                .unwrap_or_else(|e| Err(Arc::new(MediaError::Io(io::Error::other(e)))))
+        }
+        .boxed()
+        .shared();
+        making.insert(file, shared.clone());
+        shared
+    }
+
+    async fn make(&self, file: &StoredFile) -> Result<(), MediaError> {
+        let StoredFile::Variant(source, recipe) = file else {
+            return Ok(());
+        };
+        let (source, recipe) = (source.clone(), *recipe);
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|e| MediaError::Io(io::Error::other(e)))?;
+        let (root, file, limits) = (self.root.clone(), file.clone(), self.limits);
+        let started = Instant::now();
+        let made = tokio::task::spawn_blocking(move || -> Result<bool, MediaError> {
+            // Made already (by a making that ended just before this one was asked for).
+            if root.file_path(&file).exists() {
+                return Ok(false);
+            }
+            let original = root.path_of(&source);
+            let bytes = make(&original, source.format(), recipe, limits)?;
+            root.store(&file, &bytes)?;
+            Ok(true)
+        })
+        .await
+        .map_err(|e| MediaError::Io(io::Error::other(e)))??;
+        if !made {
+            return Ok(());
+        }
+        let format = recipe.format().as_str();
+        metrics::counter!("corral_variants_made_total", "format" => format).increment(1);
+        metrics::histogram!("corral_variant_make_seconds").record(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+}
+
+/// Makes the variant of the file at `source` (whose format is `format`) that `recipe`
+/// describes. Blocking and CPU-heavy: run it on a blocking thread, under a permit.
+pub fn make(
+    source: &Path,
+    format: ImageFormat,
+    recipe: Recipe,
+    limits: DecodeLimits,
+) -> Result<Vec<u8>, MediaError> {
+    let corrupt = |e: &dyn std::fmt::Display| {
+        MediaError::Invalid(format!("the stored {} is unreadable: {e}", format.as_str()))
+    };
+    let mut decoder = reader(source, format, limits)?
+        .into_decoder()
+        .map_err(|e| corrupt(&e))?;
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let mut picture = DynamicImage::from_decoder(decoder).map_err(|e| corrupt(&e))?;
+    picture.apply_orientation(orientation);
+    let picture = shrink(picture, recipe);
+    encode(&picture, recipe.format)
+}
+
+fn shrink(picture: DynamicImage, recipe: Recipe) -> DynamicImage {
+    let (w, h) = (picture.width(), picture.height());
+    let (sw, sh) = recipe.scaled(w, h);
+    let scaled = if (sw, sh) == (w, h) {
+        picture
+    } else {
+        picture.resize_exact(sw, sh, FilterType::Triangle)
+    };
+    match recipe.fit {
+        Fit::Contain => scaled,
+        Fit::Cover => {
+            let (cw, ch) = (recipe.width.min(sw), recipe.height.min(sh));
+            scaled.crop_imm((sw - cw) / 2, (sh - ch) / 2, cw, ch)
+        }
+    }
+}
+
+fn encode(picture: &DynamicImage, format: ImageFormat) -> Result<Vec<u8>, MediaError> {
+    let failed = |e: &dyn std::fmt::Display| {
+        MediaError::Invalid(format!("the {} encoder failed: {e}", format.as_str()))
+    };
+    let mut out = Vec::new();
+    match format {
+        ImageFormat::Jpeg => {
+            // JPEG has no alpha: transparent pixels take their colour without it.
+            let rgb = picture.to_rgb8();
+            JpegEncoder::new_with_quality(&mut out, JPEG_QUALITY)
+                .encode_image(&rgb)
+                .map_err(|e| failed(&e))?;
+        }
+        ImageFormat::Png => picture
+            .write_with_encoder(PngEncoder::new(Cursor::new(&mut out)))
+            .map_err(|e| failed(&e))?,
+        ImageFormat::Gif => {
+            let rgba = picture.to_rgba8();
+            GifEncoder::new(&mut out)
+                .encode(
+                    &rgba,
+                    rgba.width(),
+                    rgba.height(),
+                    image::ExtendedColorType::Rgba8,
+                )
+                .map_err(|e| failed(&e))?;
+        }
+        ImageFormat::Webp => {
+            // image's own WebP encoder is lossless only: photos come out larger than
+            // their JPEG. libwebp's lossy one is what browsers' WebP is made for.
+            let memory = if picture.color().has_alpha() {
+                let rgba = picture.to_rgba8();
+                webp::Encoder::from_rgba(&rgba, rgba.width(), rgba.height())
+                    .encode_simple(false, WEBP_QUALITY)
+                    .map(|m| m.to_vec())
+            } else {
+                let rgb = picture.to_rgb8();
+                webp::Encoder::from_rgb(&rgb, rgb.width(), rgb.height())
+                    .encode_simple(false, WEBP_QUALITY)
+                    .map(|m| m.to_vec())
+            };
+            out = memory.map_err(|e| failed(&format!("{e:?}")))?;
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recipe(w: u32, h: u32, fit: Fit) -> Recipe {
+        Recipe::new(w, h, fit, ImageFormat::Png)
+    }
+
+    #[test]
+    fn a_width_alone_keeps_the_aspect_ratio_and_never_enlarges() {
+        assert_eq!(recipe(256, 0, Fit::Contain).scaled(1024, 768), (256, 192));
+        assert_eq!(recipe(0, 96, Fit::Contain).scaled(1024, 768), (128, 96));
+        assert_eq!(recipe(2048, 0, Fit::Contain).scaled(1024, 768), (1024, 768));
+    }
+
+    #[test]
+    fn contain_fits_inside_and_cover_covers_the_box() {
+        assert_eq!(recipe(256, 256, Fit::Contain).scaled(1024, 512), (256, 128));
+        assert_eq!(recipe(256, 256, Fit::Cover).scaled(1024, 512), (512, 256));
+        let cover = shrink(
+            DynamicImage::new_rgb8(1024, 512),
+            recipe(256, 256, Fit::Cover),
+        );
+        assert_eq!((cover.width(), cover.height()), (256, 256));
+    }
+
+    #[test]
+    fn one_side_bounded_is_one_recipe_whatever_the_fit() {
+        assert_eq!(recipe(256, 0, Fit::Cover), recipe(256, 0, Fit::Contain));
+        assert_eq!(recipe(256, 0, Fit::Cover).file_name(), "256x0-contain.png");
+        assert_ne!(recipe(256, 128, Fit::Cover), recipe(256, 128, Fit::Contain));
+    }
+}
