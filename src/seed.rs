@@ -44,6 +44,7 @@ pub async fn seed(settings: &Settings, images: u64, events: u64) -> Result<(), A
                     tags: tags.clone(),
                     owner: None,
                     created_at: now,
+                    blurhash: None,
                 }
             })
             .collect();

@@ -29,6 +29,9 @@ pub struct ImageView {
     #[schema(value_type = Vec<String>)]
     tags: Tags,
     created_at: chrono::DateTime<chrono::Utc>,
+    /// A BlurHash (<https://blurha.sh>) to paint while the bytes load; null for images
+    /// stored before placeholders were made.
+    blurhash: Option<String>,
 }
 
 impl ImageView {
@@ -44,6 +47,7 @@ impl ImageView {
             bytes: image.bytes,
             tags: image.tags,
             created_at: image.created_at,
+            blurhash: image.blurhash,
         }
     }
 }
@@ -60,6 +64,8 @@ pub struct RandomImage {
     url: String,
     width: u32,
     height: u32,
+    /// A BlurHash to paint while the bytes load (null for older images).
+    blurhash: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -76,6 +82,7 @@ pub fn sample_entry<'a>(s: &'a ImageSummary, public_url: &str) -> &'a bytes::Byt
             name: s.name.clone(),
             width: s.width,
             height: s.height,
+            blurhash: s.blurhash.clone(),
         };
         // A struct of strings and numbers: serialising it cannot fail.
         serde_json::to_vec(&image).unwrap_or_default().into()

@@ -265,14 +265,81 @@ function altText(image, fallback) {
     : `${fallback} ${image.name}`;
 }
 
-/** A linked thumbnail (a small variant, WebP where the browser takes it); the <img>
- * carries data-id. */
+// ---------------------------------------------------------------- placeholders
+
+const B83 = '0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz#$%*+,-.:;=?@[]^_{|}~';
+
+function base83(text) {
+  let value = 0;
+  for (const c of text) value = value * 83 + B83.indexOf(c);
+  return value;
+}
+
+function srgbToLinear(v) {
+  const x = v / 255;
+  return x <= 0.04045 ? x / 12.92 : ((x + 0.055) / 1.055) ** 2.4;
+}
+
+function linearToSrgb(v) {
+  const x = Math.max(0, Math.min(1, v));
+  return Math.round((x <= 0.0031308 ? x * 12.92 : 1.055 * x ** (1 / 2.4) - 0.055) * 255);
+}
+
+/** An image's BlurHash (https://blurha.sh) painted on a small canvas, as a data: URL;
+ * null if there is none or it is malformed. */
+function blurhashUrl(hash, width = 32, height = 32) {
+  if (typeof hash !== 'string' || hash.length < 6) return null;
+  const size = base83(hash[0]);
+  const nx = (size % 9) + 1;
+  const ny = Math.floor(size / 9) + 1;
+  if (hash.length !== 4 + 2 * nx * ny) return null;
+  const maxAc = (base83(hash[1]) + 1) / 166;
+  const dc = base83(hash.slice(2, 6));
+  const colors = [[dc >> 16, (dc >> 8) & 255, dc & 255].map(srgbToLinear)];
+  for (let i = 1; i < nx * ny; i++) {
+    const v = base83(hash.slice(4 + 2 * i, 6 + 2 * i));
+    colors.push([Math.floor(v / 361), Math.floor(v / 19) % 19, v % 19].map((q) => {
+      const f = (q - 9) / 9;
+      return Math.sign(f) * f * f * maxAc;
+    }));
+  }
+  const canvas = document.createElement('canvas');
+  canvas.width = width;
+  canvas.height = height;
+  const context = canvas.getContext('2d');
+  const pixels = context.createImageData(width, height);
+  for (let y = 0; y < height; y++) {
+    for (let x = 0; x < width; x++) {
+      const rgb = [0, 0, 0];
+      for (let j = 0; j < ny; j++) {
+        for (let i = 0; i < nx; i++) {
+          const basis = Math.cos((Math.PI * x * i) / width) * Math.cos((Math.PI * y * j) / height);
+          colors[i + j * nx].forEach((c, k) => { rgb[k] += c * basis; });
+        }
+      }
+      const at = 4 * (x + y * width);
+      rgb.forEach((c, k) => { pixels.data[at + k] = linearToSrgb(c); });
+      pixels.data[at + 3] = 255;
+    }
+  }
+  context.putImageData(pixels, 0, 0);
+  return canvas.toDataURL();
+}
+
+/** A linked thumbnail (a small variant, WebP where the browser takes it), painted with
+ * its placeholder until it loads; the <img> carries data-id. */
 function imageFigure(image, alt) {
   const img = el('img', {
     src: `${image.url}?w=256&format=auto`,
     srcset: `${image.url}?w=256&format=auto 1x, ${image.url}?w=512&format=auto 2x`,
     alt, loading: 'lazy', decoding: 'async',
   });
+  const placeholder = blurhashUrl(image.blurhash);
+  if (placeholder) {
+    img.style.backgroundImage = `url(${placeholder})`;
+    img.style.backgroundSize = 'cover';
+    img.addEventListener('load', () => { img.style.backgroundImage = ''; }, { once: true });
+  }
   if (image.width) img.width = image.width;
   if (image.height) img.height = image.height;
   img.dataset.id = image.id;

@@ -22,7 +22,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::hub::{self, HubMsg};
 use super::{ActorSlot, ImagePoolMsg};
 use crate::domain::{Image, ImageId, ImageName, Tags, UserId};
-use crate::media::{DecodeLimits, MediaError, MediaRoot, StagedUpload, inspect};
+use crate::media::{DecodeLimits, MediaError, MediaRoot, StagedUpload, clean_metadata, inspect};
 use crate::store::{SharedStore, StoreError};
 
 /// Jobs are keyed by the content's sha1.
@@ -157,17 +157,24 @@ async fn ingest(
     owner: Option<UserId>,
     caller_gone: impl Fn() -> bool,
 ) -> Result<Ingested, IngestError> {
-    let (limits, bytes, sha1) = (deps.limits, staged.bytes, staged.sha1);
+    let limits = deps.limits;
     let waiting = metrics::gauge!("corral_upload_decodes_waiting");
     waiting.increment(1.0);
     let slot = deps.decode_slots.clone().acquire_owned().await;
     waiting.decrement(1.0);
     let slot = slot.map_err(|e| IngestError::Task(e.into()))?;
-    let (inspected, staged) =
-        tokio::task::spawn_blocking(move || inspect(&staged.path, limits).map(|i| (i, staged)))
-            .await
-            .map_err(|e| IngestError::Task(e.into()))??;
+    let tmp = deps.media.tmp_dir().to_owned();
+    // Checked, then stripped of the metadata it must not keep (in the same slot: both
+    // read the whole file).
+    let (inspected, staged) = tokio::task::spawn_blocking(move || {
+        let inspected = inspect(&staged.path, limits)?;
+        let staged = clean_metadata(staged, &tmp, inspected.format)?;
+        Ok::<_, MediaError>((inspected, staged))
+    })
+    .await
+    .map_err(|e| IngestError::Task(e.into()))??;
     drop(slot);
+    let (bytes, sha1) = (staged.bytes, staged.sha1);
     // The inspection is the slow part: if the caller gave up meanwhile (and was told
     // 503), keep nothing. Dropping `staged` deletes the temp file.
     if caller_gone() {
@@ -199,6 +206,7 @@ async fn ingest(
         tags,
         owner,
         created_at: chrono::Utc::now(),
+        blurhash: inspected.placeholder,
     };
     let inserted = deps.store.insert_image(&image).await;
     if new_file {

@@ -200,6 +200,9 @@ pub struct Image {
     #[serde(default)]
     pub owner: Option<crate::domain::UserId>,
     pub created_at: DateTime<Utc>,
+    /// Its BlurHash placeholder; `None` for images stored before placeholders were made.
+    #[serde(default)]
+    pub blurhash: Option<String>,
 }
 
 impl Image {
@@ -209,6 +212,7 @@ impl Image {
             name: self.name.clone(),
             width: self.width,
             height: self.height,
+            blurhash: self.blurhash.clone(),
             rendered: std::sync::OnceLock::new(),
         }
     }
@@ -221,6 +225,8 @@ pub struct ImageSummary {
     pub name: String,
     pub width: u32,
     pub height: u32,
+    #[serde(default)]
+    pub blurhash: Option<String>,
     /// The entry as `/random` renders it in JSON, made once on first use: a sample entry
     /// is served many times, and re-serialising it each time was most of that route's
     /// cost.

@@ -65,7 +65,9 @@ struct UploadForm {
 ///
 /// Send the bytes as the raw body (`Content-Type: image/*`) or as `multipart/form-data`
 /// with a `file` part. The body is streamed to disk; the content is checked by its magic
-/// bytes and a decode under limits, whatever its declared type.
+/// bytes and a decode under limits, whatever its declared type. What is stored keeps only
+/// the EXIF orientation and the ICC profile of its metadata (GPS, camera, XMP, IPTC and
+/// text go; the pixels are untouched), and is named by its own sha1.
 #[utoipa::path(
     post, path = "/v1/images", tag = "images",
     params(UploadQuery),

@@ -17,9 +17,11 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::Path;
 
-use image::{ImageReader, Limits};
+use image::metadata::Orientation;
+use image::{DynamicImage, ImageDecoder, ImageReader, Limits};
 
 use super::MediaError;
+use super::placeholder::{self, Shrinker};
 use crate::domain::ImageFormat;
 
 /// Bounds on what an upload may decode to.
@@ -33,11 +35,13 @@ pub struct DecodeLimits {
 }
 
 /// What inspection learned about a valid image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Inspected {
     pub format: ImageFormat,
     pub width: u32,
     pub height: u32,
+    /// Its BlurHash, from the pixels the check decoded (see `placeholder`).
+    pub placeholder: Option<String>,
 }
 
 /// How many leading bytes the sniffer reads; enough for every accepted signature.
@@ -64,32 +68,68 @@ pub fn inspect(path: &Path, limits: DecodeLimits) -> Result<Inspected, MediaErro
             format.as_str()
         ))
     };
-    match format {
+    let placeholder = match format {
         // PNG rows are decoded and dropped one at a time: the check costs one row of
-        // memory, not the whole canvas (and no page faults for it).
+        // memory, not the whole canvas (and no page faults for it). The placeholder's
+        // grid samples some of them on the way.
         ImageFormat::Png => {
             let limits = png::Limits {
                 bytes: usize::try_from(limits.max_alloc).unwrap_or(usize::MAX),
             };
             let file = BufReader::with_capacity(READ_BUFFER, File::open(path)?);
-            let mut rows = png::Decoder::new_with_limits(file, limits)
-                .read_info()
-                .map_err(|e| corrupt(&e))?;
-            while rows.next_row().map_err(|e| corrupt(&e))?.is_some() {}
+            let mut decoder = png::Decoder::new_with_limits(file, limits);
+            decoder.set_transformations(png::Transformations::normalize_to_color8());
+            let mut rows = decoder.read_info().map_err(|e| corrupt(&e))?;
+            let (color, _) = rows.output_color_type();
+            // (An interlaced PNG's rows come in seven passes: it gets no placeholder.)
+            let mut grid = (!rows.info().interlaced).then(|| Shrinker::new(width, height));
+            let mut y = 0;
+            while let Some(row) = rows.next_row().map_err(|e| corrupt(&e))? {
+                if let Some(grid) = grid.as_mut()
+                    && grid.wants(y)
+                {
+                    let data = row.data();
+                    grid.add_row(y, |x| rgba(color, data, x));
+                }
+                y += 1;
+            }
             // Through IEND: a PNG cut after its pixel data is truncated too.
             rows.finish().map_err(|e| corrupt(&e))?;
+            grid.and_then(Shrinker::finish)
         }
         _ => {
-            reader(path, format, limits)?
-                .decode()
+            let mut decoder = reader(path, format, limits)?
+                .into_decoder()
                 .map_err(|e| corrupt(&e))?;
+            let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+            let picture = DynamicImage::from_decoder(decoder).map_err(|e| corrupt(&e))?;
+            placeholder::of_picture(&picture, orientation)
         }
-    }
+    };
     Ok(Inspected {
         format,
         width,
         height,
+        placeholder,
     })
+}
+
+/// Pixel `x` of a row of 8-bit samples in `color`, as RGBA.
+fn rgba(color: png::ColorType, row: &[u8], x: usize) -> [u8; 4] {
+    let at = |i: usize| row.get(i).copied().unwrap_or(0);
+    match color {
+        png::ColorType::Grayscale => {
+            let v = at(x);
+            [v, v, v, 255]
+        }
+        png::ColorType::GrayscaleAlpha => {
+            let v = at(2 * x);
+            [v, v, v, at(2 * x + 1)]
+        }
+        png::ColorType::Rgba => [at(4 * x), at(4 * x + 1), at(4 * x + 2), at(4 * x + 3)],
+        // RGB (and indexed, which the transformations expand to RGB).
+        _ => [at(3 * x), at(3 * x + 1), at(3 * x + 2), 255],
+    }
 }
 
 fn sniff(path: &Path) -> Result<ImageFormat, MediaError> {
@@ -168,6 +208,44 @@ fn check_jpeg_structure(file: impl BufRead) -> Result<(), MediaError> {
             Err(corrupt("the file ends before its end-of-image marker"))
         }
         Err(JpegFault::Io(e)) => Err(MediaError::Io(e)),
+    }
+}
+
+/// The length of the JPEG `file` starts with: through its end-of-image marker.
+pub(super) fn jpeg_length(file: impl BufRead) -> io::Result<u64> {
+    let mut counted = Counted {
+        inner: file,
+        count: 0,
+    };
+    walk_jpeg(&mut counted).map_err(|e| match e {
+        JpegFault::Io(e) => e,
+        JpegFault::Malformed(detail) => io::Error::other(detail),
+    })?;
+    Ok(counted.count)
+}
+
+/// A reader that counts the bytes taken from it.
+struct Counted<R> {
+    inner: R,
+    count: u64,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+impl<R: BufRead> BufRead for Counted<R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.inner.fill_buf()
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.count += n as u64;
+        self.inner.consume(n);
     }
 }
 

@@ -1,11 +1,14 @@
 //! Image bytes on disk: staging an upload while hashing it, checking what it really is,
 //! and committing it under its sha1 name in sharded directories.
 
+mod hygiene;
 mod inspect;
 mod layout;
+mod placeholder;
 mod staging;
 mod variant;
 
+pub use hygiene::clean as clean_metadata;
 pub use inspect::{DecodeLimits, Inspected, inspect};
 pub use layout::{MediaRoot, Opened, StoredFile};
 pub use staging::{StagedUpload, stage};

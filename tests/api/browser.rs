@@ -287,6 +287,29 @@ async fn drive(app: &TestApp, page: &Client) -> Result<(), fantoccini::error::Cm
     }
     assert_eq!(loaded, json!(24), "the grid image loaded at its real width");
 
+    // The page paints placeholders: its BlurHash decoder turns the hash of a red picture
+    // (made by the crate the server uses) into a red picture.
+    let red: Vec<u8> = [200u8, 20, 20, 255].repeat(8 * 6);
+    let hash = blurhash::encode(4, 3, 8, 6, &red).expect("a hash");
+    let painted = page
+        .execute_async(
+            "const done = arguments[arguments.length - 1]; \
+             const url = blurhashUrl(arguments[0]); if (!url) { done(null); return; } \
+             const img = new Image(); img.onerror = () => done(null); \
+             img.onload = () => { \
+               const c = document.createElement('canvas'); c.width = 32; c.height = 32; \
+               const g = c.getContext('2d'); g.drawImage(img, 0, 0); \
+               done(Array.from(g.getImageData(16, 16, 1, 1).data)); }; \
+             img.src = url;",
+            vec![json!(hash)],
+        )
+        .await?;
+    let rgba: Vec<u64> = serde_json::from_value(painted.clone()).unwrap_or_default();
+    assert!(
+        rgba.len() == 4 && rgba[0] > 170 && rgba[1] < 60 && rgba[2] < 60,
+        "the placeholder of a red picture: {painted}"
+    );
+
     // Your images lists the upload; a reminder for the event, set from its card.
     element(page, &format!("#mine-list li[data-id='{id}']")).await;
     page.find(Locator::Css(&format!(

@@ -11,6 +11,7 @@ mod events;
 mod gateway;
 mod hardening;
 mod images;
+mod metadata;
 mod openapi;
 mod ops;
 mod reminders;

@@ -48,6 +48,7 @@ async fn a_panicking_image_pool_is_restarted_with_its_sample_rebuilt_from_the_st
         bytes: 1,
         tags: Tags::default(),
         owner: None,
+        blurhash: None,
         created_at: Utc::now(),
     };
     app.store.insert_image(&foreign).await.unwrap();

@@ -32,6 +32,10 @@ fn image(sha1: &str, n: u32, owner: Option<UserId>) -> Image {
         created_at: Utc
             .timestamp_millis_opt(1_700_000_000_000 + i64::from(n))
             .unwrap(),
+        // Both a placeholder and none round-trip.
+        blurhash: n
+            .is_multiple_of(2)
+            .then(|| "LEHV6nWB2yk8pyo0adR*.7kCMdnj".to_owned()),
     }
 }
 

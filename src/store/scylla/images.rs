@@ -22,9 +22,11 @@ type ImageRow = (
     Option<Vec<String>>,
     Option<Uuid>,
     DateTime<Utc>,
+    Option<String>,
 );
 
-const COLUMNS: &str = "id, name, sha1, format, width, height, bytes, tags, owner, created_at";
+const COLUMNS: &str =
+    "id, name, sha1, format, width, height, bytes, tags, owner, created_at, blurhash";
 
 pub(super) struct Statements {
     insert: PreparedStatement,
@@ -48,7 +50,7 @@ impl Statements {
             insert: prepare(
                 s,
                 format!(
-                    "INSERT INTO {ks}.images ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    "INSERT INTO {ks}.images ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 ),
             )
             .await?,
@@ -106,7 +108,7 @@ impl Statements {
 }
 
 fn from_row(row: ImageRow) -> Result<Image, StoreError> {
-    let (id, name, sha1, format, width, height, bytes, tags, owner, created_at) = row;
+    let (id, name, sha1, format, width, height, bytes, tags, owner, created_at, blurhash) = row;
     let format: ImageFormat = format
         .parse()
         .map_err(|()| StoreError::Corrupt(format!("unknown format {format:?}")))?;
@@ -123,6 +125,7 @@ fn from_row(row: ImageRow) -> Result<Image, StoreError> {
             .map_err(|e| StoreError::Corrupt(e.to_string()))?,
         owner: owner.map(UserId),
         created_at,
+        blurhash,
     })
 }
 
@@ -166,6 +169,7 @@ impl ImageStore for ScyllaStore {
             image.tags.as_slice(),
             image.owner.map(|o| o.0),
             image.created_at,
+            &image.blurhash,
         );
         let mut batch = Batch::new(BatchType::Logged);
         batch.append_statement(st.insert.clone());
