@@ -41,6 +41,8 @@ enum Scenario {
     /// Server memory per idle WebSocket connection.
     WsIdle,
     Scale,
+    /// A 256 px WebP variant: made on first request, then served.
+    Variants,
 }
 
 #[derive(Subcommand)]
@@ -151,6 +153,7 @@ async fn run(
             Scenario::Uploads => scenarios::uploads(sizes, &command).await?,
             Scenario::Reminders => scenarios::reminders(sizes, &command).await?,
             Scenario::Scale => scenarios::scale(sizes, &command).await?,
+            Scenario::Variants => scenarios::variants(sizes, &command).await?,
             Scenario::Ws => scenarios::ws::ws(sizes, &command).await?,
             Scenario::WsIdle => {
                 let clients = if smoke {

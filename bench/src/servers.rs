@@ -179,6 +179,12 @@ http {{
             add_header Cache-Control "public, max-age=31536000, immutable";
             try_files /$2/$3/$1 =404;
         }}
+        # The variants Corral made, beside its images: /v/<sha1>/<recipe file>.
+        location ~ "^/v/(([0-9a-f]{{2}})([0-9a-f]{{2}})[0-9a-f]{{36}})/([0-9]+x[0-9]+-[a-z]+\.(png|jpg|gif|webp))$" {{
+            root {images}/../variants;
+            add_header Cache-Control "public, max-age=31536000, immutable";
+            try_files /$2/$3/$1/$4 =404;
+        }}
     }}
 }}
 "#,

@@ -7,6 +7,7 @@ mod reads;
 mod reminders;
 mod scale;
 mod uploads;
+mod variants;
 pub mod ws;
 
 pub use events::events;
@@ -14,6 +15,7 @@ pub use reads::{files, random};
 pub use reminders::reminders;
 pub use scale::scale;
 pub use uploads::uploads;
+pub use variants::variants;
 
 use std::io::Cursor;
 use std::net::SocketAddr;
@@ -52,6 +54,8 @@ pub struct Sizes {
     pub ws_clients: usize,
     pub ws_uploads: usize,
     pub ws_rate: u64,
+    /// Originals the variants scenario makes a variant of.
+    pub variant_sources: usize,
 }
 
 impl Sizes {
@@ -70,6 +74,7 @@ impl Sizes {
             ws_clients: 1000,
             ws_uploads: 100,
             ws_rate: 10,
+            variant_sources: 16,
         }
     }
 
@@ -86,6 +91,7 @@ impl Sizes {
             ws_clients: 5000,
             ws_uploads: 150,
             ws_rate: 5,
+            variant_sources: 64,
             ..Self::default_run()
         }
     }
@@ -106,6 +112,7 @@ impl Sizes {
             ws_clients: 3,
             ws_uploads: 2,
             ws_rate: 10,
+            variant_sources: 1,
         }
     }
 }
@@ -229,7 +236,7 @@ pub(crate) fn report(scenario: &str, command: &str) -> Report {
 const ROUNDS: usize = 3;
 
 /// `corral` against `reference` with wrk, [`ROUNDS`] alternating rounds on `connections`
-/// connections; records every round and the median of the rounds' throughput ratios,
+/// connections, asking each for its own paths (the same resources); records every round and the median of the rounds' throughput ratios,
 /// and of their p99 ratios.
 #[allow(clippy::too_many_arguments)]
 async fn alternate(
@@ -240,15 +247,22 @@ async fn alternate(
     what: &str,
     connections: usize,
     duration: Duration,
-    paths: &[String],
+    (paths, reference_paths): (&[String], &[String]),
 ) -> anyhow::Result<()> {
     let (mut throughput, mut p99) = (Vec::new(), Vec::new());
     for round in 1..=ROUNDS {
         let label = |who: &str| format!("{who}, {what}, {connections} conns, round {round}");
         let c = crate::wrk::measure(wrk, corral, &label("corral"), connections, duration, paths)
             .await?;
-        let r =
-            crate::wrk::measure(wrk, reference, &label(name), connections, duration, paths).await?;
+        let r = crate::wrk::measure(
+            wrk,
+            reference,
+            &label(name),
+            connections,
+            duration,
+            reference_paths,
+        )
+        .await?;
         if r.rps > 0.0 && r.p99_ms > 0.0 {
             throughput.push(c.rps / r.rps);
             p99.push(c.p99_ms / r.p99_ms);

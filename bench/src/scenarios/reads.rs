@@ -36,7 +36,7 @@ pub async fn random(sizes: Sizes, command: &str) -> anyhow::Result<Report> {
                 "count=25",
                 connections,
                 sizes.duration,
-                &paths,
+                (&paths, &paths),
             )
             .await?;
         }
@@ -132,7 +132,7 @@ pub async fn files(sizes: Sizes, command: &str) -> anyhow::Result<Report> {
                     label,
                     connections,
                     sizes.duration,
-                    &paths,
+                    (&paths, &paths),
                 )
                 .await?;
             }
