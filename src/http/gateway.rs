@@ -31,6 +31,9 @@ use crate::config::{RateLimitSettings, Settings, TokenBucket};
 use crate::domain::UserId;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// The longest request id taken from a client; a longer one (or one with spaces or
+/// control characters) is replaced, so logs and answers never carry a client's blob.
+const MAX_REQUEST_ID: usize = 128;
 /// The IETF httpapi rate-limit headers (draft-ietf-httpapi-ratelimit-headers).
 const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
@@ -98,7 +101,7 @@ where
     }
 
     fn call(&mut self, mut request: Request) -> Self::Future {
-        let id = match request.headers().get(&REQUEST_ID) {
+        let id = match request.headers().get(&REQUEST_ID).filter(|id| usable(id)) {
             Some(id) => id.clone(),
             None => {
                 let id = new_request_id();
@@ -121,6 +124,11 @@ where
             id: Some(id),
         }
     }
+}
+
+/// 1 to [`MAX_REQUEST_ID`] visible ASCII characters.
+fn usable(id: &HeaderValue) -> bool {
+    (1..=MAX_REQUEST_ID).contains(&id.len()) && id.as_bytes().iter().all(u8::is_ascii_graphic)
 }
 
 /// A random (v4) UUID from the thread's RNG: tower-http's `MakeRequestUuid` draws each

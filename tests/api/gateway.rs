@@ -137,6 +137,27 @@ async fn request_ids_are_generated_or_echoed() {
         .await
         .unwrap();
     assert_eq!(echoed.headers()["x-request-id"], "trace-me-42");
+    // Too long, or with spaces: replaced by a new one, not echoed.
+    for unusable in ["x".repeat(129), "two words".to_owned()] {
+        let replaced = app
+            .client
+            .get(app.url("/healthz"))
+            .header("x-request-id", &unusable)
+            .send()
+            .await
+            .unwrap();
+        let id = replaced.headers()["x-request-id"].to_str().unwrap();
+        assert_eq!(id.len(), 36, "a new UUID instead of {unusable:?}: {id}");
+    }
+    let longest = "y".repeat(128);
+    let kept = app
+        .client
+        .get(app.url("/healthz"))
+        .header("x-request-id", &longest)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(kept.headers()["x-request-id"], longest.as_str());
 }
 
 #[tokio::test]
