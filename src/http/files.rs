@@ -39,14 +39,15 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 struct VariantQuery {
     /// Largest width in pixels: one of `images.variant_sizes` (by default 64, 128, 256,
-    /// 512, 1024, 2048). Never enlarged: a smaller image keeps its size.
+    /// 512, 1024, 2048). Never enlarged: a smaller image keeps its size. A variant needs
+    /// `w` or `h` (or both).
     #[param(value_type = Option<u32>)]
     w: Option<String>,
     /// Largest height in pixels: one of `images.variant_sizes`.
     #[param(value_type = Option<u32>)]
     h: Option<String>,
-    /// With both `w` and `h`: `contain` (whole, inside the box; the default) or `cover`
-    /// (fills the box, cut around the centre).
+    /// Only with both `w` and `h`: `contain` (whole, inside the box; the default) or
+    /// `cover` (fills the box, cut around the centre).
     #[param(value_type = Option<String>, pattern = "^(contain|cover)$")]
     fit: Option<String>,
     /// `jpeg`, `png`, `webp`, `gif`, or `auto` (WebP when `Accept` takes it, else the
@@ -144,7 +145,17 @@ async fn serve_file(
         Opened::Whole(bytes) => bytes.len() as u64,
         Opened::Large(_, length) => *length,
     };
-    let (status, start, count) = match requested_range(headers, length)? {
+    // `If-Range` with another validator: the client's copy is not this one, so the whole
+    // file, not a piece of it (RFC 9110, 13.1.5).
+    let range_applies = headers
+        .get(header::IF_RANGE)
+        .is_none_or(|v| v.as_bytes() == etag.as_bytes());
+    let range = if range_applies {
+        requested_range(headers, length)?
+    } else {
+        None
+    };
+    let (status, start, count) = match range {
         Some((start, end)) => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
         None => (StatusCode::OK, 0, length),
     };
@@ -208,6 +219,18 @@ impl VariantQuery {
                 })
         };
         let (width, height) = (size("w", self.w)?, size("h", self.h)?);
+        // Every variant is smaller than some allowed box: a full-size re-encode of a large
+        // original could take more disk and CPU than the allow-list is there to bound.
+        if width == 0 && height == 0 {
+            return Err(ApiError::BadRequest(
+                "a variant needs w or h (or both); without them, ask for the original".into(),
+            ));
+        }
+        if self.fit.is_some() && (width == 0 || height == 0) {
+            return Err(ApiError::BadRequest(
+                "fit needs both w and h: with one side, the picture is scaled to it".into(),
+            ));
+        }
         let fit = match self.fit.as_deref() {
             None | Some("contain") => Fit::Contain,
             Some("cover") => Fit::Cover,

@@ -150,9 +150,13 @@ impl Variants {
         if !tokio::fs::try_exists(&original).await? {
             return Err(io::Error::from(io::ErrorKind::NotFound).into());
         }
-        self.make_once(file.clone())
-            .await
-            .map_err(MediaError::Variant)?;
+        self.make_once(file.clone()).await.map_err(|e| match &*e {
+            // The original went while this was made.
+            MediaError::Io(gone) if gone.kind() == io::ErrorKind::NotFound => {
+                MediaError::Io(io::ErrorKind::NotFound.into())
+            }
+            _ => MediaError::Variant(e),
+        })?;
         Ok(self.root.open_file(&file).await?)
     }
 
@@ -206,6 +210,13 @@ impl Variants {
             let original = root.path_of(&source);
             let bytes = make(&original, source.format(), recipe, limits)?;
             root.store(&file, &bytes)?;
+            // The original may have been deleted while this was made: deleting removes
+            // the original first, then its variants, so either that removal saw this
+            // file, or this check sees the original gone.
+            if !original.exists() {
+                root.remove(&source)?;
+                return Err(io::Error::from(io::ErrorKind::NotFound).into());
+            }
             Ok(true)
         })
         .await
@@ -265,8 +276,8 @@ fn encode(picture: &DynamicImage, format: ImageFormat) -> Result<Vec<u8>, MediaE
     let mut out = Vec::new();
     match format {
         ImageFormat::Jpeg => {
-            // JPEG has no alpha: transparent pixels take their colour without it.
-            let rgb = picture.to_rgb8();
+            // JPEG has no alpha: transparent pixels are laid on white.
+            let rgb = on_white(picture);
             JpegEncoder::new_with_quality(&mut out, JPEG_QUALITY)
                 .encode_image(&rgb)
                 .map_err(|e| failed(&e))?;
@@ -305,6 +316,19 @@ fn encode(picture: &DynamicImage, format: ImageFormat) -> Result<Vec<u8>, MediaE
     Ok(out)
 }
 
+/// The picture without alpha, its transparent parts laid on white.
+fn on_white(picture: &DynamicImage) -> image::RgbImage {
+    if !picture.color().has_alpha() {
+        return picture.to_rgb8();
+    }
+    let rgba = picture.to_rgba8();
+    image::RgbImage::from_fn(rgba.width(), rgba.height(), |x, y| {
+        let [r, g, b, a] = rgba.get_pixel(x, y).0;
+        let over = |c: u8| ((u16::from(c) * u16::from(a) + 255 * (255 - u16::from(a))) / 255) as u8;
+        image::Rgb([over(r), over(g), over(b)])
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -329,6 +353,16 @@ mod tests {
             recipe(256, 256, Fit::Cover),
         );
         assert_eq!((cover.width(), cover.height()), (256, 256));
+    }
+
+    #[test]
+    fn jpeg_variants_lay_transparency_on_white() {
+        let mut picture = image::RgbaImage::new(2, 1);
+        picture.put_pixel(0, 0, image::Rgba([0, 0, 0, 0]));
+        picture.put_pixel(1, 0, image::Rgba([200, 0, 0, 255]));
+        let flat = on_white(&DynamicImage::ImageRgba8(picture));
+        assert_eq!(flat.get_pixel(0, 0).0, [255, 255, 255]);
+        assert_eq!(flat.get_pixel(1, 0).0, [200, 0, 0]);
     }
 
     #[test]

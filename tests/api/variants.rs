@@ -137,6 +137,10 @@ async fn a_size_off_the_list_or_an_unknown_parameter_is_a_400() {
         "w=16&fit=stretch",
         "w=16&format=bmp",
         "width=16",
+        // A variant needs a size; fit, both sides.
+        "format=png",
+        "fit=cover",
+        "w=16&fit=cover",
     ] {
         let body = problem(app.get(&format!("/i/{name}?{query}")).await, 400).await;
         let detail = body["detail"].as_str().unwrap().to_owned();
@@ -196,6 +200,18 @@ async fn a_variant_is_made_once_and_then_served_from_where_it_was_kept() {
         .unwrap();
     assert_eq!(ranged.status(), 206);
     assert_eq!(ranged.bytes().await.unwrap(), bytes[..10]);
+    // If-Range: a range of this very file, or else the whole file.
+    for (validator, status) in [(etag.as_str(), 206), ("\"another\"", 200)] {
+        let conditional = app
+            .client
+            .get(app.url(&path))
+            .header("range", "bytes=0-9")
+            .header("if-range", validator)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(conditional.status(), status, "if-range {validator}");
+    }
     assert_eq!(made().await - before, 1.0, "made once");
     assert_eq!(app.files_under("variants"), kept);
     let unchanged: SystemTime = std::fs::metadata(&kept[0]).unwrap().modified().unwrap();
