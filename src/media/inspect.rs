@@ -38,6 +38,8 @@ pub struct DecodeLimits {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Inspected {
     pub format: ImageFormat,
+    /// As the picture is shown: its EXIF orientation applied (a phone photo stored on its
+    /// side is as wide as it is tall upright).
     pub width: u32,
     pub height: u32,
     /// Its BlurHash, from the pixels the check decoded (see `placeholder`).
@@ -68,7 +70,7 @@ pub fn inspect(path: &Path, limits: DecodeLimits) -> Result<Inspected, MediaErro
             format.as_str()
         ))
     };
-    let placeholder = match format {
+    let (placeholder, orientation) = match format {
         // PNG rows are decoded and dropped one at a time: the check costs one row of
         // memory, not the whole canvas (and no page faults for it). The placeholder's
         // grid samples some of them on the way.
@@ -95,7 +97,7 @@ pub fn inspect(path: &Path, limits: DecodeLimits) -> Result<Inspected, MediaErro
             }
             // Through IEND: a PNG cut after its pixel data is truncated too.
             rows.finish().map_err(|e| corrupt(&e))?;
-            grid.and_then(Shrinker::finish)
+            (grid.and_then(Shrinker::finish), Orientation::NoTransforms)
         }
         _ => {
             let mut decoder = reader(path, format, limits)?
@@ -103,8 +105,20 @@ pub fn inspect(path: &Path, limits: DecodeLimits) -> Result<Inspected, MediaErro
                 .map_err(|e| corrupt(&e))?;
             let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
             let picture = DynamicImage::from_decoder(decoder).map_err(|e| corrupt(&e))?;
-            placeholder::of_picture(&picture, orientation)
+            (placeholder::of_picture(&picture, orientation), orientation)
         }
+    };
+    let turned = matches!(
+        orientation,
+        Orientation::Rotate90
+            | Orientation::Rotate270
+            | Orientation::Rotate90FlipH
+            | Orientation::Rotate270FlipH
+    );
+    let (width, height) = if turned {
+        (height, width)
+    } else {
+        (width, height)
     };
     Ok(Inspected {
         format,

@@ -267,10 +267,13 @@ async fn a_rotated_phone_photo_s_variant_is_upright() {
     photo.extend_from_slice(&plain[2..]);
     let response = app.upload_raw(photo, "image/jpeg").await;
     assert_eq!(response.status(), 201);
-    let name = response.json::<serde_json::Value>().await.unwrap()["name"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let image: serde_json::Value = response.json().await.unwrap();
+    // Its size as shown, not as stored.
+    assert_eq!(
+        (&image["width"], &image["height"]),
+        (&20.into(), &40.into())
+    );
+    let name = image["name"].as_str().unwrap().to_owned();
 
     let variant = app.get(&format!("/i/{name}?w=64&format=png")).await;
     let (_, upright) = decode(&variant.bytes().await.unwrap());
