@@ -87,9 +87,7 @@ pub fn inspect(path: &Path, limits: DecodeLimits) -> Result<Inspected, MediaErro
             let mut grid = (!rows.info().interlaced).then(|| Shrinker::new(width, height));
             let mut y = 0;
             while let Some(row) = rows.next_row().map_err(|e| corrupt(&e))? {
-                if let Some(grid) = grid.as_mut()
-                    && grid.wants(y)
-                {
+                if let Some(grid) = grid.as_mut() {
                     let data = row.data();
                     grid.add_row(y, |x| rgba(color, data, x));
                 }

@@ -47,12 +47,12 @@ impl Shrinker {
         }
     }
 
-    /// Whether row `y` is one this looks at (the others need not be converted).
-    pub fn wants(&self, y: u32) -> bool {
+    /// Whether row `y` is one this looks at.
+    fn wants(&self, y: u32) -> bool {
         y.is_multiple_of(self.step)
     }
 
-    /// Adds row `y`, whose pixel `x` is `pixel(x)` as RGBA.
+    /// Adds row `y`, whose pixel `x` is `pixel(x)` as RGBA (if it is a row this samples).
     pub fn add_row(&mut self, y: u32, pixel: impl Fn(usize) -> [u8; 4]) {
         if !self.wants(y) || y >= self.height {
             return;
