@@ -720,11 +720,29 @@ function reminderControls(r) {
   return form;
 }
 
+/** Rendered reminders by id: an item is rebuilt only when what it shows changed. */
+const reminderNodes = new Map();
+
+/**
+ * Brings the list in line with `state.reminders`, keeping the items that did not change
+ * (a reply and its WebSocket echo arrive both; a half-typed "Move to" must survive them).
+ */
 function renderReminders() {
   const signedIn = Boolean(state.token && state.user);
   const items = [...state.reminders.values()]
     .sort((a, b) => String(a.remind_at || '').localeCompare(String(b.remind_at || '')));
-  $('#reminders-list').replaceChildren(...items.map(reminderItem));
+  const nodes = items.map((r) => {
+    const key = JSON.stringify([r, eventTitle(r.event_id)]);
+    const known = reminderNodes.get(r.id);
+    if (known && known.key === key) return known.node;
+    const node = reminderItem(r);
+    reminderNodes.set(r.id, { key, node });
+    return node;
+  });
+  for (const id of reminderNodes.keys()) if (!state.reminders.has(id)) reminderNodes.delete(id);
+  const list = $('#reminders-list');
+  const current = [...list.children];
+  if (current.length !== nodes.length || current.some((node, i) => node !== nodes[i])) list.replaceChildren(...nodes);
   $('#reminders-empty').hidden = !signedIn || items.length > 0;
 }
 

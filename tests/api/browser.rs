@@ -107,8 +107,36 @@ async fn element(page: &Client, selector: &str) -> fantoccini::elements::Element
         .unwrap_or_else(|e| panic!("no {selector} appeared: {e}"))
 }
 
+/// Clicks the element matching `selector` once it is there, finding it again if the page
+/// re-rendered it between the find and the click.
+async fn click_css(page: &Client, selector: &str) -> Result<(), fantoccini::error::CmdError> {
+    for _ in 0..20 {
+        match element(page, selector).await.click().await {
+            Err(e) if e.is_stale_element_reference() => continue,
+            done => return done,
+        }
+    }
+    panic!("{selector} kept going stale");
+}
+
+/// The attribute `name` of the element matching `selector` once it is there, read in one
+/// step in the page (so a re-render in between cannot make it stale).
+async fn attr_css(page: &Client, selector: &str, name: &str) -> Option<String> {
+    element(page, selector).await;
+    let value = page
+        .execute(
+            "const e = document.querySelector(arguments[0]); return e && e.getAttribute(arguments[1]);",
+            vec![json!(selector), json!(name)],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("reading {name} of {selector}: {e}"));
+    value.as_str().map(str::to_owned)
+}
+
+/// Returns an error rather than panicking on a WebDriver failure, so its message is the
+/// last thing the test prints (no backtrace after it).
 #[tokio::test]
-async fn sign_up_upload_and_see_it_live_and_in_the_random_grid() {
+async fn sign_up_upload_and_see_it_live_and_in_the_random_grid() -> Result<(), String> {
     let required = std::env::var("REQUIRE_BROWSER").is_ok_and(|v| v == "1");
     let driver = find("CHROMEDRIVER", &["chromedriver"]);
     let chromium = find(
@@ -124,7 +152,7 @@ async fn sign_up_upload_and_see_it_live_and_in_the_random_grid() {
             "skipping the browser test: chromium and chromedriver are not both on PATH \
              (apt-get install chromium chromium-driver)"
         );
-        return;
+        return Ok(());
     };
     let app = TestApp::spawn_with(|s| s.rate_limits.enabled = false).await;
     let driver = Driver::start(&driver).await;
@@ -134,7 +162,7 @@ async fn sign_up_upload_and_see_it_live_and_in_the_random_grid() {
         outcome = try_it_out(&app, &page).await;
     }
     let _ = page.close().await;
-    outcome.unwrap_or_else(|e| panic!("{e}"));
+    outcome.map_err(|e| format!("WebDriver: {e}"))
 }
 
 /// Types `text` into the element with id `id`.
@@ -257,20 +285,20 @@ async fn drive(app: &TestApp, page: &Client) -> Result<(), fantoccini::error::Cm
     assert_eq!(mine["images"][0]["name"], name.as_str());
 
     // It arrives in the live strip over the WebSocket...
-    let live = element(page, &format!("#live-strip img[data-id='{id}']")).await;
+    let alt = attr_css(page, &format!("#live-strip img[data-id='{id}']"), "alt").await;
     assert!(
-        live.attr("alt").await?.is_some_and(|alt| !alt.is_empty()),
+        alt.is_some_and(|alt| !alt.is_empty()),
         "images have alt text"
     );
 
     // ...and the random grid, the only image in the pool, shows it: a small WebP variant
     // from /i/ (a 24 px image is not enlarged).
     click(page, "random-refresh").await?;
-    let grid = element(page, &format!("#random-grid img[data-id='{id}']")).await;
+    let src = attr_css(page, &format!("#random-grid img[data-id='{id}']"), "src").await;
     assert!(
-        grid.attr("src")
-            .await?
-            .is_some_and(|src| src.ends_with(&format!("/i/{name}?w=256&format=auto")))
+        src.as_ref()
+            .is_some_and(|src| src.ends_with(&format!("/i/{name}?w=256&format=auto"))),
+        "{src:?}"
     );
     let mut loaded = Value::Null;
     for _ in 0..50 {
@@ -312,14 +340,18 @@ async fn drive(app: &TestApp, page: &Client) -> Result<(), fantoccini::error::Cm
 
     // Your images lists the upload; a reminder for the event, set from its card.
     element(page, &format!("#mine-list li[data-id='{id}']")).await;
-    page.find(Locator::Css(&format!(
-        "#events-list li[data-id='{event}'] form.remind button[type='submit']"
-    )))
-    .await?
-    .click()
+    click_css(
+        page,
+        &format!("#events-list li[data-id='{event}'] form.remind button[type='submit']"),
+    )
     .await?;
-    let scheduled = element(page, "#reminders-list li[data-state='scheduled']").await;
-    let reminder = scheduled.attr("data-id").await?.expect("the reminder's id");
+    let reminder = attr_css(
+        page,
+        "#reminders-list li[data-state='scheduled']",
+        "data-id",
+    )
+    .await
+    .expect("the reminder's id");
     screenshots(page).await?;
 
     // Cancel the reminder and delete the image from the page; the server agrees.
@@ -328,19 +360,17 @@ async fn drive(app: &TestApp, page: &Client) -> Result<(), fantoccini::error::Cm
         let request = app.client.get(app.url(&path)).bearer_auth(&token);
         async move { request.send().await.unwrap().status().as_u16() }
     };
-    page.find(Locator::Css(&format!(
-        "#reminders-list li[data-id='{reminder}'] button.cancel"
-    )))
-    .await?
-    .click()
+    click_css(
+        page,
+        &format!("#reminders-list li[data-id='{reminder}'] button.cancel"),
+    )
     .await?;
     gone(page, &format!("#reminders-list li[data-id='{reminder}']")).await;
     assert_eq!(status_of(format!("/v1/reminders/{reminder}")).await, 404);
-    page.find(Locator::Css(&format!(
-        "#mine-list li[data-id='{id}'] button.delete"
-    )))
-    .await?
-    .click()
+    click_css(
+        page,
+        &format!("#mine-list li[data-id='{id}'] button.delete"),
+    )
     .await?;
     gone(page, &format!("#mine-list li[data-id='{id}']")).await;
     assert_eq!(status_of(format!("/v1/images/{id}")).await, 404);
@@ -352,18 +382,9 @@ async fn drive(app: &TestApp, page: &Client) -> Result<(), fantoccini::error::Cm
 async fn try_it_out(app: &TestApp, page: &Client) -> Result<(), fantoccini::error::CmdError> {
     page.goto(&app.url("/docs/")).await?;
     let op = "#operations-images-random";
-    element(page, &format!("{op} .opblock-summary"))
-        .await
-        .click()
-        .await?;
-    element(page, &format!("{op} .try-out__btn"))
-        .await
-        .click()
-        .await?;
-    element(page, &format!("{op} .execute"))
-        .await
-        .click()
-        .await?;
+    click_css(page, &format!("{op} .opblock-summary")).await?;
+    click_css(page, &format!("{op} .try-out__btn")).await?;
+    click_css(page, &format!("{op} .execute")).await?;
     text_with(
         page,
         &format!("{op} .live-responses-table .response .response-col_status"),
