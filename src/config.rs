@@ -36,6 +36,7 @@ pub struct Settings {
     pub reminders: ReminderSettings,
     pub mail: MailSettings,
     pub ws: WsSettings,
+    pub optimizer: OptimizerSettings,
     pub log: LogSettings,
 }
 
@@ -162,6 +163,88 @@ pub struct WsSettings {
     pub max_message_bytes: usize,
     pub ping_secs: u64,
     pub idle_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimizerSettings {
+    pub window: Window,
+    #[serde(deserialize_with = "list_or_csv")]
+    pub eager: Vec<String>,
+    pub batch: usize,
+    pub pause_ms: u64,
+    pub rest_secs: u64,
+}
+
+/// When the optimizer may work: `always`, `never`, or `HH:MM-HH:MM` in the server's time
+/// zone (it may wrap past midnight: `22:00-04:00`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Window {
+    Always,
+    Never,
+    /// From and until, in minutes after midnight; `from != until`.
+    Daily {
+        from: u16,
+        until: u16,
+    },
+}
+
+impl Window {
+    /// Whether `time` (a wall-clock time of day) is inside.
+    pub fn contains(self, time: chrono::NaiveTime) -> bool {
+        use chrono::Timelike;
+        let minute = (time.hour() * 60 + time.minute()) as u16;
+        match self {
+            Window::Always => true,
+            Window::Never => false,
+            Window::Daily { from, until } if from < until => (from..until).contains(&minute),
+            Window::Daily { from, until } => minute >= from || minute < until,
+        }
+    }
+}
+
+impl TryFrom<String> for Window {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        let clock = |s: &str| -> Option<u16> {
+            let (h, m) = s.trim().split_once(':')?;
+            let (h, m) = (h.parse::<u16>().ok()?, m.parse::<u16>().ok()?);
+            (h < 24 && m < 60 && s.trim().len() == 5).then_some(h * 60 + m)
+        };
+        let window = match text.trim() {
+            "always" => Window::Always,
+            "never" => Window::Never,
+            other => other
+                .split_once('-')
+                .and_then(|(a, b)| Some((clock(a)?, clock(b)?)))
+                .filter(|(a, b)| a != b)
+                .map(|(from, until)| Window::Daily { from, until })
+                .ok_or_else(|| {
+                    format!(
+                        "{text:?} is not a window: use \"always\", \"never\" or \"HH:MM-HH:MM\" (two different times)"
+                    )
+                })?,
+        };
+        Ok(window)
+    }
+}
+
+impl From<Window> for String {
+    fn from(window: Window) -> String {
+        match window {
+            Window::Always => "always".into(),
+            Window::Never => "never".into(),
+            Window::Daily { from, until } => format!(
+                "{:02}:{:02}-{:02}:{:02}",
+                from / 60,
+                from % 60,
+                until / 60,
+                until % 60
+            ),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -428,6 +511,9 @@ impl Settings {
                 });
             }
         }
+        let o = &self.optimizer;
+        positive("optimizer.batch", o.batch as u64)?;
+        self.eager_variants()?;
         let url = &self.http.public_url;
         if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
             return Err(ConfigError::Invalid {
@@ -450,6 +536,22 @@ impl Settings {
     /// Uploads decoded at once: the configured number, or cores less one (at least one).
     pub fn upload_decoders(&self) -> usize {
         per_core_less_one(self.uploads.decoders)
+    }
+
+    /// `optimizer.eager`, parsed (against `images.variant_sizes`).
+    pub fn eager_variants(&self) -> Result<Vec<crate::media::Asked>, ConfigError> {
+        self.optimizer
+            .eager
+            .iter()
+            .map(|query| {
+                crate::media::Asked::from_query(query, &self.images.variant_sizes).map_err(
+                    |reason| ConfigError::Invalid {
+                        key: "optimizer.eager",
+                        reason: format!("{query:?}: {reason}"),
+                    },
+                )
+            })
+            .collect()
     }
 
     /// Variants made at once (`images.variant_makers`; 0: one per core, less one).
@@ -515,6 +617,55 @@ fn list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn windows_parse_and_may_wrap_past_midnight() {
+        let at = |h, m| chrono::NaiveTime::from_hms_opt(h, m, 0).unwrap();
+        let night = Window::try_from("02:00-05:00".to_owned()).unwrap();
+        assert!(night.contains(at(2, 0)) && night.contains(at(4, 59)));
+        assert!(!night.contains(at(5, 0)) && !night.contains(at(1, 59)));
+        let late = Window::try_from("22:30-04:00".to_owned()).unwrap();
+        assert!(late.contains(at(23, 0)) && late.contains(at(3, 0)));
+        assert!(!late.contains(at(12, 0)) && !late.contains(at(22, 29)));
+        assert_eq!(String::from(late), "22:30-04:00");
+        assert!(
+            Window::try_from("always".to_owned())
+                .unwrap()
+                .contains(at(12, 0))
+        );
+        assert!(
+            !Window::try_from("never".to_owned())
+                .unwrap()
+                .contains(at(12, 0))
+        );
+        for bad in [
+            "2:00-5:00",
+            "02:00-02:00",
+            "25:00-01:00",
+            "02:00",
+            "nightly",
+            "",
+        ] {
+            assert!(Window::try_from(bad.to_owned()).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn eager_variants_must_be_allowed_and_name_their_format() {
+        let mut settings = Settings::load(None, &Overrides::default()).unwrap();
+        assert_eq!(settings.eager_variants().unwrap().len(), 2);
+        for bad in [
+            "w=300&format=webp",
+            "w=256&format=auto",
+            "w=256&q=80",
+            "format=webp",
+            "w=256&w=512",
+        ] {
+            settings.optimizer.eager = vec![bad.into()];
+            let err = settings.validate().unwrap_err().to_string();
+            assert!(err.contains("optimizer.eager"), "{bad}: {err}");
+        }
+    }
 
     #[test]
     fn the_compiled_in_defaults_load_and_validate() {

@@ -35,6 +35,7 @@ use tokio::sync::Semaphore;
 use accounts::{AccountRules, Accounts};
 use actors::hub::HubArgs;
 use actors::mailer::MailerArgs;
+use actors::optimizer::OptimizerArgs;
 use actors::scheduler::SchedulerArgs;
 use actors::supervisor::{RestartBudget, SupervisorArgs, SupervisorMsg};
 use actors::uploads::UploadDeps;
@@ -71,6 +72,8 @@ pub enum AppError {
     Mail(#[from] mail::MailError),
     #[error("settling the uploads a crash interrupted: {0}")]
     Intents(#[from] actors::uploads::IngestError),
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
 }
 
 /// A started application: store open, actors running, ready to serve.
@@ -124,6 +127,14 @@ impl App {
             max_alloc: u.max_decode_bytes,
         };
         let variants = Variants::new(media.clone(), decode_limits, settings.variant_makers());
+        let decode_slots = Arc::new(Semaphore::new(settings.upload_decoders()));
+        let o = &settings.optimizer;
+        let eager = o
+            .eager
+            .iter()
+            .cloned()
+            .zip(settings.eager_variants()?)
+            .collect();
         let args = SupervisorArgs {
             store: store.clone(),
             actors: actors.clone(),
@@ -132,7 +143,7 @@ impl App {
                 store: store.clone(),
                 media: media.clone(),
                 limits: decode_limits,
-                decode_slots: Arc::new(Semaphore::new(settings.upload_decoders())),
+                decode_slots: decode_slots.clone(),
                 image_pool: actors.image_pool.clone(),
                 hub: actors.hub.clone(),
             },
@@ -155,6 +166,18 @@ impl App {
                 lookahead: Duration::from_secs(settings.reminders.lookahead_secs),
                 tick: Duration::from_millis(settings.reminders.tick_ms),
                 lease: Duration::from_secs(settings.reminders.lease_secs),
+            },
+            optimizer: OptimizerArgs {
+                store: store.clone(),
+                variants: variants.clone(),
+                eager,
+                window: o.window,
+                batch: o.batch,
+                pause: Duration::from_millis(o.pause_ms),
+                rest: Duration::from_secs(o.rest_secs),
+                cursor_path: settings.storage.data_dir.join("optimizer.json"),
+                decode_slots,
+                decoders: settings.upload_decoders(),
             },
             budget: RestartBudget {
                 max_restarts: settings.actors.max_restarts,

@@ -127,13 +127,31 @@ const CATALOGUE: &[(&str, Kind, Series, &str)] = &[
         "corral_variants_made_total",
         Kind::Counter,
         Series::Later,
-        "Image variants made (resized, re-encoded) on their first request, by format",
+        "Image variants made (resized, re-encoded), on their first request or by the optimizer, by format",
     ),
     (
         "corral_variant_make_seconds",
         Kind::Histogram,
         Series::Later,
         "Time to make one image variant: decoding the original, shrinking, encoding, storing",
+    ),
+    (
+        "corral_optimizer_in_window",
+        Kind::Gauge,
+        Series::Later,
+        "1 while the optimizer's window (optimizer.window) is open, else 0; set at its first step",
+    ),
+    (
+        "corral_optimizer_images_total",
+        Kind::Counter,
+        Series::One,
+        "Images the optimizer went through, making the eager variants they lacked",
+    ),
+    (
+        "corral_optimizer_passes_total",
+        Kind::Counter,
+        Series::One,
+        "Passes of the optimizer through every image that it finished",
     ),
     (
         "corral_actor_restarts_total",

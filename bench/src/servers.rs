@@ -93,6 +93,8 @@ pub async fn corral_in(dir: tempfile::TempDir, env: &[(&str, String)]) -> anyhow
         .arg("--bind")
         .arg(addr.to_string())
         .env("CORRAL_LOG__FILTER", "warn")
+        // No background variant making in the measurements, whatever the hour.
+        .env("CORRAL_OPTIMIZER__WINDOW", "never")
         .stdin(Stdio::null())
         .kill_on_drop(true);
     if std::env::var("BENCH_RATE_LIMITS").as_deref() != Ok("on") {

@@ -6,12 +6,14 @@
 //! ├── image_pool   reservoir sample of all images; publishes a snapshot /random reads
 //! ├── uploads      factory of upload workers: inspect, commit, record, tell image_pool
 //! ├── mailer       delivers this node's persisted mail queue, retries, dead letters
-//! └── scheduler    leases due-reminder buckets, fires reminders on time into the mailer
+//! ├── scheduler    leases due-reminder buckets, fires reminders on time into the mailer
+//! └── optimizer    off-peak, makes the eager variants of images that lack them
 //! ```
 
 pub mod hub;
 pub mod image_pool;
 pub mod mailer;
+pub mod optimizer;
 pub mod scheduler;
 pub mod supervisor;
 pub mod uploads;
@@ -24,6 +26,7 @@ use ractor::{ACTIVE_STATES, ActorRef, Message, MessagingErr};
 
 pub use image_pool::{ImagePoolMsg, Sample};
 pub use mailer::MailerMsg;
+pub use optimizer::OptimizerMsg;
 pub use scheduler::SchedulerMsg;
 pub use supervisor::Supervisor;
 pub use uploads::{Ingested, UploadMsg, UploadsRef};
@@ -65,6 +68,7 @@ pub struct Actors {
     pub uploads: ActorSlot<uploads::UploadsMsg>,
     pub mailer: ActorSlot<MailerMsg>,
     pub scheduler: ActorSlot<SchedulerMsg>,
+    pub optimizer: ActorSlot<OptimizerMsg>,
     pub hub: ActorSlot<hub::HubMsg>,
     /// The random sample `image_pool` publishes; read without messaging the actor.
     pub sample: Sample,
@@ -77,6 +81,7 @@ impl Actors {
             && self.uploads.get().is_some()
             && self.mailer.get().is_some()
             && self.scheduler.get().is_some()
+            && self.optimizer.get().is_some()
             && self.hub.get().is_some()
     }
 }

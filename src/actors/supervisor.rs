@@ -12,6 +12,7 @@ use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, Supervisio
 use super::hub::{Hub, HubArgs};
 use super::image_pool::{ImagePool, ImagePoolArgs};
 use super::mailer::{Mailer, MailerArgs};
+use super::optimizer::{Optimizer, OptimizerArgs};
 use super::scheduler::{Scheduler, SchedulerArgs};
 use super::uploads::{self, UploadDeps};
 use super::{ActorSlot, Actors};
@@ -27,16 +28,18 @@ pub enum Child {
     Uploads,
     Mailer,
     Scheduler,
+    Optimizer,
 }
 
 impl Child {
     /// In start order; they stop in reverse.
-    const ALL: [Child; 5] = [
+    const ALL: [Child; 6] = [
         Child::Hub,
         Child::ImagePool,
         Child::Uploads,
         Child::Mailer,
         Child::Scheduler,
+        Child::Optimizer,
     ];
 
     fn name(self) -> &'static str {
@@ -46,6 +49,7 @@ impl Child {
             Child::Uploads => "uploads",
             Child::Mailer => "mailer",
             Child::Scheduler => "scheduler",
+            Child::Optimizer => "optimizer",
         }
     }
 }
@@ -67,6 +71,7 @@ pub struct SupervisorArgs {
     pub hub: HubArgs,
     pub mailer: MailerArgs,
     pub scheduler: SchedulerArgs,
+    pub optimizer: OptimizerArgs,
     pub budget: RestartBudget,
 }
 
@@ -117,6 +122,7 @@ impl Actor for Supervisor {
         // Stop in reverse start order: the scheduler before the mailer it feeds, uploads
         // before the pool they tell, the hub (which everyone tells) last.
         let actors = &state.args.actors;
+        stop(&actors.optimizer).await;
         stop(&actors.scheduler).await;
         stop(&actors.mailer).await;
         stop(&actors.uploads).await;
@@ -175,6 +181,7 @@ async fn restart(state: &mut SupervisorState, child: Child, myself: &ActorRef<Su
             Child::Uploads => state.args.actors.uploads.set(None),
             Child::Mailer => state.args.actors.mailer.set(None),
             Child::Scheduler => state.args.actors.scheduler.set(None),
+            Child::Optimizer => state.args.actors.optimizer.set(None),
         }
         return;
     }
@@ -240,6 +247,12 @@ async fn start_child(
                 Actor::spawn_linked(None, Scheduler, args.scheduler.clone(), me).await?;
             args.actors.scheduler.set(Some(scheduler.clone()));
             scheduler.get_cell()
+        }
+        Child::Optimizer => {
+            let (optimizer, _) =
+                Actor::spawn_linked(None, Optimizer, args.optimizer.clone(), me).await?;
+            args.actors.optimizer.set(Some(optimizer.clone()));
+            optimizer.get_cell()
         }
     };
     state.children.insert(cell.get_id(), child);

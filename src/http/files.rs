@@ -21,8 +21,8 @@ use utoipa_axum::routes;
 use super::error::echo;
 use super::extract::ApiPath;
 use super::{ApiError, AppState};
-use crate::domain::{ImageFormat, ImageName};
-use crate::media::{Fit, MediaError, Opened, Recipe, StoredFile};
+use crate::domain::ImageName;
+use crate::media::{Asked, MediaError, Opened, Recipe, StoredFile};
 
 /// Read size when streaming a file out (one blocking-pool trip each).
 const CHUNK: usize = 256 * 1024;
@@ -201,62 +201,18 @@ impl VariantQuery {
         headers: &HeaderMap,
         sizes: &[u32],
     ) -> Result<Option<(Recipe, bool)>, ApiError> {
-        if self.w.is_none() && self.h.is_none() && self.fit.is_none() && self.format.is_none() {
-            return Ok(None);
-        }
-        let size = |key: &str, raw: Option<String>| -> Result<u32, ApiError> {
-            let Some(raw) = raw else { return Ok(0) };
-            raw.parse::<u32>()
-                .ok()
-                .filter(|n| sizes.contains(n))
-                .ok_or_else(|| {
-                    let allowed: Vec<String> = sizes.iter().map(u32::to_string).collect();
-                    ApiError::BadRequest(format!(
-                        "{key} must be one of {}, not {}",
-                        allowed.join(", "),
-                        echo(&raw)
-                    ))
-                })
-        };
-        let (width, height) = (size("w", self.w)?, size("h", self.h)?);
-        // Every variant is smaller than some allowed box: a full-size re-encode of a large
-        // original could take more disk and CPU than the allow-list is there to bound.
-        if width == 0 && height == 0 {
-            return Err(ApiError::BadRequest(
-                "a variant needs w or h (or both); without them, ask for the original".into(),
-            ));
-        }
-        if self.fit.is_some() && (width == 0 || height == 0) {
-            return Err(ApiError::BadRequest(
-                "fit needs both w and h: with one side, the picture is scaled to it".into(),
-            ));
-        }
-        let fit = match self.fit.as_deref() {
-            None | Some("contain") => Fit::Contain,
-            Some("cover") => Fit::Cover,
-            Some(other) => {
-                return Err(ApiError::BadRequest(format!(
-                    "fit must be contain or cover, not {}",
-                    echo(other)
-                )));
-            }
-        };
-        let (format, by_accept) = match self.format.as_deref() {
-            None => (source.format(), false),
-            Some("jpeg") => (ImageFormat::Jpeg, false),
-            Some("png") => (ImageFormat::Png, false),
-            Some("webp") => (ImageFormat::Webp, false),
-            Some("gif") => (ImageFormat::Gif, false),
-            Some("auto") if accepts_webp(headers) => (ImageFormat::Webp, true),
-            Some("auto") => (source.format(), true),
-            Some(other) => {
-                return Err(ApiError::BadRequest(format!(
-                    "format must be jpeg, png, webp, gif or auto, not {}",
-                    echo(other)
-                )));
-            }
-        };
-        Ok(Some((Recipe::new(width, height, fit, format), by_accept)))
+        let asked = Asked::parse(
+            self.w.as_deref(),
+            self.h.as_deref(),
+            self.fit.as_deref(),
+            self.format.as_deref(),
+            sizes,
+        )
+        .map_err(ApiError::BadRequest)?;
+        Ok(asked.map(|asked| {
+            let webp = asked.by_accept() && accepts_webp(headers);
+            (asked.recipe(source.format(), webp), asked.by_accept())
+        }))
     }
 }
 

@@ -12,7 +12,7 @@ pub use hygiene::clean as clean_metadata;
 pub use inspect::{DecodeLimits, Inspected, inspect};
 pub use layout::{MediaRoot, Opened, StoredFile};
 pub use staging::{StagedUpload, stage};
-pub use variant::{Fit, Recipe, Variants};
+pub use variant::{Asked, Fit, Recipe, Variants};
 
 /// Why an upload's bytes were refused or could not be kept.
 #[derive(Debug, thiserror::Error)]

@@ -27,6 +27,7 @@ use super::MediaError;
 use super::inspect::{DecodeLimits, reader};
 use super::layout::{MediaRoot, Opened, StoredFile};
 use crate::domain::{ImageFormat, ImageName};
+use crate::problem::echo;
 
 /// JPEG quality of variants (1–100): the usual web default, well below visible loss.
 const JPEG_QUALITY: u8 = 82;
@@ -115,6 +116,135 @@ impl Recipe {
     }
 }
 
+/// A variant as asked for (by a URL's query, or in `optimizer.eager`), before its source
+/// is known: the source's format, or the client's `Accept`, may still choose the format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Asked {
+    width: u32,
+    height: u32,
+    fit: Fit,
+    format: AskedFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AskedFormat {
+    /// The source's own.
+    Source,
+    Fixed(ImageFormat),
+    /// WebP where `Accept` takes it, else the source's.
+    Auto,
+}
+
+impl Asked {
+    /// The variant the parameters `w`, `h`, `fit` and `format` ask for, or `None` when
+    /// none is given (the original). Sizes must be in `sizes`; the error says what is
+    /// wrong, quoting the input shortened.
+    pub fn parse(
+        w: Option<&str>,
+        h: Option<&str>,
+        fit: Option<&str>,
+        format: Option<&str>,
+        sizes: &[u32],
+    ) -> Result<Option<Self>, String> {
+        if w.is_none() && h.is_none() && fit.is_none() && format.is_none() {
+            return Ok(None);
+        }
+        let size = |key: &str, raw: Option<&str>| -> Result<u32, String> {
+            let Some(raw) = raw else { return Ok(0) };
+            raw.parse::<u32>()
+                .ok()
+                .filter(|n| sizes.contains(n))
+                .ok_or_else(|| {
+                    let allowed: Vec<String> = sizes.iter().map(u32::to_string).collect();
+                    format!(
+                        "{key} must be one of {}, not {}",
+                        allowed.join(", "),
+                        echo(raw)
+                    )
+                })
+        };
+        let (width, height) = (size("w", w)?, size("h", h)?);
+        // Every variant is smaller than some allowed box: a full-size re-encode of a large
+        // original could take more disk and CPU than the allow-list is there to bound.
+        if width == 0 && height == 0 {
+            return Err(
+                "a variant needs w or h (or both); without them, ask for the original".into(),
+            );
+        }
+        if fit.is_some() && (width == 0 || height == 0) {
+            return Err(
+                "fit needs both w and h: with one side, the picture is scaled to it".into(),
+            );
+        }
+        let fit = match fit {
+            None | Some("contain") => Fit::Contain,
+            Some("cover") => Fit::Cover,
+            Some(other) => {
+                return Err(format!("fit must be contain or cover, not {}", echo(other)));
+            }
+        };
+        let format = match format {
+            None => AskedFormat::Source,
+            Some("auto") => AskedFormat::Auto,
+            Some("jpeg") => AskedFormat::Fixed(ImageFormat::Jpeg),
+            Some("png") => AskedFormat::Fixed(ImageFormat::Png),
+            Some("webp") => AskedFormat::Fixed(ImageFormat::Webp),
+            Some("gif") => AskedFormat::Fixed(ImageFormat::Gif),
+            Some(other) => {
+                return Err(format!(
+                    "format must be jpeg, png, webp, gif or auto, not {}",
+                    echo(other)
+                ));
+            }
+        };
+        Ok(Some(Self {
+            width,
+            height,
+            fit,
+            format,
+        }))
+    }
+
+    /// A query string such as `w=256&format=webp` (an `optimizer.eager` entry), which
+    /// must ask for a variant whose format does not depend on a request's `Accept`.
+    pub fn from_query(query: &str, sizes: &[u32]) -> Result<Self, String> {
+        let mut parts: HashMap<&str, &str> = HashMap::new();
+        for pair in query.split('&') {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            if !["w", "h", "fit", "format"].contains(&key) {
+                return Err(format!("{} is not one of w, h, fit, format", echo(key)));
+            }
+            if parts.insert(key, value).is_some() {
+                return Err(format!("{key} is given twice"));
+            }
+        }
+        let get = |key: &str| parts.get(key).copied();
+        let asked = Self::parse(get("w"), get("h"), get("fit"), get("format"), sizes)?
+            .ok_or("a variant needs w or h (or both)")?;
+        if asked.by_accept() {
+            return Err("format=auto follows each request's Accept: name the format".into());
+        }
+        Ok(asked)
+    }
+
+    /// Whether the request's `Accept` chooses the format (so the answer must `Vary` by it).
+    pub fn by_accept(&self) -> bool {
+        self.format == AskedFormat::Auto
+    }
+
+    /// The recipe for a source in `source` format, for a client that does (or does not)
+    /// accept WebP.
+    pub fn recipe(&self, source: ImageFormat, accepts_webp: bool) -> Recipe {
+        let format = match self.format {
+            AskedFormat::Source => source,
+            AskedFormat::Fixed(format) => format,
+            AskedFormat::Auto if accepts_webp => ImageFormat::Webp,
+            AskedFormat::Auto => source,
+        };
+        Recipe::new(self.width, self.height, self.fit, format)
+    }
+}
+
 /// Makes each variant once, a bounded number at a time, and opens it for serving.
 #[derive(Clone)]
 pub struct Variants {
@@ -146,6 +276,32 @@ impl Variants {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             opened => return Ok(opened?),
         }
+        self.make_missing(&file).await?;
+        Ok(self.root.open_file(&file).await?)
+    }
+
+    /// Makes `source`'s variant by `recipe` unless it exists (without reading it into
+    /// memory, as [`Variants::open`] does): what the optimizer calls.
+    pub async fn ensure(&self, source: &ImageName, recipe: Recipe) -> Result<(), MediaError> {
+        let file = StoredFile::Variant(source.clone(), recipe);
+        if tokio::fs::try_exists(self.root.file_path(&file)).await? {
+            return Ok(());
+        }
+        self.make_missing(&file).await
+    }
+
+    /// Variants being made now, by requests or the optimizer.
+    pub fn making(&self) -> usize {
+        self.making
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    async fn make_missing(&self, file: &StoredFile) -> Result<(), MediaError> {
+        let StoredFile::Variant(source, _) = file else {
+            return Ok(());
+        };
         let original = self.root.path_of(source);
         if !tokio::fs::try_exists(&original).await? {
             return Err(io::Error::from(io::ErrorKind::NotFound).into());
@@ -156,8 +312,7 @@ impl Variants {
                 MediaError::Io(io::ErrorKind::NotFound.into())
             }
             _ => MediaError::Variant(e),
-        })?;
-        Ok(self.root.open_file(&file).await?)
+        })
     }
 
     /// The making of `file`: the one under way, or a new one.

@@ -14,6 +14,7 @@ mod images;
 mod metadata;
 mod openapi;
 mod ops;
+mod optimizer;
 mod reminders;
 mod seed;
 mod store_conformance;

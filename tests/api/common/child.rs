@@ -46,13 +46,17 @@ impl Corral {
             env: vec![
                 ("RUST_LOG".into(), "info".into()),
                 ("NO_COLOR".into(), "1".into()),
+                // No variants made in the background unless a test asks for it.
+                ("CORRAL_OPTIMIZER__WINDOW".into(), "never".into()),
             ],
             starts: 0,
         }
     }
 
-    /// Sets a variable for every later start and CLI run (`CORRAL_SECTION__KEY=value`).
+    /// Sets (or replaces) a variable for every later start and CLI run
+    /// (`CORRAL_SECTION__KEY=value`).
     pub fn env(mut self, key: &str, value: impl ToString) -> Self {
+        self.env.retain(|(k, _)| k != key);
         self.env.push((key.to_owned(), value.to_string()));
         self
     }

@@ -51,6 +51,8 @@ impl TestApp {
         // Tests sign many users up and in; the tight default auth bucket has a test of
         // its own (and reads/writes/uploads keep their defaults).
         settings.rate_limits.auth.burst = 1000;
+        // No variants made in the background (whatever the time of day) unless asked.
+        settings.optimizer.window = corral::config::Window::Never;
         tweak(&mut settings);
         let listener = tokio::net::TcpListener::bind(settings.http.bind)
             .await

@@ -1,0 +1,222 @@
+//! `optimizer` makes the eager variants (`optimizer.eager`) of images that lack them,
+//! off-peak (`optimizer.window`), so that the page's first requests find them made.
+//!
+//! It works in passes over every image (the store's scan order), a batch per step, one
+//! variant at a time, and keeps its place in `<data_dir>/optimizer.json` after each
+//! batch, so a restart resumes the pass rather than starting it over. It yields to
+//! traffic: between steps it pauses, and it waits while an upload is being decoded or a
+//! request is waiting for a variant. After a pass it rests `optimizer.rest_secs`; the next
+//! pass picks up images uploaded since (and variants removed since). Changing the eager
+//! list starts a new pass. Progress is in `/metrics` as `corral_optimizer_*`.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+
+use super::Alarm;
+use crate::config::Window;
+use crate::domain::{ImageId, ImageName};
+use crate::media::{Asked, MediaError, Variants};
+use crate::store::SharedStore;
+
+/// How often it looks at the clock outside its window, and retries after a store error.
+const IDLE: Duration = Duration::from_secs(30);
+
+#[derive(Clone)]
+pub struct OptimizerArgs {
+    pub store: SharedStore,
+    pub variants: Variants,
+    /// The eager variants: as configured (the pass is for this list), and parsed.
+    pub eager: Vec<(String, Asked)>,
+    pub window: Window,
+    pub batch: usize,
+    pub pause: Duration,
+    pub rest: Duration,
+    /// Where the place in the pass is kept.
+    pub cursor_path: PathBuf,
+    /// The uploads' decode slots, and how many there are: any taken means uploads are
+    /// being decoded, and the optimizer waits.
+    pub decode_slots: Arc<Semaphore>,
+    pub decoders: usize,
+}
+
+pub enum OptimizerMsg {
+    /// Do the next batch, if the window is open and the server is not busy.
+    Step,
+}
+
+/// The place in the pass, as kept on disk.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Cursor {
+    /// The eager list this pass makes.
+    eager: Vec<String>,
+    /// The last image done (`None`: the pass is at its start).
+    after: Option<ImageId>,
+    /// When the last pass ended; `None` while one is under way.
+    finished_at: Option<DateTime<Utc>>,
+}
+
+pub struct Optimizer;
+
+pub struct OptimizerState {
+    args: OptimizerArgs,
+    cursor: Cursor,
+    next: Alarm<OptimizerMsg>,
+}
+
+impl Actor for Optimizer {
+    type Msg = OptimizerMsg;
+    type State = OptimizerState;
+    type Arguments = OptimizerArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: OptimizerArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let eager: Vec<String> = args.eager.iter().map(|(query, _)| query.clone()).collect();
+        let cursor = match load(&args.cursor_path).await {
+            Ok(Some(cursor)) if cursor.eager == eager => cursor,
+            Ok(_) => Cursor {
+                eager,
+                ..Cursor::default()
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, path = %args.cursor_path.display(), "the optimizer's place is unreadable; starting a new pass");
+                Cursor {
+                    eager,
+                    ..Cursor::default()
+                }
+            }
+        };
+        myself.send_message(OptimizerMsg::Step)?;
+        Ok(OptimizerState {
+            args,
+            cursor,
+            next: Alarm::default(),
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        state.next.clear();
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        OptimizerMsg::Step: OptimizerMsg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(after) = step(state).await {
+            state.next.set(&myself, after, || OptimizerMsg::Step);
+        }
+        Ok(())
+    }
+}
+
+/// One step; returns when to take the next (`None`: never, the window being `never`).
+async fn step(state: &mut OptimizerState) -> Option<Duration> {
+    let args = &state.args;
+    let open = args.window.contains(chrono::Local::now().time());
+    metrics::gauge!("corral_optimizer_in_window").set(if open { 1.0 } else { 0.0 });
+    if args.window == Window::Never {
+        return None;
+    }
+    if !open || args.eager.is_empty() {
+        return Some(IDLE);
+    }
+    if let Some(finished) = state.cursor.finished_at {
+        let since = (Utc::now() - finished).to_std().unwrap_or_default();
+        if since < args.rest {
+            return Some((args.rest - since).min(IDLE));
+        }
+        state.cursor.after = None;
+        state.cursor.finished_at = None;
+    }
+    if busy(args) {
+        return Some(args.pause);
+    }
+    let page = match args.store.scan_images(state.cursor.after, args.batch).await {
+        Ok(page) => page,
+        Err(e) => {
+            tracing::warn!(error = %e, "the optimizer could not list images; trying again later");
+            return Some(IDLE);
+        }
+    };
+    if page.is_empty() {
+        state.cursor.finished_at = Some(Utc::now());
+        metrics::counter!("corral_optimizer_passes_total").increment(1);
+        tracing::info!("the optimizer finished a pass");
+    }
+    for image in &page {
+        // Yield as soon as traffic comes: the place is kept.
+        if busy(args) {
+            break;
+        }
+        if let Some(name) = ImageName::parse(&image.name) {
+            for (query, asked) in &args.eager {
+                match args
+                    .variants
+                    .ensure(&name, asked.recipe(image.format, false))
+                    .await
+                {
+                    Ok(()) => {}
+                    // Deleted meanwhile.
+                    Err(MediaError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        tracing::warn!(image = %image.id, variant = %query, error = %e, "the optimizer could not make a variant");
+                    }
+                }
+            }
+        }
+        state.cursor.after = Some(image.id);
+        metrics::counter!("corral_optimizer_images_total").increment(1);
+    }
+    if let Err(e) = save(&args.cursor_path, &state.cursor).await {
+        tracing::warn!(error = %e, path = %args.cursor_path.display(), "the optimizer could not keep its place");
+    }
+    Some(args.pause)
+}
+
+/// An upload is being decoded, or a request waits for a variant.
+fn busy(args: &OptimizerArgs) -> bool {
+    args.decode_slots.available_permits() < args.decoders || args.variants.making() > 0
+}
+
+async fn load(path: &std::path::Path) -> io::Result<Option<Cursor>> {
+    match tokio::fs::read(path).await {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(io::Error::other),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Replaces the file whole (a temp file renamed over it), so a crash leaves the old place
+/// or the new one, never half of one.
+async fn save(path: &std::path::Path, cursor: &Cursor) -> io::Result<()> {
+    let json = serde_json::to_vec(cursor).map_err(io::Error::other)?;
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let dir = path.parent().unwrap_or(std::path::Path::new("."));
+        let mut staged = tempfile::NamedTempFile::new_in(dir)?;
+        io::Write::write_all(&mut staged, &json)?;
+        staged.as_file().sync_all()?;
+        staged.persist(&path).map_err(|e| e.error)?;
+        Ok(())
+    })
+    .await
+    .map_err(io::Error::other)?
+}

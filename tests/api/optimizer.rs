@@ -1,0 +1,204 @@
+//! The optimizer (issue 17) on the real binary: with its window shut it makes nothing;
+//! with it open it makes the eager variants of the images that lack them; killed with
+//! SIGKILL in the middle of a pass, it resumes where it was rather than starting over.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::common::child::{Corral, Running};
+use crate::common::{files_under, png};
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// The one eager variant here (the defaults make two).
+const EAGER: &str = "w=64&format=webp";
+const IMAGES: u32 = 6;
+const STOP_WITHIN: Duration = Duration::from_secs(30);
+
+/// Where the eager variant of the image stored as `name` (`<sha1>.png`) is kept.
+fn variant_path(data: &Path, name: &str) -> PathBuf {
+    let sha1 = &name[..40];
+    data.join("variants")
+        .join(&sha1[..2])
+        .join(&sha1[2..4])
+        .join(sha1)
+        .join("64x0-contain.webp")
+}
+
+/// The optimizer's kept place: the last image done in the pass, and whether it ended.
+fn place(data: &Path) -> (Option<String>, bool) {
+    let Ok(bytes) = std::fs::read(data.join("optimizer.json")) else {
+        return (None, false);
+    };
+    let cursor: Value = serde_json::from_slice(&bytes).expect("optimizer.json is JSON");
+    (
+        cursor["after"].as_str().map(str::to_owned),
+        !cursor["finished_at"].is_null(),
+    )
+}
+
+/// The value of an unlabelled series in `/metrics`, if it is there.
+async fn series(server: &Running, name: &str) -> Option<f64> {
+    let text = server
+        .client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("the metrics");
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Waits (at most `within`) until `done` holds, checking every 20 ms.
+async fn until(within: Duration, what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done().await {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_optimizer_works_in_its_window_and_resumes_after_a_kill() {
+    let root = TempDir::new().unwrap();
+    // A window that is shut now: it opens in two hours, in the server's (this machine's)
+    // time zone.
+    let now = chrono::Local::now().time();
+    let shut = format!(
+        "{}-{}",
+        (now + chrono::Duration::hours(2)).format("%H:%M"),
+        (now + chrono::Duration::hours(3)).format("%H:%M")
+    );
+    let mut corral = Corral::new(root.path())
+        .env("CORRAL_RATE_LIMITS__ENABLED", "false")
+        .env("CORRAL_UPLOADS__ALLOW_ANONYMOUS", "true")
+        .env("CORRAL_OPTIMIZER__EAGER", EAGER)
+        .env("CORRAL_OPTIMIZER__WINDOW", &shut);
+    let data = corral.data_dir().to_owned();
+
+    // Images uploaded while the window is shut.
+    let server = corral.start().await;
+    let mut images: Vec<(String, String)> = Vec::new();
+    for seed in 0..IMAGES {
+        let response = server
+            .client
+            .post(server.url("/v1/images"))
+            .header("content-type", "image/png")
+            .body(png(96, 64, seed))
+            .send()
+            .await
+            .expect("upload");
+        assert_eq!(response.status(), 201);
+        let image: Value = response.json().await.unwrap();
+        images.push((
+            image["id"].as_str().unwrap().to_owned(),
+            image["name"].as_str().unwrap().to_owned(),
+        ));
+    }
+    server.stop(STOP_WITHIN).await;
+
+    // Started again with the images there and the window still shut: its first step
+    // (which sets `corral_optimizer_in_window`) finds the window shut and makes nothing.
+    let server = corral.start().await;
+    until(
+        Duration::from_secs(10),
+        "the optimizer's first step",
+        async || {
+            series(&server, "corral_optimizer_in_window")
+                .await
+                .is_some()
+        },
+    )
+    .await;
+    assert_eq!(
+        series(&server, "corral_optimizer_in_window").await,
+        Some(0.0)
+    );
+    assert_eq!(
+        series(&server, "corral_optimizer_images_total").await,
+        Some(0.0)
+    );
+    assert!(files_under(&data.join("variants")).is_empty());
+    server.stop(STOP_WITHIN).await;
+
+    // The window open, one image a step, slowly: killed once two or more are done.
+    let mut corral = corral
+        .env("CORRAL_OPTIMIZER__WINDOW", "always")
+        .env("CORRAL_OPTIMIZER__BATCH", 1)
+        .env("CORRAL_OPTIMIZER__PAUSE_MS", 300);
+    let server = corral.start().await;
+    let done_before = |after: &Option<String>| -> usize {
+        // Ids are UUIDv7, and the embedded store scans them in order: the pass goes in
+        // upload order.
+        images
+            .iter()
+            .filter(|(id, _)| after.as_ref().is_some_and(|a| id <= a))
+            .count()
+    };
+    until(Duration::from_secs(30), "two images done", async || {
+        done_before(&place(&data).0) >= 2
+    })
+    .await;
+    server.kill();
+    let (after, finished) = place(&data);
+    let done = done_before(&after);
+    assert!(
+        !finished && done < images.len(),
+        "killed in the middle of the pass: {done} of {} done",
+        images.len()
+    );
+    for (_, name) in &images[..done] {
+        let made = variant_path(&data, name);
+        assert!(made.exists(), "{name} is done, so its variant is made");
+        // Removed, to see that the pass does not come back to it.
+        std::fs::remove_file(made).unwrap();
+    }
+
+    // Restarted: the pass goes on from its place and ends.
+    let mut corral = corral.env("CORRAL_OPTIMIZER__PAUSE_MS", 10);
+    let server = corral.start().await;
+    until(Duration::from_secs(30), "the pass ends", async || {
+        place(&data).1
+    })
+    .await;
+    assert_eq!(
+        series(&server, "corral_optimizer_passes_total").await,
+        Some(1.0)
+    );
+    assert_eq!(
+        series(&server, "corral_optimizer_images_total").await,
+        Some((images.len() - done) as f64),
+        "only the images after its place were looked at again"
+    );
+    for (i, (_, name)) in images.iter().enumerate() {
+        let path = variant_path(&data, name);
+        if i < done {
+            assert!(
+                !path.exists(),
+                "{name} was done before the kill: not made again"
+            );
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{name}'s variant: {e}"));
+        let variant =
+            image::load_from_memory_with_format(&bytes, image::ImageFormat::WebP).expect("a WebP");
+        assert_eq!((variant.width(), variant.height()), (64, 43));
+    }
+    // Served from what the optimizer made: the same bytes.
+    let (_, last) = images.last().unwrap();
+    let served = server
+        .client
+        .get(server.url(&format!("/i/{last}?{EAGER}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.status(), 200);
+    assert_eq!(
+        served.bytes().await.unwrap(),
+        std::fs::read(variant_path(&data, last)).unwrap()
+    );
+    server.stop(STOP_WITHIN).await;
+}
