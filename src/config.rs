@@ -171,6 +171,7 @@ pub struct OptimizerSettings {
     pub window: Window,
     #[serde(deserialize_with = "list_or_csv")]
     pub eager: Vec<String>,
+    pub recompress: bool,
     pub batch: usize,
     pub pause_ms: u64,
     pub rest_secs: u64,

@@ -175,6 +175,7 @@ impl App {
                 batch: o.batch,
                 pause: Duration::from_millis(o.pause_ms),
                 rest: Duration::from_secs(o.rest_secs),
+                recompress: o.recompress.then(|| (media.clone(), decode_limits)),
                 cursor_path: settings.storage.data_dir.join("optimizer.json"),
                 decode_slots,
                 decoders: settings.upload_decoders(),

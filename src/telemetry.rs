@@ -154,6 +154,18 @@ const CATALOGUE: &[(&str, Kind, Series, &str)] = &[
         "Passes of the optimizer through every image that it finished",
     ),
     (
+        "corral_optimizer_recompressed_total",
+        Kind::Counter,
+        Series::One,
+        "PNG originals the optimizer replaced with a smaller file of the same pixels",
+    ),
+    (
+        "corral_optimizer_bytes_saved_total",
+        Kind::Counter,
+        Series::One,
+        "Bytes of disk the optimizer's recompression saved",
+    ),
+    (
         "corral_actor_restarts_total",
         Kind::Counter,
         Series::Later,

@@ -20,11 +20,14 @@ pub struct ImageView {
     name: String,
     /// Where the bytes are: `/i/{name}`, prefixed by `http.public_url` when set.
     url: String,
+    /// The sha1 of the bytes as stored at upload (metadata removed). A PNG the optimizer
+    /// recompressed later keeps it (and its name): same pixels, fewer bytes.
     sha1: String,
     #[schema(value_type = String, example = "png")]
     format: ImageFormat,
     width: u32,
     height: u32,
+    /// The size as stored at upload.
     bytes: u64,
     #[schema(value_type = Vec<String>)]
     tags: Tags,

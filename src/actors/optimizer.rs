@@ -7,7 +7,8 @@
 //! traffic: between steps it pauses, and it waits while an upload is being decoded or a
 //! request is waiting for a variant. After a pass it rests `optimizer.rest_secs`; the next
 //! pass picks up images uploaded since (and variants removed since). Changing the eager
-//! list starts a new pass. Progress is in `/metrics` as `corral_optimizer_*`.
+//! list (or turning recompression on) starts a new pass. With `optimizer.recompress` it also recompresses PNG originals
+//! losslessly (see `media::recompress`). Progress is in `/metrics` as `corral_optimizer_*`.
 
 use std::io;
 use std::path::PathBuf;
@@ -22,7 +23,7 @@ use tokio::sync::Semaphore;
 use super::Alarm;
 use crate::config::Window;
 use crate::domain::{ImageId, ImageName};
-use crate::media::{Asked, MediaError, Variants};
+use crate::media::{Asked, DecodeLimits, MediaError, MediaRoot, Recompressed, Variants};
 use crate::store::SharedStore;
 
 /// How often it looks at the clock outside its window, and retries after a store error.
@@ -38,6 +39,9 @@ pub struct OptimizerArgs {
     pub batch: usize,
     pub pause: Duration,
     pub rest: Duration,
+    /// With `optimizer.recompress`: where the originals are, and the decode limits to
+    /// compare their pixels under.
+    pub recompress: Option<(MediaRoot, DecodeLimits)>,
     /// Where the place in the pass is kept.
     pub cursor_path: PathBuf,
     /// The uploads' decode slots, and how many there are: any taken means uploads are
@@ -54,8 +58,8 @@ pub enum OptimizerMsg {
 /// The place in the pass, as kept on disk.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Cursor {
-    /// The eager list this pass makes.
-    eager: Vec<String>,
+    /// What this pass does: the eager variants it makes, and `recompress` if it does.
+    work: Vec<String>,
     /// The last image done (`None`: the pass is at its start).
     after: Option<ImageId>,
     /// When the last pass ended; `None` while one is under way.
@@ -80,17 +84,20 @@ impl Actor for Optimizer {
         myself: ActorRef<Self::Msg>,
         args: OptimizerArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let eager: Vec<String> = args.eager.iter().map(|(query, _)| query.clone()).collect();
+        let mut work: Vec<String> = args.eager.iter().map(|(query, _)| query.clone()).collect();
+        if args.recompress.is_some() {
+            work.push("recompress".into());
+        }
         let cursor = match load(&args.cursor_path).await {
-            Ok(Some(cursor)) if cursor.eager == eager => cursor,
+            Ok(Some(cursor)) if cursor.work == work => cursor,
             Ok(_) => Cursor {
-                eager,
+                work,
                 ..Cursor::default()
             },
             Err(e) => {
                 tracing::warn!(error = %e, path = %args.cursor_path.display(), "the optimizer's place is unreadable; starting a new pass");
                 Cursor {
-                    eager,
+                    work,
                     ..Cursor::default()
                 }
             }
@@ -133,7 +140,7 @@ async fn step(state: &mut OptimizerState) -> Option<Duration> {
     if args.window == Window::Never {
         return None;
     }
-    if !open || args.eager.is_empty() {
+    if !open || (args.eager.is_empty() && args.recompress.is_none()) {
         return Some(IDLE);
     }
     if let Some(finished) = state.cursor.finished_at {
@@ -179,6 +186,9 @@ async fn step(state: &mut OptimizerState) -> Option<Duration> {
                     }
                 }
             }
+            if let Some((root, limits)) = &args.recompress {
+                recompress(root.clone(), name, *limits).await;
+            }
         }
         state.cursor.after = Some(image.id);
         metrics::counter!("corral_optimizer_images_total").increment(1);
@@ -187,6 +197,27 @@ async fn step(state: &mut OptimizerState) -> Option<Duration> {
         tracing::warn!(error = %e, path = %args.cursor_path.display(), "the optimizer could not keep its place");
     }
     Some(args.pause)
+}
+
+/// Recompresses one original (if it is a PNG not tried before), on a blocking thread.
+async fn recompress(root: MediaRoot, name: ImageName, limits: DecodeLimits) {
+    let shown = name.to_string();
+    let done =
+        tokio::task::spawn_blocking(move || crate::media::recompress(&root, &name, limits)).await;
+    match done {
+        Ok(Ok(Recompressed::Smaller { before, after })) => {
+            metrics::counter!("corral_optimizer_recompressed_total").increment(1);
+            metrics::counter!("corral_optimizer_bytes_saved_total").increment(before - after);
+            tracing::debug!(image = %shown, before, after, "recompressed");
+        }
+        Ok(Ok(Recompressed::Kept | Recompressed::Skipped)) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(image = %shown, error = %e, "the optimizer could not recompress an original");
+        }
+        Err(e) => {
+            tracing::warn!(image = %shown, error = %e, "the optimizer's recompression failed");
+        }
+    }
 }
 
 /// An upload is being decoded, or a request waits for a variant.

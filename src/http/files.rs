@@ -1,7 +1,10 @@
 //! Image bytes by name: `GET /i/{name}`, and its variants (`?w=256&format=webp`: resized
-//! and re-encoded, made on first request). Names are content addresses and a variant's
-//! recipe is in its URL, so a response never changes: strong ETag (the sha1, and the
-//! recipe for a variant), immutable caching, 304 on a match, single byte ranges. Served
+//! and re-encoded, made on first request). Names are content addresses (the sha1 of the
+//! bytes as uploaded) and a variant's recipe is in its URL, so what a URL shows never
+//! changes: immutable caching, a strong ETag (the sha1 and the length of the bytes: the
+//! optimizer may recompress an original losslessly, and the shorter file must not match
+//! the longer one's validator; for a variant, the sha1 and the recipe), 304 on a match,
+//! single byte ranges. Served
 //! from memory once read (files up to an eighth of `images.file_cache_mib`, at most
 //! 8 MiB), larger ones streamed from disk; the store is not consulted.
 
@@ -58,8 +61,10 @@ struct VariantQuery {
 
 /// An image's bytes by name, or a variant of them.
 ///
-/// Strong `ETag` (the sha1; for a variant, the sha1 and the recipe), `Cache-Control:
-/// immutable`, `304` on `If-None-Match`, and single byte ranges. A variant is made on its
+/// Strong `ETag` (`"<sha1>-<length>"`; for a variant, `"<sha1>-<recipe>"`),
+/// `Cache-Control: immutable`, `304` on `If-None-Match`, and single byte ranges. The
+/// optimizer may recompress a PNG original losslessly: same name and pixels, fewer bytes,
+/// another `ETag`. A variant is made on its
 /// first request (upright, shrunk, re-encoded, without metadata) and kept.
 #[utoipa::path(
     get, path = "/i/{name}", tag = "images",
@@ -101,16 +106,13 @@ async fn serve_file(
                 .media
                 .open_file(&StoredFile::Original(name.clone()))
                 .await;
-            (
-                format!("\"{}\"", name.sha1()),
-                name.format(),
-                opened.map_err(MediaError::from),
-            )
+            // Completed with the length below: a recompressed original keeps its name.
+            (None, name.format(), opened.map_err(MediaError::from))
         }
         Some((recipe, _)) => {
             let opened = state.variants.open(&name, recipe).await;
             let etag = format!("\"{}-{}\"", name.sha1(), recipe.file_name());
-            (etag, recipe.format(), opened)
+            (Some(etag), recipe.format(), opened)
         }
     };
     let opened = match opened {
@@ -120,6 +122,11 @@ async fn serve_file(
         }
         Err(e) => return Err(e.into()),
     };
+    let length = match &opened {
+        Opened::Whole(bytes) => bytes.len() as u64,
+        Opened::Large(_, length) => *length,
+    };
+    let etag = etag.unwrap_or_else(|| format!("\"{}-{length}\"", name.sha1()));
     let etag_value =
         HeaderValue::from_str(&etag).map_err(|e| ApiError::internal("the etag header", e))?;
     let common = [
@@ -141,10 +148,6 @@ async fn serve_file(
         }
         return Ok(response);
     }
-    let length = match &opened {
-        Opened::Whole(bytes) => bytes.len() as u64,
-        Opened::Large(_, length) => *length,
-    };
     // `If-Range` with another validator: the client's copy is not this one, so the whole
     // file, not a piece of it (RFC 9110, 13.1.5).
     let range_applies = headers

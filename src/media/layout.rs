@@ -232,6 +232,44 @@ impl MediaRoot {
         Ok(opened)
     }
 
+    /// Replaces a stored original's bytes (a lossless recompression): durably, under a
+    /// temp name first, then renamed over it, so a reader sees the old file or the new
+    /// one whole. Returns `false`, writing nothing, if the original is gone (deleted
+    /// meanwhile). Blocking.
+    pub fn replace(&self, name: &ImageName, bytes: &[u8]) -> io::Result<bool> {
+        let target = self.path_of(name);
+        let mut staged = tempfile::NamedTempFile::new_in(&self.tmp)?;
+        io::Write::write_all(&mut staged, bytes)?;
+        staged.as_file().sync_all()?;
+        if !target.exists() {
+            return Ok(false);
+        }
+        staged.persist(&target).map_err(|e| e.error)?;
+        if let Some(dir) = target.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        self.hot.invalidate(&StoredFile::Original(name.clone()));
+        Ok(true)
+    }
+
+    /// Where the optimizer marks that it tried to recompress `name` (beside its
+    /// variants, so it goes with them when the image is removed).
+    fn recompression_mark(&self, name: &ImageName) -> PathBuf {
+        self.variants_of(name).join("recompressed")
+    }
+
+    pub fn recompression_tried(&self, name: &ImageName) -> bool {
+        self.recompression_mark(name).exists()
+    }
+
+    pub fn mark_recompression_tried(&self, name: &ImageName) -> io::Result<()> {
+        let mark = self.recompression_mark(name);
+        if let Some(dir) = mark.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(mark, b"")
+    }
+
     /// Removes a stored original (used to undo a commit whose metadata could not be
     /// written, and when its last image is deleted), its variants, and their cached copies.
     pub fn remove(&self, name: &ImageName) -> io::Result<()> {

@@ -5,12 +5,14 @@ mod hygiene;
 mod inspect;
 mod layout;
 mod placeholder;
+mod recompress;
 mod staging;
 mod variant;
 
 pub use hygiene::clean as clean_metadata;
 pub use inspect::{DecodeLimits, Inspected, inspect};
 pub use layout::{MediaRoot, Opened, StoredFile};
+pub use recompress::{Recompressed, recompress};
 pub use staging::{StagedUpload, stage};
 pub use variant::{Asked, Fit, Recipe, Variants};
 

@@ -202,3 +202,124 @@ async fn the_optimizer_works_in_its_window_and_resumes_after_a_kill() {
     );
     server.stop(STOP_WITHIN).await;
 }
+
+/// A PNG stored uncompressed and unfiltered, with an ICC profile: much larger than it
+/// needs to be.
+fn wasteful_png(profile: &[u8]) -> Vec<u8> {
+    use image::ImageEncoder;
+    use image::codecs::png::{CompressionType, FilterType, PngEncoder};
+    let picture = image::RgbImage::from_fn(128, 96, |x, y| {
+        image::Rgb([(x * 2) as u8, (y * 2) as u8, ((x + y) % 7 * 30) as u8])
+    });
+    let mut out = Vec::new();
+    let mut encoder = PngEncoder::new_with_quality(
+        &mut out,
+        CompressionType::Uncompressed,
+        FilterType::NoFilter,
+    );
+    encoder.set_icc_profile(profile.to_vec()).unwrap();
+    encoder
+        .write_image(&picture, 128, 96, image::ExtendedColorType::Rgb8)
+        .unwrap();
+    out
+}
+
+#[tokio::test]
+async fn recompression_keeps_the_name_the_pixels_and_the_profile_and_changes_the_etag() {
+    use crate::common::{TestApp, jpeg};
+    use image::ImageDecoder;
+    let app = TestApp::spawn_with(|s| {
+        s.optimizer.window = corral::config::Window::Always;
+        s.optimizer.eager.clear();
+        s.optimizer.recompress = true;
+        s.optimizer.pause_ms = 10;
+        // Passes one after another, so the uploads below are met by the next.
+        s.optimizer.rest_secs = 0;
+    })
+    .await;
+    let stored = |name: &str| {
+        let sha1 = &name[..40];
+        app.data_dir
+            .path()
+            .join(format!("images/{}/{}/{name}", &sha1[..2], &sha1[2..4]))
+    };
+    let a_jpeg = jpeg(64, 48, 1);
+    let response = app.upload_raw(a_jpeg, "image/jpeg").await;
+    assert_eq!(response.status(), 201);
+    let jpeg_name = response.json::<Value>().await.unwrap()["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let jpeg_bytes = std::fs::read(stored(&jpeg_name)).unwrap();
+
+    let profile = b"a stand-in ICC profile, kept as it is".to_vec();
+    let wasteful = wasteful_png(&profile);
+    let image = app.upload_png(wasteful.clone()).await;
+    let name = image["name"].as_str().unwrap().to_owned();
+    let url = format!("/i/{name}");
+    let before = app.get(&url).await;
+    let old_etag = before.headers()["etag"].to_str().unwrap().to_owned();
+    assert_eq!(before.bytes().await.unwrap(), wasteful);
+
+    let path = stored(&name);
+    until(
+        Duration::from_secs(30),
+        "the PNG recompressed",
+        async || std::fs::metadata(&path).unwrap().len() < wasteful.len() as u64,
+    )
+    .await;
+    let smaller = std::fs::read(&path).unwrap();
+    assert!(
+        smaller.len() * 2 < wasteful.len(),
+        "{} bytes",
+        smaller.len()
+    );
+
+    // The same pixels and profile, under the same name; the metadata is unchanged.
+    let decoded = |bytes: &[u8]| {
+        let mut decoder =
+            image::codecs::png::PngDecoder::new(std::io::Cursor::new(bytes)).expect("a PNG");
+        let icc = decoder.icc_profile().unwrap();
+        let pixels = image::DynamicImage::from_decoder(decoder)
+            .unwrap()
+            .to_rgba16();
+        (pixels, icc)
+    };
+    assert_eq!(decoded(&smaller), decoded(&wasteful));
+    let meta: Value = app
+        .get(&format!("/v1/images/{}", image["id"].as_str().unwrap()))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(meta["name"], name.as_str());
+    assert_eq!(meta["bytes"], wasteful.len(), "the size as uploaded");
+
+    // Served: the new bytes, under an ETag the old one does not match.
+    let after = app
+        .client
+        .get(app.url(&url))
+        .header("if-none-match", &old_etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(after.status(), 200);
+    assert_eq!(
+        after.headers()["etag"].to_str().unwrap(),
+        format!("\"{}-{}\"", &name[..40], smaller.len())
+    );
+    assert_eq!(after.bytes().await.unwrap(), smaller);
+    // A range asked for with the old validator gets the whole new file, not a piece of it.
+    let ranged = app
+        .client
+        .get(app.url(&url))
+        .header("range", "bytes=100-")
+        .header("if-range", &old_etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ranged.status(), 200);
+
+    // The JPEG was passed over, untouched.
+    assert_eq!(std::fs::read(stored(&jpeg_name)).unwrap(), jpeg_bytes);
+}
