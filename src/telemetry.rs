@@ -154,6 +154,12 @@ const CATALOGUE: &[(&str, Kind, Series, &str)] = &[
         "Passes of the optimizer through every image that it finished",
     ),
     (
+        "corral_optimizer_placeholders_total",
+        Kind::Counter,
+        Series::One,
+        "Placeholders (BlurHash) the optimizer filled in for images stored without one",
+    ),
+    (
         "corral_optimizer_recompressed_total",
         Kind::Counter,
         Series::One,

@@ -33,7 +33,7 @@ pub struct ImageView {
     tags: Tags,
     created_at: chrono::DateTime<chrono::Utc>,
     /// A BlurHash (<https://blurha.sh>) to paint while the bytes load; null for images
-    /// stored before placeholders were made.
+    /// stored before placeholders were made, until the optimizer fills it in.
     blurhash: Option<String>,
 }
 
@@ -67,7 +67,8 @@ pub struct RandomImage {
     url: String,
     width: u32,
     height: u32,
-    /// A BlurHash to paint while the bytes load (null for older images).
+    /// A BlurHash to paint while the bytes load (null for older images, until the
+    /// optimizer fills it in).
     blurhash: Option<String>,
 }
 

@@ -67,6 +67,8 @@ pub enum ImagePoolMsg {
     Add(ImageSummary),
     /// An image was deleted: drop it from the sample if it is there.
     Remove(ImageId),
+    /// An image's summary changed (a placeholder filled in): update it if it is there.
+    Update(ImageSummary),
     /// Fault injection for supervision tests and drills: the actor panics.
     Crash,
 }
@@ -151,6 +153,15 @@ impl Actor for ImagePool {
             }
             ImagePoolMsg::Remove(id) => {
                 if state.reservoir.remove_where(|s| s.id == id) {
+                    state.sample.publish(state.reservoir.items());
+                }
+            }
+            ImagePoolMsg::Update(summary) => {
+                let id = summary.id;
+                if state
+                    .reservoir
+                    .replace_where(|s| s.id == id, Arc::new(summary))
+                {
                     state.sample.publish(state.reservoir.items());
                 }
             }

@@ -7,8 +7,10 @@
 //! traffic: between steps it pauses, and it waits while an upload is being decoded or a
 //! request is waiting for a variant. After a pass it rests `optimizer.rest_secs`; the next
 //! pass picks up images uploaded since (and variants removed since). Changing the eager
-//! list (or turning recompression on) starts a new pass. With `optimizer.recompress` it also recompresses PNG originals
-//! losslessly (see `media::recompress`). Progress is in `/metrics` as `corral_optimizer_*`.
+//! list (or turning recompression on) starts a new pass. It also fills in the placeholder
+//! (BlurHash) of images stored before placeholders existed, and with
+//! `optimizer.recompress` recompresses PNG originals losslessly (see `media::recompress`).
+//! Progress is in `/metrics` as `corral_optimizer_*`.
 
 use std::io;
 use std::path::PathBuf;
@@ -20,7 +22,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
-use super::Alarm;
+use super::{ActorSlot, Alarm, ImagePoolMsg};
 use crate::config::Window;
 use crate::domain::{ImageId, ImageName};
 use crate::media::{Asked, DecodeLimits, MediaError, MediaRoot, Recompressed, Variants};
@@ -39,9 +41,13 @@ pub struct OptimizerArgs {
     pub batch: usize,
     pub pause: Duration,
     pub rest: Duration,
-    /// With `optimizer.recompress`: where the originals are, and the decode limits to
-    /// compare their pixels under.
-    pub recompress: Option<(MediaRoot, DecodeLimits)>,
+    /// Where the originals are, and the limits to decode them under.
+    pub media: MediaRoot,
+    pub limits: DecodeLimits,
+    /// `optimizer.recompress`.
+    pub recompress: bool,
+    /// Told of placeholders filled in, so `/random` shows them.
+    pub image_pool: ActorSlot<ImagePoolMsg>,
     /// Where the place in the pass is kept.
     pub cursor_path: PathBuf,
     /// The uploads' decode slots, and how many there are: any taken means uploads are
@@ -85,7 +91,7 @@ impl Actor for Optimizer {
         args: OptimizerArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         let mut work: Vec<String> = args.eager.iter().map(|(query, _)| query.clone()).collect();
-        if args.recompress.is_some() {
+        if args.recompress {
             work.push("recompress".into());
         }
         let cursor = match load(&args.cursor_path).await {
@@ -140,7 +146,7 @@ async fn step(state: &mut OptimizerState) -> Option<Duration> {
     if args.window == Window::Never {
         return None;
     }
-    if !open || (args.eager.is_empty() && args.recompress.is_none()) {
+    if !open {
         return Some(IDLE);
     }
     if let Some(finished) = state.cursor.finished_at {
@@ -186,8 +192,11 @@ async fn step(state: &mut OptimizerState) -> Option<Duration> {
                     }
                 }
             }
-            if let Some((root, limits)) = &args.recompress {
-                recompress(root.clone(), name, *limits).await;
+            if image.blurhash.is_none() {
+                fill_placeholder(args, image.id, name.clone()).await;
+            }
+            if args.recompress {
+                recompress(args.media.clone(), name, args.limits).await;
             }
         }
         state.cursor.after = Some(image.id);
@@ -197,6 +206,41 @@ async fn step(state: &mut OptimizerState) -> Option<Duration> {
         tracing::warn!(error = %e, path = %args.cursor_path.display(), "the optimizer could not keep its place");
     }
     Some(args.pause)
+}
+
+/// Computes the placeholder of an image stored before placeholders existed, from its
+/// file (on a blocking thread, under the decode limits), and records it.
+async fn fill_placeholder(args: &OptimizerArgs, id: ImageId, name: ImageName) {
+    let (media, limits) = (args.media.clone(), args.limits);
+    let path = media.path_of(&name);
+    let inspected = tokio::task::spawn_blocking(move || crate::media::inspect(&path, limits)).await;
+    let hash = match inspected {
+        Ok(Ok(inspected)) => inspected.placeholder,
+        // Deleted meanwhile.
+        Ok(Err(MediaError::Io(e))) if e.kind() == io::ErrorKind::NotFound => None,
+        Ok(Err(e)) => {
+            tracing::warn!(image = %id, error = %e, "the optimizer could not read an original for its placeholder");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(image = %id, error = %e, "the optimizer's placeholder task failed");
+            None
+        }
+    };
+    // Some pictures get none (an interlaced PNG): they are looked at again next pass.
+    let Some(hash) = hash else { return };
+    match args.store.set_image_blurhash(id, &hash).await {
+        Ok(Some(image)) => {
+            metrics::counter!("corral_optimizer_placeholders_total").increment(1);
+            if let Some(pool) = args.image_pool.get() {
+                let _ = pool.cast(ImagePoolMsg::Update(image.summary()));
+            }
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(image = %id, error = %e, "the optimizer could not record a placeholder");
+        }
+    }
 }
 
 /// Recompresses one original (if it is a PNG not tried before), on a blocking thread.

@@ -45,6 +45,18 @@ impl<T> Reservoir<T> {
         self.items.len() != before
     }
 
+    /// Replaces the first item matching `pred` with `item` (the same image, updated);
+    /// returns whether one matched. The sample's membership is unchanged.
+    pub fn replace_where(&mut self, pred: impl Fn(&T) -> bool, item: T) -> bool {
+        match self.items.iter_mut().find(|t| pred(t)) {
+            Some(slot) => {
+                *slot = item;
+                true
+            }
+            None => false,
+        }
+    }
+
     pub fn items(&self) -> &[T] {
         &self.items
     }

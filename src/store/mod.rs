@@ -100,6 +100,14 @@ pub trait ImageStore: Send + Sync {
     /// Replaces an image's tags; returns the updated image, `None` if it does not exist.
     async fn set_image_tags(&self, id: ImageId, tags: &Tags) -> Result<Option<Image>, StoreError>;
 
+    /// Sets the BlurHash of an image stored without one (the optimizer fills them in);
+    /// returns the updated image, `None` if it does not exist.
+    async fn set_image_blurhash(
+        &self,
+        id: ImageId,
+        blurhash: &str,
+    ) -> Result<Option<Image>, StoreError>;
+
     /// Removes an image row and its index rows; returns what was removed.
     async fn delete_image(&self, id: ImageId) -> Result<Option<Image>, StoreError>;
 }

@@ -323,3 +323,66 @@ async fn recompression_keeps_the_name_the_pixels_and_the_profile_and_changes_the
     // The JPEG was passed over, untouched.
     assert_eq!(std::fs::read(stored(&jpeg_name)).unwrap(), jpeg_bytes);
 }
+
+/// An image stored before placeholders existed gets one from the optimizer, in its JSON
+/// and in `/random` (the sample it was loaded into at start is updated).
+#[tokio::test]
+async fn the_optimizer_fills_in_missing_placeholders() {
+    use crate::common::TestApp;
+    use corral::domain::{Image, ImageFormat, ImageId, Tags};
+    let app = TestApp::spawn().await;
+    let uploaded = app.upload_png(png(48, 32, 11)).await;
+    let hash = uploaded["blurhash"]
+        .as_str()
+        .expect("a placeholder at ingest");
+    // A record as an older version wrote it: the same file, no placeholder.
+    let legacy = Image {
+        id: ImageId::new(),
+        name: uploaded["name"].as_str().unwrap().to_owned(),
+        sha1: uploaded["sha1"].as_str().unwrap().to_owned(),
+        format: ImageFormat::Png,
+        width: 48,
+        height: 32,
+        bytes: uploaded["bytes"].as_u64().unwrap(),
+        tags: Tags::default(),
+        owner: None,
+        created_at: chrono::Utc::now(),
+        blurhash: None,
+    };
+    app.store.insert_image(&legacy).await.unwrap();
+    let path = format!("/v1/images/{}", legacy.id);
+    let shown: Value = app.get(&path).await.json().await.unwrap();
+    assert!(shown["blurhash"].is_null());
+
+    // Started again with the window open: the sample loads the record without one.
+    let data = app.stop().await;
+    let app = TestApp::spawn_in(data, |s| {
+        s.optimizer.window = corral::config::Window::Always;
+        s.optimizer.eager.clear();
+    })
+    .await;
+    let in_random = async || -> Value {
+        let random: Value = app
+            .get("/v1/images/random?count=2")
+            .await
+            .json()
+            .await
+            .unwrap();
+        let entry = random["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["id"] == legacy.id.to_string())
+            .cloned();
+        entry.unwrap_or_else(|| panic!("the legacy image is in the sample: {random}"))
+    };
+    until(
+        Duration::from_secs(30),
+        "the placeholder filled in",
+        async || {
+            let shown: Value = app.get(&path).await.json().await.unwrap();
+            shown["blurhash"] == hash && in_random().await["blurhash"] == hash
+        },
+    )
+    .await;
+}

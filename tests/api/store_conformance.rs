@@ -305,6 +305,25 @@ async fn images(store: &dyn Store) {
         store.get_image(target.id).await.unwrap().unwrap().tags,
         tags
     );
+    // A placeholder filled in later (for images stored before placeholders existed).
+    let filled = store
+        .set_image_blurhash(target.id, "LKO2?U%2Tw=w]~RBVZRi};RPxuwH")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        filled.blurhash.as_deref(),
+        Some("LKO2?U%2Tw=w]~RBVZRi};RPxuwH")
+    );
+    assert_eq!(filled.tags, tags);
+    assert_eq!(store.get_image(target.id).await.unwrap().unwrap(), filled);
+    assert_eq!(
+        store
+            .set_image_blurhash(ImageId::new(), "LKO2?U%2Tw=w]~RBVZRi};RPxuwH")
+            .await
+            .unwrap(),
+        None
+    );
     assert_eq!(
         store.set_image_tags(ImageId::new(), &tags).await.unwrap(),
         None

@@ -123,6 +123,28 @@ impl ImageStore for EmbeddedStore {
         .await
     }
 
+    async fn set_image_blurhash(
+        &self,
+        id: ImageId,
+        blurhash: &str,
+    ) -> Result<Option<Image>, StoreError> {
+        let blurhash = blurhash.to_owned();
+        self.write(move |tx| {
+            let mut table = tx.open_table(IMAGES)?;
+            let current: Option<Image> = table
+                .get(id.0.as_u128())?
+                .map(|v| decode(v.value()))
+                .transpose()?;
+            let Some(mut image) = current else {
+                return Ok(None);
+            };
+            image.blurhash = Some(blurhash.clone());
+            table.insert(id.0.as_u128(), encode(&image)?.as_slice())?;
+            Ok(Some(image))
+        })
+        .await
+    }
+
     async fn delete_image(&self, id: ImageId) -> Result<Option<Image>, StoreError> {
         self.write(move |tx| {
             let removed: Option<Image> = tx

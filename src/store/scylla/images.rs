@@ -39,6 +39,7 @@ pub(super) struct Statements {
     by_owner: PreparedStatement,
     by_owner_before: PreparedStatement,
     set_tags: PreparedStatement,
+    set_blurhash: PreparedStatement,
     delete: PreparedStatement,
     delete_by_sha1: PreparedStatement,
     delete_by_owner: PreparedStatement,
@@ -90,6 +91,11 @@ impl Statements {
             set_tags: prepare(
                 s,
                 format!("UPDATE {ks}.images SET tags = ? WHERE id = ? IF EXISTS"),
+            )
+            .await?,
+            set_blurhash: prepare(
+                s,
+                format!("UPDATE {ks}.images SET blurhash = ? WHERE id = ? IF EXISTS"),
             )
             .await?,
             delete: prepare(s, format!("DELETE FROM {ks}.images WHERE id = ?")).await?,
@@ -264,6 +270,24 @@ impl ImageStore for ScyllaStore {
             return Ok(None);
         }
         image.tags = tags.clone();
+        Ok(Some(image))
+    }
+
+    async fn set_image_blurhash(
+        &self,
+        id: ImageId,
+        blurhash: &str,
+    ) -> Result<Option<Image>, StoreError> {
+        let Some(mut image) = self.get_image(id).await? else {
+            return Ok(None);
+        };
+        if !self
+            .lwt(&self.images.set_blurhash, (blurhash, id.0))
+            .await?
+        {
+            return Ok(None);
+        }
+        image.blurhash = Some(blurhash.to_owned());
         Ok(Some(image))
     }
 
