@@ -210,9 +210,18 @@ impl TryFrom<String> for Window {
 
     fn try_from(text: String) -> Result<Self, String> {
         let clock = |s: &str| -> Option<u16> {
-            let (h, m) = s.trim().split_once(':')?;
+            let s = s.trim();
+            let digits = s.len() == 5
+                && s.bytes().enumerate().all(|(i, b)| {
+                    if i == 2 {
+                        b == b':'
+                    } else {
+                        b.is_ascii_digit()
+                    }
+                });
+            let (h, m) = s.split_once(':')?;
             let (h, m) = (h.parse::<u16>().ok()?, m.parse::<u16>().ok()?);
-            (h < 24 && m < 60 && s.trim().len() == 5).then_some(h * 60 + m)
+            (digits && h < 24 && m < 60).then_some(h * 60 + m)
         };
         let window = match text.trim() {
             "always" => Window::Always,
@@ -514,6 +523,8 @@ impl Settings {
         }
         let o = &self.optimizer;
         positive("optimizer.batch", o.batch as u64)?;
+        // 0 would start a pass again at once, every few milliseconds on an idle store.
+        positive("optimizer.rest_secs", o.rest_secs)?;
         self.eager_variants()?;
         let url = &self.http.public_url;
         if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
@@ -646,6 +657,7 @@ mod tests {
             "02:00",
             "nightly",
             "",
+            "+2:00-05:00",
         ] {
             assert!(Window::try_from(bad.to_owned()).is_err(), "{bad:?}");
         }
@@ -661,6 +673,7 @@ mod tests {
             "w=256&q=80",
             "format=webp",
             "w=256&w=512",
+            "w=+256",
         ] {
             settings.optimizer.eager = vec![bad.into()];
             let err = settings.validate().unwrap_err().to_string();

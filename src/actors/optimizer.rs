@@ -1,19 +1,21 @@
 //! `optimizer` makes the eager variants (`optimizer.eager`) of images that lack them,
 //! off-peak (`optimizer.window`), so that the page's first requests find them made.
 //!
-//! It works in passes over every image (the store's scan order), a batch per step, one
-//! variant at a time, and keeps its place in `<data_dir>/optimizer.json` after each
-//! batch, so a restart resumes the pass rather than starting it over. It yields to
-//! traffic: between steps it pauses, and it waits while an upload is being decoded or a
-//! request is waiting for a variant. After a pass it rests `optimizer.rest_secs`; the next
+//! It works in passes over every image (the store's scan order, read a batch at a time),
+//! one image per message and one variant at a time, and keeps its place in
+//! `<data_dir>/optimizer.json` after each image, so a restart resumes the pass rather
+//! than starting it over, and a stop waits for one image's work at most. It yields to
+//! traffic: between batches it pauses, and it waits while an upload is being decoded or
+//! a request is waiting for a variant. After a pass it rests `optimizer.rest_secs`; the next
 //! pass picks up images uploaded since (and variants removed since). Changing the eager
 //! list (or turning recompression on) starts a new pass. It also fills in the placeholder
 //! (BlurHash) of images stored before placeholders existed, and with
 //! `optimizer.recompress` recompresses PNG originals losslessly (see `media::recompress`).
 //! Progress is in `/metrics` as `corral_optimizer_*`.
 
+use std::collections::VecDeque;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +26,7 @@ use tokio::sync::Semaphore;
 
 use super::{ActorSlot, Alarm, ImagePoolMsg};
 use crate::config::Window;
-use crate::domain::{ImageId, ImageName};
+use crate::domain::{Image, ImageId, ImageName};
 use crate::media::{Asked, DecodeLimits, MediaError, MediaRoot, Recompressed, Variants};
 use crate::store::SharedStore;
 
@@ -57,7 +59,7 @@ pub struct OptimizerArgs {
 }
 
 pub enum OptimizerMsg {
-    /// Do the next batch, if the window is open and the server is not busy.
+    /// Do the next image, if the window is open and the server is not busy.
     Step,
 }
 
@@ -77,6 +79,8 @@ pub struct Optimizer;
 pub struct OptimizerState {
     args: OptimizerArgs,
     cursor: Cursor,
+    /// The rest of the batch read from the store, after `cursor.after`.
+    pending: VecDeque<Image>,
     next: Alarm<OptimizerMsg>,
 }
 
@@ -112,6 +116,7 @@ impl Actor for Optimizer {
         Ok(OptimizerState {
             args,
             cursor,
+            pending: VecDeque::new(),
             next: Alarm::default(),
         })
     }
@@ -156,56 +161,66 @@ async fn step(state: &mut OptimizerState) -> Option<Duration> {
         }
         state.cursor.after = None;
         state.cursor.finished_at = None;
+        state.pending.clear();
     }
     if busy(args) {
         return Some(args.pause);
     }
-    let page = match args.store.scan_images(state.cursor.after, args.batch).await {
-        Ok(page) => page,
-        Err(e) => {
-            tracing::warn!(error = %e, "the optimizer could not list images; trying again later");
-            return Some(IDLE);
+    if state.pending.is_empty() {
+        match args.store.scan_images(state.cursor.after, args.batch).await {
+            Ok(page) => state.pending = page.into(),
+            Err(e) => {
+                tracing::warn!(error = %e, "the optimizer could not list images; trying again later");
+                return Some(IDLE);
+            }
         }
-    };
-    if page.is_empty() {
+    }
+    // One image a message, so a stop waits for one image's work at most.
+    let Some(image) = state.pending.pop_front() else {
         state.cursor.finished_at = Some(Utc::now());
         metrics::counter!("corral_optimizer_passes_total").increment(1);
         tracing::info!("the optimizer finished a pass");
-    }
-    for image in &page {
-        // Yield as soon as traffic comes: the place is kept.
-        if busy(args) {
-            break;
-        }
-        if let Some(name) = ImageName::parse(&image.name) {
-            for (query, asked) in &args.eager {
-                match args
-                    .variants
-                    .ensure(&name, asked.recipe(image.format, false))
-                    .await
-                {
-                    Ok(()) => {}
-                    // Deleted meanwhile.
-                    Err(MediaError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => {
-                        tracing::warn!(image = %image.id, variant = %query, error = %e, "the optimizer could not make a variant");
-                    }
+        save_cursor(state).await;
+        return Some(IDLE.min(args.rest));
+    };
+    if let Some(name) = ImageName::parse(&image.name) {
+        for (query, asked) in &args.eager {
+            match args
+                .variants
+                .ensure(&name, asked.recipe(image.format, false))
+                .await
+            {
+                Ok(()) => {}
+                // Deleted meanwhile.
+                Err(MediaError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(image = %image.id, variant = %query, error = %e, "the optimizer could not make a variant");
                 }
             }
-            if image.blurhash.is_none() {
-                fill_placeholder(args, image.id, name.clone()).await;
-            }
-            if args.recompress {
-                recompress(args.media.clone(), name, args.limits).await;
-            }
         }
-        state.cursor.after = Some(image.id);
-        metrics::counter!("corral_optimizer_images_total").increment(1);
+        if image.blurhash.is_none() {
+            fill_placeholder(args, image.id, name.clone()).await;
+        }
+        if args.recompress {
+            recompress(args.media.clone(), name, args.limits).await;
+        }
     }
-    if let Err(e) = save(&args.cursor_path, &state.cursor).await {
+    state.cursor.after = Some(image.id);
+    metrics::counter!("corral_optimizer_images_total").increment(1);
+    save_cursor(state).await;
+    // The rest of the batch at once; a pause between batches.
+    Some(if state.pending.is_empty() {
+        state.args.pause
+    } else {
+        Duration::ZERO
+    })
+}
+
+async fn save_cursor(state: &OptimizerState) {
+    let args = &state.args;
+    if let Err(e) = save(&args.cursor_path, args.media.tmp_dir(), &state.cursor).await {
         tracing::warn!(error = %e, path = %args.cursor_path.display(), "the optimizer could not keep its place");
     }
-    Some(args.pause)
 }
 
 /// Computes the placeholder of an image stored before placeholders existed, from its
@@ -269,7 +284,7 @@ fn busy(args: &OptimizerArgs) -> bool {
     args.decode_slots.available_permits() < args.decoders || args.variants.making() > 0
 }
 
-async fn load(path: &std::path::Path) -> io::Result<Option<Cursor>> {
+async fn load(path: &Path) -> io::Result<Option<Cursor>> {
     match tokio::fs::read(path).await {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
@@ -279,17 +294,19 @@ async fn load(path: &std::path::Path) -> io::Result<Option<Cursor>> {
     }
 }
 
-/// Replaces the file whole (a temp file renamed over it), so a crash leaves the old place
-/// or the new one, never half of one.
-async fn save(path: &std::path::Path, cursor: &Cursor) -> io::Result<()> {
+/// Replaces the file whole (a temp file in `tmp`, which is emptied at start, renamed over
+/// it), so a crash leaves the old place or the new one, never half of one.
+async fn save(path: &Path, tmp: &Path, cursor: &Cursor) -> io::Result<()> {
     let json = serde_json::to_vec(cursor).map_err(io::Error::other)?;
-    let path = path.to_owned();
+    let (path, tmp) = (path.to_owned(), tmp.to_owned());
     tokio::task::spawn_blocking(move || {
-        let dir = path.parent().unwrap_or(std::path::Path::new("."));
-        let mut staged = tempfile::NamedTempFile::new_in(dir)?;
+        let mut staged = tempfile::NamedTempFile::new_in(tmp)?;
         io::Write::write_all(&mut staged, &json)?;
         staged.as_file().sync_all()?;
         staged.persist(&path).map_err(|e| e.error)?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
         Ok(())
     })
     .await

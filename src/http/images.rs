@@ -67,7 +67,8 @@ struct UploadForm {
 /// with a `file` part. The body is streamed to disk; the content is checked by its magic
 /// bytes and a decode under limits, whatever its declared type. What is stored keeps only
 /// the EXIF orientation and the ICC profile of its metadata (GPS, camera, XMP, IPTC and
-/// text go; the pixels are untouched), and is named by its own sha1.
+/// text go; the pixels are untouched), and is named by the sha1 of what is stored (a PNG
+/// the optimizer later recompresses losslessly keeps that name).
 #[utoipa::path(
     post, path = "/v1/images", tag = "images",
     params(UploadQuery),

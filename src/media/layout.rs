@@ -232,19 +232,23 @@ impl MediaRoot {
         Ok(opened)
     }
 
-    /// Replaces a stored original's bytes (a lossless recompression): durably, under a
-    /// temp name first, then renamed over it, so a reader sees the old file or the new
-    /// one whole. Returns `false`, writing nothing, if the original is gone (deleted
-    /// meanwhile). Blocking.
+    /// Replaces a stored original's bytes (a lossless recompression): written durably
+    /// under a temp name first, then swapped with the original in one step, so a reader
+    /// sees the old file or the new one whole. Returns `false`, changing nothing, if the
+    /// original is gone: the swap needs both files, so an image deleted meanwhile never
+    /// comes back (a rename over it would bring it back without a record). Blocking.
     pub fn replace(&self, name: &ImageName, bytes: &[u8]) -> io::Result<bool> {
         let target = self.path_of(name);
         let mut staged = tempfile::NamedTempFile::new_in(&self.tmp)?;
         io::Write::write_all(&mut staged, bytes)?;
         staged.as_file().sync_all()?;
-        if !target.exists() {
-            return Ok(false);
+        // After the swap the temp path holds the old bytes; dropping it deletes them.
+        let staged = staged.into_temp_path();
+        match exchange(&staged, &target) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
         }
-        staged.persist(&target).map_err(|e| e.error)?;
         if let Some(dir) = target.parent() {
             std::fs::File::open(dir)?.sync_all()?;
         }
@@ -287,5 +291,65 @@ impl MediaRoot {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
+    }
+}
+
+/// Swaps two files atomically (`renameat2` with `RENAME_EXCHANGE`); `NotFound` if either
+/// is missing.
+#[cfg(target_os = "linux")]
+fn exchange(a: &Path, b: &Path) -> io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let (a, b) = (
+        CString::new(a.as_os_str().as_bytes())?,
+        CString::new(b.as_os_str().as_bytes())?,
+    );
+    // SAFETY: both are valid NUL-terminated strings that outlive the call; AT_FDCWD
+    // resolves relative paths as the std file APIs do.
+    let done = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if done == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Elsewhere, checked and then renamed: a deletion in between would bring the file back.
+#[cfg(not(target_os = "linux"))]
+fn exchange(a: &Path, b: &Path) -> io::Result<()> {
+    if !b.exists() {
+        return Err(io::ErrorKind::NotFound.into());
+    }
+    std::fs::rename(a, b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replacing_swaps_the_bytes_and_never_brings_a_deleted_file_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = MediaRoot::open(dir.path(), 0).unwrap();
+        let name = ImageName::parse(&format!("{}.png", "ab".repeat(20))).unwrap();
+        let path = root.path_of(&name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, b"the old bytes").unwrap();
+        assert!(root.replace(&name, b"new").unwrap());
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        // Deleted (as a DELETE would, between the optimizer's read and its swap).
+        std::fs::remove_file(&path).unwrap();
+        assert!(!root.replace(&name, b"newer").unwrap());
+        assert!(!path.exists());
+        // And no temp file stays behind either way.
+        assert_eq!(std::fs::read_dir(root.tmp_dir()).unwrap().count(), 0);
     }
 }

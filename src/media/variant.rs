@@ -151,8 +151,9 @@ impl Asked {
         }
         let size = |key: &str, raw: Option<&str>| -> Result<u32, String> {
             let Some(raw) = raw else { return Ok(0) };
-            raw.parse::<u32>()
-                .ok()
+            Some(raw)
+                .filter(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|r| r.parse::<u32>().ok())
                 .filter(|n| sizes.contains(n))
                 .ok_or_else(|| {
                     let allowed: Vec<String> = sizes.iter().map(u32::to_string).collect();

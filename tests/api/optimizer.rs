@@ -233,8 +233,8 @@ async fn recompression_keeps_the_name_the_pixels_and_the_profile_and_changes_the
         s.optimizer.eager.clear();
         s.optimizer.recompress = true;
         s.optimizer.pause_ms = 10;
-        // Passes one after another, so the uploads below are met by the next.
-        s.optimizer.rest_secs = 0;
+        // Passes a second apart, so the uploads below are met by the next.
+        s.optimizer.rest_secs = 1;
     })
     .await;
     let stored = |name: &str| {
