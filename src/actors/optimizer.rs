@@ -2,9 +2,10 @@
 //! off-peak (`optimizer.window`), so that the page's first requests find them made.
 //!
 //! It works in passes over every image (the store's scan order, read a batch at a time),
-//! one image per message and one variant at a time, and keeps its place in
+//! one image and one variant at a time, and keeps its place in
 //! `<data_dir>/optimizer.json` after each image, so a restart resumes the pass rather
-//! than starting it over, and a stop waits for one image's work at most. It yields to
+//! than starting it over. The work on an image runs in a task of its own that reports
+//! back, so the actor's mailbox stays free and a stop does not wait for it. It yields to
 //! traffic: between batches it pauses, and it waits while an upload is being decoded or
 //! a request is waiting for a variant. After a pass it rests `optimizer.rest_secs`; the next
 //! pass picks up images uploaded since (and variants removed since). Changing the eager
@@ -59,8 +60,10 @@ pub struct OptimizerArgs {
 }
 
 pub enum OptimizerMsg {
-    /// Do the next image, if the window is open and the server is not busy.
+    /// Start on the next image, if the window is open and the server is not busy.
     Step,
+    /// The work on this image is done (sent by the task doing it).
+    Done(ImageId),
 }
 
 /// The place in the pass, as kept on disk.
@@ -81,6 +84,8 @@ pub struct OptimizerState {
     cursor: Cursor,
     /// The rest of the batch read from the store, after `cursor.after`.
     pending: VecDeque<Image>,
+    /// An image is being worked on (by a task, which sends `Done`).
+    working: bool,
     next: Alarm<OptimizerMsg>,
 }
 
@@ -117,6 +122,7 @@ impl Actor for Optimizer {
             args,
             cursor,
             pending: VecDeque::new(),
+            working: false,
             next: Alarm::default(),
         })
     }
@@ -133,18 +139,36 @@ impl Actor for Optimizer {
     async fn handle(
         &self,
         myself: ActorRef<Self::Msg>,
-        OptimizerMsg::Step: OptimizerMsg,
+        msg: OptimizerMsg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        if let Some(after) = step(state).await {
+        let next = match msg {
+            // One image at a time: a Step while one is being worked on waits for its Done.
+            OptimizerMsg::Step if state.working => None,
+            OptimizerMsg::Step => step(state, &myself).await,
+            OptimizerMsg::Done(id) => {
+                state.working = false;
+                state.cursor.after = Some(id);
+                metrics::counter!("corral_optimizer_images_total").increment(1);
+                save_cursor(state).await;
+                // The rest of the batch at once; a pause between batches.
+                Some(if state.pending.is_empty() {
+                    state.args.pause
+                } else {
+                    Duration::ZERO
+                })
+            }
+        };
+        if let Some(after) = next {
             state.next.set(&myself, after, || OptimizerMsg::Step);
         }
         Ok(())
     }
 }
 
-/// One step; returns when to take the next (`None`: never, the window being `never`).
-async fn step(state: &mut OptimizerState) -> Option<Duration> {
+/// One step; returns when to take the next (`None`: never, the window being `never`, or
+/// when the image it started on is done).
+async fn step(state: &mut OptimizerState, myself: &ActorRef<OptimizerMsg>) -> Option<Duration> {
     let args = &state.args;
     let open = args.window.contains(chrono::Local::now().time());
     metrics::gauge!("corral_optimizer_in_window").set(if open { 1.0 } else { 0.0 });
@@ -175,7 +199,6 @@ async fn step(state: &mut OptimizerState) -> Option<Duration> {
             }
         }
     }
-    // One image a message, so a stop waits for one image's work at most.
     let Some(image) = state.pending.pop_front() else {
         state.cursor.finished_at = Some(Utc::now());
         metrics::counter!("corral_optimizer_passes_total").increment(1);
@@ -183,37 +206,42 @@ async fn step(state: &mut OptimizerState) -> Option<Duration> {
         save_cursor(state).await;
         return Some(IDLE.min(args.rest));
     };
-    if let Some(name) = ImageName::parse(&image.name) {
-        for (query, asked) in &args.eager {
-            match args
-                .variants
-                .ensure(&name, asked.recipe(image.format, false))
-                .await
-            {
-                Ok(()) => {}
-                // Deleted meanwhile.
-                Err(MediaError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    tracing::warn!(image = %image.id, variant = %query, error = %e, "the optimizer could not make a variant");
-                }
+    // The work runs in a task of its own, so that the actor stays free: a stop does not
+    // wait for it (what it leaves half done is redone: the place moves on at `Done`).
+    state.working = true;
+    let (args, myself, id) = (args.clone(), myself.clone(), image.id);
+    tokio::spawn(async move {
+        work_on(&args, &image).await;
+        let _ = myself.send_message(OptimizerMsg::Done(id));
+    });
+    None
+}
+
+/// Makes the image's missing eager variants, fills in its placeholder, recompresses it.
+async fn work_on(args: &OptimizerArgs, image: &Image) {
+    let Some(name) = ImageName::parse(&image.name) else {
+        return;
+    };
+    for (query, asked) in &args.eager {
+        match args
+            .variants
+            .ensure(&name, asked.recipe(image.format, false))
+            .await
+        {
+            Ok(()) => {}
+            // Deleted meanwhile.
+            Err(MediaError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(image = %image.id, variant = %query, error = %e, "the optimizer could not make a variant");
             }
         }
-        if image.blurhash.is_none() {
-            fill_placeholder(args, image.id, name.clone()).await;
-        }
-        if args.recompress {
-            recompress(args.media.clone(), name, args.limits).await;
-        }
     }
-    state.cursor.after = Some(image.id);
-    metrics::counter!("corral_optimizer_images_total").increment(1);
-    save_cursor(state).await;
-    // The rest of the batch at once; a pause between batches.
-    Some(if state.pending.is_empty() {
-        state.args.pause
-    } else {
-        Duration::ZERO
-    })
+    if image.blurhash.is_none() {
+        fill_placeholder(args, image.id, name.clone()).await;
+    }
+    if args.recompress {
+        recompress(args.media.clone(), name, args.limits).await;
+    }
 }
 
 async fn save_cursor(state: &OptimizerState) {

@@ -29,7 +29,7 @@ use crate::domain::{ImageFormat, ImageName};
 const TIMEOUT: Duration = Duration::from_secs(10);
 /// Pictures whose decoded pixels take more than this share of `max_decode_bytes` are
 /// left alone: oxipng holds the pixels and its trials, and the check decodes both files.
-const MAX_SHARE_OF_DECODE: u64 = 4;
+const MAX_SHARE_OF_DECODE: u64 = 8;
 
 /// What a try did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
