@@ -95,7 +95,15 @@ pub fn inspect(path: &Path, limits: DecodeLimits) -> Result<Inspected, MediaErro
             }
             // Through IEND: a PNG cut after its pixel data is truncated too.
             rows.finish().map_err(|e| corrupt(&e))?;
-            (grid.and_then(Shrinker::finish), Orientation::NoTransforms)
+            // An eXIf chunk's orientation (hygiene keeps it), as viewers and the variant
+            // maker apply it.
+            let orientation = rows
+                .info()
+                .exif_metadata
+                .as_deref()
+                .and_then(Orientation::from_exif_chunk)
+                .unwrap_or(Orientation::NoTransforms);
+            (grid.and_then(|g| g.finish(orientation)), orientation)
         }
         _ => {
             let mut decoder = reader(path, format, limits)?

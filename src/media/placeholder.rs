@@ -69,14 +69,19 @@ impl Shrinker {
         }
     }
 
-    pub fn finish(self) -> Option<String> {
+    /// The hash of the grid, turned upright by `orientation`.
+    pub fn finish(self, orientation: Orientation) -> Option<String> {
         let rgba: Vec<u8> = self
             .sums
             .iter()
             .zip(&self.counts)
             .flat_map(|(sum, &n)| sum.map(|s| (s / n.max(1)) as u8))
             .collect();
-        encode(self.grid.0, self.grid.1, &rgba)
+        let mut grid =
+            DynamicImage::ImageRgba8(image::RgbaImage::from_raw(self.grid.0, self.grid.1, rgba)?);
+        grid.apply_orientation(orientation);
+        let grid = grid.to_rgba8();
+        encode(grid.width(), grid.height(), grid.as_raw())
     }
 }
 
@@ -106,7 +111,7 @@ mod tests {
         for y in 0..200 {
             rows.add_row(y, |x| picture.get_pixel(x as u32, y).0);
         }
-        let streamed = rows.finish().expect("a hash");
+        let streamed = rows.finish(Orientation::NoTransforms).expect("a hash");
         let whole = of_picture(
             &DynamicImage::ImageRgba8(picture),
             Orientation::NoTransforms,

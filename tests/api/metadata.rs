@@ -180,6 +180,47 @@ async fn png_text_and_time_chunks_are_removed() {
     assert!(png.exif().is_none());
 }
 
+/// A PNG stored on its side (eXIf orientation 6) is as wide as it is tall upright, in
+/// its JSON and its placeholder, as in its variants; the orientation is kept.
+#[tokio::test]
+async fn a_png_on_its_side_reports_its_upright_size() {
+    let app = TestApp::spawn().await;
+    let plain = png(40, 20, 43);
+    let mut turned = plain[..33].to_vec();
+    turned.extend(png_chunk(b"eXIf", &phone_exif(6, "PhoneMaker")));
+    turned.extend_from_slice(&plain[33..]);
+    let response = app.upload_raw(turned, "image/png").await;
+    assert_eq!(response.status(), 201);
+    let image: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        (image["width"].as_u64(), image["height"].as_u64()),
+        (Some(20), Some(40))
+    );
+    // A BlurHash's first character encodes its components: 3 across, 4 down for a
+    // portrait picture (4 x 3 for a landscape one would be 'L').
+    assert!(
+        image["blurhash"]
+            .as_str()
+            .is_some_and(|h| h.starts_with('T')),
+        "{image}"
+    );
+    let name = image["name"].as_str().unwrap();
+    let stored = Png::from_bytes(Bytes::from(served(&app, &format!("/i/{name}")).await)).unwrap();
+    let exif = stored.exif().expect("the orientation is kept");
+    assert_eq!(
+        image::metadata::Orientation::from_exif_chunk(&exif),
+        Some(image::metadata::Orientation::Rotate90)
+    );
+    let variant = served(&app, &format!("/i/{name}?w=64&format=png")).await;
+    assert_eq!(
+        image::load_from_memory(&variant)
+            .unwrap()
+            .to_rgb8()
+            .dimensions(),
+        (20, 40)
+    );
+}
+
 #[tokio::test]
 async fn webp_exif_and_xmp_go_and_their_flags_with_them() {
     let app = TestApp::spawn().await;
