@@ -12,6 +12,23 @@ use crate::domain::reservoir::Reservoir;
 use crate::domain::{ImageId, ImageSummary};
 use crate::store::SharedStore;
 
+/// Up to `count` distinct positions in `0..len`, at random, or as a function of `seed`.
+fn indices(len: usize, count: usize, seed: Option<&str>) -> rand::seq::index::IndexVec {
+    let amount = count.min(len);
+    match seed {
+        None => rand::seq::index::sample(&mut rand::rng(), len, amount),
+        Some(seed) => {
+            use rand::SeedableRng;
+            use sha1::Digest;
+            let digest = sha1::Sha1::digest(seed.as_bytes());
+            let mut first = [0u8; 8];
+            first.copy_from_slice(&digest[..8]);
+            let mut rng = rand::rngs::StdRng::seed_from_u64(u64::from_le_bytes(first));
+            rand::seq::index::sample(&mut rng, len, amount)
+        }
+    }
+}
+
 /// Rows read per page while filling the reservoir at start.
 const FILL_PAGE: usize = 1000;
 
@@ -34,13 +51,21 @@ impl Sample {
     }
 
     /// Calls `each` on up to `count` distinct entries, without cloning them (for the hot
-    /// `/random` route).
-    pub fn pick_each(&self, count: usize, mut each: impl FnMut(&ImageSummary)) {
+    /// `/random` route). With a `seed` the pick is a function of the seed and the current
+    /// snapshot: the same seed picks the same entries, in the same order, until the
+    /// sample changes.
+    pub fn pick_each(&self, count: usize, seed: Option<&str>, mut each: impl FnMut(&ImageSummary)) {
         let snapshot = self.0.load();
-        let amount = count.min(snapshot.len());
-        for i in rand::seq::index::sample(&mut rand::rng(), snapshot.len(), amount) {
+        for i in indices(snapshot.len(), count, seed) {
             each(&snapshot[i]);
         }
+    }
+
+    /// One entry, picked as [`Sample::pick_each`] picks, if the sample has any.
+    pub fn pick_one(&self, seed: Option<&str>) -> Option<Arc<ImageSummary>> {
+        let snapshot = self.0.load();
+        let i = indices(snapshot.len(), 1, seed).into_iter().next()?;
+        Some(snapshot[i].clone())
     }
 
     /// Whether the sample has been filled from the store at least once (for `/readyz`).

@@ -22,7 +22,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::echo;
-use super::extract::ApiPath;
+use super::extract::{ApiPath, ApiQuery};
 use super::{ApiError, AppState};
 use crate::domain::ImageName;
 use crate::media::{Asked, MediaError, Opened, Recipe, StoredFile};
@@ -32,7 +32,76 @@ const CHUNK: usize = 256 * 1024;
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(serve_file))
+    OpenApiRouter::new()
+        .routes(routes!(serve_file))
+        .routes(routes!(random_file))
+}
+
+/// Asks for a random image's file.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct RandomFileQuery {
+    /// Makes the pick reproducible, as on `/v1/images/random`: 1 to 64 characters.
+    #[param(min_length = 1, max_length = 64)]
+    seed: Option<String>,
+    /// A variant of this width (one of `images.variant_sizes`), passed on to `/i/{name}`.
+    #[param(value_type = Option<u32>)]
+    w: Option<String>,
+    /// The variant's format, passed on to `/i/{name}` (needs `w`).
+    #[param(value_type = Option<String>, pattern = "^(jpeg|png|webp|gif|auto)$")]
+    format: Option<String>,
+}
+
+/// A random image's file, by redirect.
+///
+/// `302 Found` to `/i/{name}` of an image drawn from the in-memory sample (with `w` and
+/// `format` passed on), with `Cache-Control: no-store`: `<img src="/i/random?w=256&format=auto">`
+/// shows another image on each load, while the file it lands on stays cacheable forever.
+#[utoipa::path(
+    get, path = "/i/random", tag = "images",
+    params(RandomFileQuery),
+    responses(
+        (status = 302, description = "To the file", headers(
+            ("location" = String, description = "`/i/{name}`, with `w` and `format` when given"),
+            ("cache-control" = String, description = "`no-store`"),
+        )),
+        (status = 400, description = "A bad seed, width or format", body = super::error::ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No images yet", body = super::error::ProblemDoc, content_type = "application/problem+json"),
+    ),
+)]
+async fn random_file(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<RandomFileQuery>,
+) -> Result<Response, ApiError> {
+    let seed = super::images::checked_seed(query.seed.as_deref())?;
+    let sizes = &state.settings.images.variant_sizes;
+    let (w, format) = (query.w.as_deref(), query.format.as_deref());
+    let variant = Asked::parse(w, None, None, format, sizes)
+        .map_err(ApiError::BadRequest)?
+        .is_some();
+    let picked = state
+        .actors
+        .sample
+        .pick_one(seed)
+        .ok_or_else(|| ApiError::not_found("there are no images yet"))?;
+    let mut location = format!("{}/i/{}", state.settings.http.public_url, picked.name);
+    if let (true, Some(w)) = (variant, w) {
+        location.push_str(&format!("?w={w}"));
+        if let Some(format) = format {
+            location.push_str(&format!("&format={format}"));
+        }
+    }
+    let location = HeaderValue::from_str(&location)
+        .map_err(|e| ApiError::internal("the location header", e))?;
+    Ok((
+        StatusCode::FOUND,
+        [
+            (header::LOCATION, location),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+    )
+        .into_response())
 }
 
 /// Asks for a variant of the image instead of the original. With none of these, the

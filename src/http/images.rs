@@ -322,18 +322,34 @@ struct RandomQuery {
     /// How many distinct images, 1 to 100 (default 1).
     #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
     count: Option<String>,
+    /// Makes the pick reproducible: the same seed gives the same images, in the same
+    /// order, while the server's sample is unchanged (an upload, a delete or a restart
+    /// may change it). 1 to 64 characters.
+    #[param(min_length = 1, max_length = 64)]
+    seed: Option<String>,
+}
+
+/// `seed` checked: 1 to 64 characters.
+pub(super) fn checked_seed(seed: Option<&str>) -> Result<Option<&str>, ApiError> {
+    match seed {
+        Some(seed) if seed.is_empty() || seed.chars().count() > 64 => Err(ApiError::BadRequest(
+            format!("seed must be 1 to 64 characters, not {}", echo(seed)),
+        )),
+        seed => Ok(seed),
+    }
 }
 
 /// Random images.
 ///
-/// Up to `count` distinct images drawn from the in-memory sample (fewer when fewer exist).
-/// Never cached; the files the URLs point to are cached forever.
+/// Up to `count` distinct images drawn from the in-memory sample (fewer when fewer exist),
+/// at random or, with `seed`, reproducibly. Never cached; the files the URLs point to are
+/// cached forever.
 #[utoipa::path(
     get, path = "/v1/images/random", tag = "images",
     params(RandomQuery),
     responses(
         (status = 200, description = "A random pick", body = RandomImages),
-        (status = 400, description = "count is not 1 to 100", body = super::error::ProblemDoc, content_type = "application/problem+json"),
+        (status = 400, description = "count is not 1 to 100, or seed is not 1 to 64 characters", body = super::error::ProblemDoc, content_type = "application/problem+json"),
     ),
 )]
 async fn random(
@@ -359,7 +375,8 @@ async fn random(
     let mut body = Vec::with_capacity(16 + count * 192);
     body.extend_from_slice(b"{\"images\":[");
     let mut first = true;
-    state.actors.sample.pick_each(count, |s| {
+    let seed = checked_seed(query.seed.as_deref())?;
+    state.actors.sample.pick_each(count, seed, |s| {
         if !std::mem::take(&mut first) {
             body.push(b',');
         }

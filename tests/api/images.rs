@@ -709,3 +709,96 @@ async fn uploads_need_a_session_unless_anonymous_uploads_are_on() {
         .unwrap();
     assert_eq!(anonymous.status(), 201);
 }
+
+/// The ids `/v1/images/random` answers with `query`, in order.
+async fn random_ids(app: &TestApp, query: &str) -> Vec<String> {
+    let body: Value = app
+        .get(&format!("/v1/images/random?{query}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    body["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_seed_picks_the_same_images_while_the_sample_is_the_same() {
+    let app = TestApp::spawn().await;
+    for seed in 0..12 {
+        app.upload_png(png(6, 6, 300 + seed)).await;
+    }
+    let first = random_ids(&app, "count=5&seed=llamas").await;
+    assert_eq!(first.len(), 5);
+    assert_eq!(first.iter().collect::<HashSet<_>>().len(), 5);
+    for _ in 0..3 {
+        assert_eq!(random_ids(&app, "count=5&seed=llamas").await, first);
+    }
+    // Without a seed, 20 draws of 5 out of 12 all in the seeded order would be a fluke.
+    let mut unseeded = HashSet::new();
+    for _ in 0..20 {
+        unseeded.insert(random_ids(&app, "count=5").await);
+    }
+    assert!(unseeded.len() > 1);
+    let long = "s".repeat(65);
+    for bad in ["seed=", &format!("seed={long}")] {
+        problem(app.get(&format!("/v1/images/random?{bad}")).await, 400).await;
+    }
+}
+
+#[tokio::test]
+async fn i_random_redirects_to_an_immutable_file_and_is_never_cached() {
+    let app = TestApp::spawn().await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let get = |path: &str| client.get(app.url(path)).send();
+    problem(get("/i/random").await.unwrap(), 404).await;
+
+    let mut names = HashSet::new();
+    for seed in 0..4 {
+        let image = app.upload_png(png(80, 40, 400 + seed)).await;
+        names.insert(image["name"].as_str().unwrap().to_owned());
+    }
+    let redirect = get("/i/random").await.unwrap();
+    assert_eq!(redirect.status(), 302);
+    assert_eq!(redirect.headers()["cache-control"], "no-store");
+    let location = redirect.headers()["location"].to_str().unwrap().to_owned();
+    let name = location.strip_prefix("/i/").expect("a file URL");
+    assert!(names.contains(name), "{location}");
+    let file = get(&location).await.unwrap();
+    assert_eq!(file.status(), 200);
+    assert_eq!(
+        file.headers()["cache-control"],
+        "public, max-age=31536000, immutable"
+    );
+
+    // A variant's width and format are passed on; a seed makes it reproducible.
+    let seeded = |query: &'static str| {
+        let request = client.get(app.url(&format!("/i/random?{query}")));
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 302, "{query}");
+            response.headers()["location"].to_str().unwrap().to_owned()
+        }
+    };
+    let small = seeded("w=64&format=auto&seed=x").await;
+    assert!(small.ends_with("?w=64&format=auto"), "{small}");
+    assert_eq!(seeded("w=64&format=auto&seed=x").await, small);
+    let variant = client.get(app.url(&small)).send().await.unwrap();
+    assert_eq!(variant.status(), 200);
+    for bad in [
+        "w=63",
+        "format=webp",
+        "w=64&format=tiff",
+        "size=64",
+        "seed=",
+    ] {
+        problem(get(&format!("/i/random?{bad}")).await.unwrap(), 400).await;
+    }
+}

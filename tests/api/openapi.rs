@@ -13,6 +13,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/images/{id}"),
     ("patch", "/v1/images/{id}"),
     ("delete", "/v1/images/{id}"),
+    ("get", "/i/random"),
     ("get", "/i/{name}"),
     ("post", "/v1/users"),
     ("get", "/v1/users/me"),
