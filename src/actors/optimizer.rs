@@ -86,6 +86,9 @@ pub struct OptimizerState {
     pending: VecDeque<Image>,
     /// An image is being worked on (by a task, which sends `Done`).
     working: bool,
+    /// That task, aborted when the actor stops (so a restarted optimizer does not work
+    /// beside it; a blocking step under way, such as oxipng, still runs to its end).
+    work: Option<tokio::task::AbortHandle>,
     next: Alarm<OptimizerMsg>,
 }
 
@@ -123,6 +126,7 @@ impl Actor for Optimizer {
             cursor,
             pending: VecDeque::new(),
             working: false,
+            work: None,
             next: Alarm::default(),
         })
     }
@@ -133,6 +137,9 @@ impl Actor for Optimizer {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         state.next.clear();
+        if let Some(work) = state.work.take() {
+            work.abort();
+        }
         Ok(())
     }
 
@@ -148,6 +155,7 @@ impl Actor for Optimizer {
             OptimizerMsg::Step => step(state, &myself).await,
             OptimizerMsg::Done(id) => {
                 state.working = false;
+                state.work = None;
                 state.cursor.after = Some(id);
                 metrics::counter!("corral_optimizer_images_total").increment(1);
                 save_cursor(state).await;
@@ -210,8 +218,15 @@ async fn step(state: &mut OptimizerState, myself: &ActorRef<OptimizerMsg>) -> Op
     // wait for it (what it leaves half done is redone: the place moves on at `Done`).
     state.working = true;
     let (args, myself, id) = (args.clone(), myself.clone(), image.id);
+    let work = tokio::spawn(async move { work_on(&args, &image).await });
+    state.work = Some(work.abort_handle());
+    // Done however the work ends (a panic included), so the pass never stalls.
     tokio::spawn(async move {
-        work_on(&args, &image).await;
+        if let Err(e) = work.await
+            && e.is_panic()
+        {
+            tracing::error!(image = %id, "the optimizer's work on an image panicked");
+        }
         let _ = myself.send_message(OptimizerMsg::Done(id));
     });
     None

@@ -82,6 +82,15 @@ pub fn inspect(path: &Path, limits: DecodeLimits) -> Result<Inspected, MediaErro
             let mut decoder = png::Decoder::new_with_limits(file, limits);
             decoder.set_transformations(png::Transformations::normalize_to_color8());
             let mut rows = decoder.read_info().map_err(|e| corrupt(&e))?;
+            // An eXIf chunk's orientation (hygiene keeps it), as viewers and the variant
+            // maker (image's decoder) apply it: from before the image data only, where the
+            // PNG spec puts it.
+            let orientation = rows
+                .info()
+                .exif_metadata
+                .as_deref()
+                .and_then(Orientation::from_exif_chunk)
+                .unwrap_or(Orientation::NoTransforms);
             let (color, _) = rows.output_color_type();
             // (An interlaced PNG's rows come in seven passes: it gets no placeholder.)
             let mut grid = (!rows.info().interlaced).then(|| Shrinker::new(width, height));
@@ -95,14 +104,6 @@ pub fn inspect(path: &Path, limits: DecodeLimits) -> Result<Inspected, MediaErro
             }
             // Through IEND: a PNG cut after its pixel data is truncated too.
             rows.finish().map_err(|e| corrupt(&e))?;
-            // An eXIf chunk's orientation (hygiene keeps it), as viewers and the variant
-            // maker apply it.
-            let orientation = rows
-                .info()
-                .exif_metadata
-                .as_deref()
-                .and_then(Orientation::from_exif_chunk)
-                .unwrap_or(Orientation::NoTransforms);
             (grid.and_then(|g| g.finish(orientation)), orientation)
         }
         _ => {

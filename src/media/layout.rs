@@ -266,6 +266,26 @@ impl MediaRoot {
         self.recompression_mark(name).exists()
     }
 
+    /// Removes the mark, and its directory if nothing else is in it.
+    pub fn unmark_recompression(&self, name: &ImageName) -> io::Result<()> {
+        self.remove_derived(&self.recompression_mark(name))
+    }
+
+    /// Removes a file made from an original (a variant, a mark) whose original went while
+    /// it was made, and its directory if that is now empty. Never the original: one there
+    /// now may be an identical upload's, made since.
+    pub fn remove_derived(&self, path: &Path) -> io::Result<()> {
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        if let Some(dir) = path.parent() {
+            // Fails (and is left) when not empty or already gone: both fine.
+            let _ = std::fs::remove_dir(dir);
+        }
+        Ok(())
+    }
+
     pub fn mark_recompression_tried(&self, name: &ImageName) -> io::Result<()> {
         let mark = self.recompression_mark(name);
         if let Some(dir) = mark.parent() {
@@ -300,9 +320,10 @@ impl MediaRoot {
 fn exchange(a: &Path, b: &Path) -> io::Result<()> {
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
+    let (a_path, b_path) = (a, b);
     let (a, b) = (
-        CString::new(a.as_os_str().as_bytes())?,
-        CString::new(b.as_os_str().as_bytes())?,
+        CString::new(a_path.as_os_str().as_bytes())?,
+        CString::new(b_path.as_os_str().as_bytes())?,
     );
     // SAFETY: both are valid NUL-terminated strings that outlive the call; AT_FDCWD
     // resolves relative paths as the std file APIs do.
@@ -316,10 +337,17 @@ fn exchange(a: &Path, b: &Path) -> io::Result<()> {
         )
     };
     if done == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
+        return Ok(());
     }
+    let error = io::Error::last_os_error();
+    if error.raw_os_error() == Some(libc::EINVAL) {
+        // A filesystem without RENAME_EXCHANGE (NFS, say): checked, then renamed.
+        if !b_path.exists() {
+            return Err(io::ErrorKind::NotFound.into());
+        }
+        return std::fs::rename(a_path, b_path);
+    }
+    Err(error)
 }
 
 /// Elsewhere, checked and then renamed: a deletion in between would bring the file back.

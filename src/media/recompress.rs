@@ -52,18 +52,24 @@ pub fn recompress(
     if name.format() != ImageFormat::Png || root.recompression_tried(name) {
         return Ok(Recompressed::Skipped);
     }
-    let original = match std::fs::read(root.path_of(name)) {
+    let path = root.path_of(name);
+    let file = match std::fs::File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Recompressed::Skipped),
+        Err(e) => return Err(e.into()),
+    };
+    // From the header alone. Not marked: with a higher limit it is tried.
+    let decoded_size = image::codecs::png::PngDecoder::new(std::io::BufReader::new(file))
+        .map(|d| image::ImageDecoder::total_bytes(&d))
+        .map_err(|e| MediaError::Invalid(format!("the stored PNG is unreadable: {e}")))?;
+    if decoded_size > limits.max_alloc / MAX_SHARE_OF_DECODE {
+        return Ok(Recompressed::Skipped);
+    }
+    let original = match std::fs::read(&path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Recompressed::Skipped),
         Err(e) => return Err(e.into()),
     };
-    let decoded_size = image::codecs::png::PngDecoder::new(Cursor::new(&original))
-        .map(|d| image::ImageDecoder::total_bytes(&d))
-        .map_err(|e| MediaError::Invalid(format!("the stored PNG is unreadable: {e}")))?;
-    if decoded_size > limits.max_alloc / MAX_SHARE_OF_DECODE {
-        mark(root, name)?;
-        return Ok(Recompressed::Kept);
-    }
     let mut options = oxipng::Options::from_preset(2);
     options.max_decompressed_size = usize::try_from(limits.max_alloc).ok();
     options.timeout = Some(TIMEOUT);
@@ -93,12 +99,13 @@ pub fn recompress(
     Ok(outcome)
 }
 
-/// Marks the try; if the image was deleted meanwhile, removes what the mark brought
-/// back (deleting removes the original first, then the directory the mark is in).
+/// Marks the try; if the image was deleted meanwhile, takes the mark back (deleting
+/// removes the original first, then the directory the mark is in). Only the mark: the
+/// original now there may be an identical upload's, made since.
 fn mark(root: &MediaRoot, name: &ImageName) -> Result<(), MediaError> {
     root.mark_recompression_tried(name)?;
     if !root.path_of(name).exists() {
-        root.remove(name)?;
+        root.unmark_recompression(name)?;
     }
     Ok(())
 }

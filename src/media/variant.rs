@@ -370,7 +370,7 @@ impl Variants {
             // the original first, then its variants, so either that removal saw this
             // file, or this check sees the original gone.
             if !original.exists() {
-                root.remove(&source)?;
+                root.remove_derived(&root.file_path(&file))?;
                 return Err(io::Error::from(io::ErrorKind::NotFound).into());
             }
             Ok(true)

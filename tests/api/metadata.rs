@@ -219,6 +219,30 @@ async fn a_png_on_its_side_reports_its_upright_size() {
             .dimensions(),
         (20, 40)
     );
+
+    // After the image data, where the PNG spec does not allow it, it is not applied:
+    // not to the size, nor (by the decoder that makes them) to variants.
+    let plain = png(40, 20, 44);
+    let iend = plain.len() - 12;
+    let mut late = plain[..iend].to_vec();
+    late.extend(png_chunk(b"eXIf", &phone_exif(6, "PhoneMaker")));
+    late.extend_from_slice(&plain[iend..]);
+    let response = app.upload_raw(late, "image/png").await;
+    assert_eq!(response.status(), 201);
+    let image: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        (image["width"].as_u64(), image["height"].as_u64()),
+        (Some(40), Some(20))
+    );
+    let name = image["name"].as_str().unwrap();
+    let variant = served(&app, &format!("/i/{name}?w=64&format=png")).await;
+    assert_eq!(
+        image::load_from_memory(&variant)
+            .unwrap()
+            .to_rgb8()
+            .dimensions(),
+        (40, 20)
+    );
 }
 
 #[tokio::test]
