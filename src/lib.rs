@@ -146,6 +146,7 @@ impl App {
                 decode_slots: decode_slots.clone(),
                 image_pool: actors.image_pool.clone(),
                 hub: actors.hub.clone(),
+                names: actors::uploads::NameLocks::default(),
             },
             hub: HubArgs {
                 public_url: settings.http.public_url.clone(),

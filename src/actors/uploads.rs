@@ -62,7 +62,8 @@ pub enum UploadMsg {
         reply: RpcReplyPort<Result<Ingested, IngestError>>,
     },
     /// Remove an image's record, and its file once no record shares it. Keyed by the
-    /// image's sha1 like ingests, so it never races an upload of the same content.
+    /// image's sha1 like ingests, so it never races an upload of the same content; the
+    /// name lock covers uploads cleaned to that content on other workers.
     Delete {
         id: ImageId,
         reply: RpcReplyPort<Result<Option<Image>, IngestError>>,
@@ -81,6 +82,31 @@ pub struct UploadDeps {
     pub image_pool: ActorSlot<ImagePoolMsg>,
     /// Told of each new image, for the WebSocket subscribers.
     pub hub: ActorSlot<HubMsg>,
+    /// Held by an upload from storing its file to writing its record, and by a delete
+    /// from its record to its file: see [`NameLocks`].
+    pub names: NameLocks,
+}
+
+/// Locks by stored name (striped). Workers are keyed by the sha1 of the bytes as
+/// uploaded, but hygiene can clean an upload to the name of other content (the same
+/// picture without its metadata), whose uploads and deletes run on another worker.
+/// Without this, a delete could remove the last file of a name between an upload of it
+/// finding the file there (and keeping it) and writing its record: a record without its
+/// file.
+#[derive(Clone)]
+pub struct NameLocks(Arc<[tokio::sync::Mutex<()>]>);
+
+impl Default for NameLocks {
+    fn default() -> Self {
+        Self((0..64).map(|_| tokio::sync::Mutex::new(())).collect())
+    }
+}
+
+impl NameLocks {
+    async fn lock(&self, name: &ImageName) -> tokio::sync::MutexGuard<'_, ()> {
+        let stripe = u8::from_str_radix(&name.sha1()[..2], 16).unwrap_or(0);
+        self.0[usize::from(stripe) % self.0.len()].lock().await
+    }
 }
 
 pub struct UploadWorker;
@@ -181,6 +207,7 @@ async fn ingest(
         return Err(IngestError::Abandoned);
     }
     let name = ImageName::new(sha1, inspected.format);
+    let _name_lock = deps.names.lock(&name).await;
     let media = deps.media.clone();
     let commit_name = name.clone();
     let committed = tokio::task::spawn_blocking(move || media.commit(staged.path, &commit_name))
@@ -232,6 +259,10 @@ async fn delete(deps: &UploadDeps, id: ImageId) -> Result<Option<Image>, IngestE
         return Ok(None);
     };
     let name = ImageName::parse(&image.name);
+    let _name_lock = match &name {
+        Some(name) => Some(deps.names.lock(name).await),
+        None => None,
+    };
     // Before the record goes, so a crash between the two cannot strand the file.
     if let Some(name) = name.clone() {
         let media = deps.media.clone();

@@ -339,3 +339,41 @@ async fn uploads_get_a_placeholder_in_their_json_and_in_random() {
             .all(|e| e["blurhash"].as_str().is_some_and(|h| h.len() == 28))
     );
 }
+
+/// Deleting the last image of some content while the same content arrives with metadata
+/// (so it is checked on another worker, and cleaned to the same stored name): whichever
+/// wins, an image the server answered 201 for has its file.
+#[tokio::test]
+async fn a_delete_racing_an_upload_of_the_same_content_leaves_no_record_without_its_file() {
+    let app = TestApp::spawn_with(|s| s.rate_limits.enabled = false).await;
+    for round in 0..40 {
+        let plain = png(8, 8, 500 + round);
+        let mut tagged = plain[..33].to_vec();
+        tagged.extend(png_chunk(b"tEXt", b"Comment\0a caption"));
+        tagged.extend_from_slice(&plain[33..]);
+        let first: serde_json::Value = app
+            .upload_raw(plain, "image/png")
+            .await
+            .json()
+            .await
+            .unwrap();
+        let id = first["id"].as_str().unwrap().to_owned();
+        let delete = app
+            .authed(reqwest::Method::DELETE, &format!("/v1/images/{id}"))
+            .send();
+        let upload = app.upload_raw(tagged, "image/png");
+        let (deleted, uploaded) = tokio::join!(delete, upload);
+        assert_eq!(deleted.unwrap().status(), 204);
+        assert_eq!(uploaded.status(), 201);
+        let second: serde_json::Value = uploaded.json().await.unwrap();
+        assert_eq!(second["name"], first["name"]);
+        let file = app
+            .get(&format!("/i/{}", second["name"].as_str().unwrap()))
+            .await;
+        assert_eq!(
+            file.status(),
+            200,
+            "round {round}: a record without its file"
+        );
+    }
+}
