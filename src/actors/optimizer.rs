@@ -261,7 +261,7 @@ async fn work_on(args: &OptimizerArgs, image: &Image) {
 
 async fn save_cursor(state: &OptimizerState) {
     let args = &state.args;
-    if let Err(e) = save(&args.cursor_path, args.media.tmp_dir(), &state.cursor).await {
+    if let Err(e) = save(&args.media, &args.cursor_path, &state.cursor).await {
         tracing::warn!(error = %e, path = %args.cursor_path.display(), "the optimizer could not keep its place");
     }
 }
@@ -339,19 +339,10 @@ async fn load(path: &Path) -> io::Result<Option<Cursor>> {
 
 /// Replaces the file whole (a temp file in `tmp`, which is emptied at start, renamed over
 /// it), so a crash leaves the old place or the new one, never half of one.
-async fn save(path: &Path, tmp: &Path, cursor: &Cursor) -> io::Result<()> {
+async fn save(media: &MediaRoot, path: &Path, cursor: &Cursor) -> io::Result<()> {
     let json = serde_json::to_vec(cursor).map_err(io::Error::other)?;
-    let (path, tmp) = (path.to_owned(), tmp.to_owned());
-    tokio::task::spawn_blocking(move || {
-        let mut staged = tempfile::NamedTempFile::new_in(tmp)?;
-        io::Write::write_all(&mut staged, &json)?;
-        staged.as_file().sync_all()?;
-        staged.persist(&path).map_err(|e| e.error)?;
-        if let Some(dir) = path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
-    })
-    .await
-    .map_err(io::Error::other)?
+    let (media, path) = (media.clone(), path.to_owned());
+    tokio::task::spawn_blocking(move || media.write_whole(&path, &json))
+        .await
+        .map_err(io::Error::other)?
 }

@@ -187,12 +187,19 @@ pub(super) fn reader(
         ImageFormat::Gif => image::ImageFormat::Gif,
         ImageFormat::Webp => image::ImageFormat::WebP,
     });
-    let mut image_limits = Limits::default();
-    image_limits.max_image_width = Some(limits.max_width);
-    image_limits.max_image_height = Some(limits.max_height);
-    image_limits.max_alloc = Some(limits.max_alloc);
-    reader.limits(image_limits);
+    reader.limits(limits.for_image());
     Ok(reader)
+}
+
+impl DecodeLimits {
+    /// The same bounds, as the `image` crate takes them.
+    pub(super) fn for_image(self) -> Limits {
+        let mut image_limits = Limits::default();
+        image_limits.max_image_width = Some(self.max_width);
+        image_limits.max_image_height = Some(self.max_height);
+        image_limits.max_alloc = Some(self.max_alloc);
+        image_limits
+    }
 }
 
 /// JPEG marker codes the structure walk needs (each follows a 0xFF byte).

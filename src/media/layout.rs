@@ -122,13 +122,23 @@ impl MediaRoot {
     /// can be made again, so unlike originals they need no intent. Blocking.
     pub fn store(&self, file: &StoredFile, bytes: &[u8]) -> io::Result<()> {
         let target = self.file_path(file);
-        let dir = target.parent().unwrap_or(&self.variants);
-        std::fs::create_dir_all(dir)?;
+        std::fs::create_dir_all(target.parent().unwrap_or(&self.variants))?;
+        self.write_whole(&target, bytes)
+    }
+
+    /// Writes `bytes` to `target` (in an existing directory under the data dir) so that a
+    /// crash leaves the old file or the new one, whole: written and fsynced under a temp
+    /// name in `tmp` (emptied at start), renamed into place, the directory fsynced.
+    /// Blocking.
+    pub fn write_whole(&self, target: &Path, bytes: &[u8]) -> io::Result<()> {
         let mut staged = tempfile::NamedTempFile::new_in(&self.tmp)?;
         io::Write::write_all(&mut staged, bytes)?;
         staged.as_file().sync_all()?;
-        staged.persist(&target).map_err(|e| e.error)?;
-        std::fs::File::open(dir)?.sync_all()
+        staged.persist(target).map_err(|e| e.error)?;
+        match target.parent() {
+            Some(dir) => std::fs::File::open(dir)?.sync_all(),
+            None => Ok(()),
+        }
     }
 
     /// Makes a fully written temp file durable and moves it into place under `name`,

@@ -17,7 +17,7 @@
 use std::io::Cursor;
 use std::time::Duration;
 
-use image::{DynamicImage, ImageReader, Limits};
+use image::{DynamicImage, ImageReader};
 
 use super::MediaError;
 use super::inspect::DecodeLimits;
@@ -178,11 +178,7 @@ fn rgba16(picture: &DynamicImage, x: u32, y: u32) -> Option<[u16; 4]> {
 
 fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<DynamicImage, MediaError> {
     let mut reader = ImageReader::with_format(Cursor::new(bytes), image::ImageFormat::Png);
-    let mut image_limits = Limits::default();
-    image_limits.max_image_width = Some(limits.max_width);
-    image_limits.max_image_height = Some(limits.max_height);
-    image_limits.max_alloc = Some(limits.max_alloc);
-    reader.limits(image_limits);
+    reader.limits(limits.for_image());
     reader
         .decode()
         .map_err(|e| MediaError::Invalid(format!("a PNG to compare is unreadable: {e}")))
