@@ -97,6 +97,7 @@ pub struct UploadSettings {
     pub min_rate_window_secs: u64,
     pub max_in_flight_per_client: usize,
     pub allow_anonymous: bool,
+    pub draft_ttl_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -406,6 +407,7 @@ impl Settings {
             "uploads.max_in_flight_per_client",
             u.max_in_flight_per_client as u64,
         )?;
+        positive("uploads.draft_ttl_secs", u.draft_ttl_secs)?;
         let h = &self.http;
         positive("http.header_read_timeout_secs", h.header_read_timeout_secs)?;
         positive("http.idle_timeout_secs", h.idle_timeout_secs)?;

@@ -14,7 +14,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::actors::uploads::{IngestError, Uploader, Uploaders, UploadsMsg, key_of};
 use crate::actors::{ActorSlot, Ingested, UploadMsg};
-use crate::domain::{Held, Image, ImageId, Tags, User, UserId};
+use chrono::{DateTime, Utc};
+
+use crate::actors::ImagePoolMsg;
+use crate::domain::{Draft, Held, Image, ImageId, Tags, User, UserId, Viewer, claim_hash};
 use crate::media::StagedUpload;
 use crate::store::{SharedStore, StoreError};
 
@@ -47,6 +50,15 @@ pub struct UploadRules {
     pub max_in_flight_per_client: usize,
     /// How long a caller waits for a worker's answer (`uploads.process_timeout_secs`).
     pub process_timeout: Duration,
+    /// How long a draft waits to be attached (`uploads.draft_ttl_secs`).
+    pub draft_ttl: Duration,
+}
+
+/// One draft to attach: its id and, for an anonymous upload, its claim token.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub id: String,
+    pub token: Option<String>,
 }
 
 /// Cheap to clone: everything in it is shared.
@@ -54,6 +66,8 @@ pub struct UploadRules {
 pub struct Images {
     store: SharedStore,
     uploads: ActorSlot<UploadsMsg>,
+    /// Told when an image's tags change.
+    image_pool: ActorSlot<ImagePoolMsg>,
     /// One permit per upload in flight (`uploads.max_in_flight`).
     pool: Arc<Semaphore>,
     max_in_flight: usize,
@@ -72,12 +86,14 @@ impl Images {
     pub fn new(
         store: SharedStore,
         uploads: ActorSlot<UploadsMsg>,
+        image_pool: ActorSlot<ImagePoolMsg>,
         max_in_flight: usize,
         rules: UploadRules,
     ) -> Self {
         Self {
             store,
             uploads,
+            image_pool,
             pool: Arc::new(Semaphore::new(max_in_flight)),
             max_in_flight,
             uploaders: Uploaders::default(),
@@ -109,35 +125,69 @@ impl Images {
     }
 
     /// Checks, stores and records a staged upload; the workers announce the new image.
+    /// With `draft` it is stored as a draft, expiring after `uploads.draft_ttl_secs`, and
+    /// an anonymous one gets a claim token: returned here, shown once, stored hashed.
     pub async fn ingest(
         &self,
         admission: Admission,
         staged: StagedUpload,
         tags: Tags,
         owner: Option<UserId>,
-    ) -> Result<Ingested, ImagesError> {
+        draft: bool,
+    ) -> Result<(Ingested, Option<String>), ImagesError> {
         let key = staged.sha1;
         let Admission { _share, slot } = admission;
-        self.job(key, |reply| UploadMsg::Ingest {
-            staged,
-            tags,
-            owner,
-            permit: slot,
-            reply,
-        })
-        .await
+        let (token, draft) = match draft {
+            false => (None, None),
+            true => {
+                let (token, claim) = match owner {
+                    Some(_) => (None, None),
+                    None => {
+                        let (token, hash) = crate::domain::new_claim_token();
+                        (Some(token), Some(hash))
+                    }
+                };
+                let ttl = chrono::Duration::from_std(self.rules.draft_ttl)
+                    .unwrap_or(chrono::Duration::MAX);
+                let expires_at = Utc::now()
+                    .checked_add_signed(ttl)
+                    .unwrap_or(DateTime::<Utc>::MAX_UTC);
+                (token, Some(Draft { expires_at, claim }))
+            }
+        };
+        let ingested = self
+            .job(key, |reply| UploadMsg::Ingest {
+                staged,
+                tags,
+                owner,
+                draft,
+                permit: slot,
+                reply,
+            })
+            .await?;
+        Ok((ingested, token))
     }
 
-    /// The image `id`.
-    pub async fn find(&self, id: &str) -> Result<Image, ImagesError> {
+    /// The image `id`, if `viewer` may see it (a draft only its owner or claim holder;
+    /// an expired draft nobody).
+    pub async fn find(&self, id: &str, viewer: Viewer<'_>) -> Result<Image, ImagesError> {
         let missing = || ImagesError::NotFound(id.to_owned());
         let parsed: ImageId = id.parse().map_err(|_| missing())?;
-        self.store.get_image(parsed).await?.ok_or_else(missing)
+        let image = self.store.get_image(parsed).await?.ok_or_else(missing)?;
+        match image.visible_to(viewer, Utc::now()) {
+            true => Ok(image),
+            false => Err(missing()),
+        }
     }
 
-    /// An image `user` may change: their own, or any for an admin. Others' are not found.
+    /// An image `user` may change: their own, or any published one for an admin.
+    /// Others' are not found.
     pub async fn find_own(&self, id: &str, user: &User) -> Result<Image, ImagesError> {
-        let image = self.find(id).await?;
+        let viewer = Viewer {
+            user: Some(user),
+            claim: None,
+        };
+        let image = self.find(id, viewer).await?;
         if user.admin || image.owner == Some(user.id) {
             Ok(image)
         } else {
@@ -145,20 +195,100 @@ impl Images {
         }
     }
 
-    /// Replaces an image's tags.
+    /// Replaces an image's tags (and the sample's copy of them).
     pub async fn retag(&self, image: &Image, tags: &Tags) -> Result<Image, ImagesError> {
-        self.store
+        let image = self
+            .store
             .set_image_tags(image.id, tags)
             .await?
-            .ok_or_else(|| ImagesError::NotFound(image.id.to_string()))
+            .ok_or_else(|| ImagesError::NotFound(image.id.to_string()))?;
+        if let (false, Some(pool)) = (image.is_draft(), self.image_pool.get()) {
+            let _ = pool.cast(ImagePoolMsg::Update(image.summary()));
+        }
+        Ok(image)
+    }
+
+    /// Publishes drafts for `user`, all or none: each must be a live draft of theirs, or
+    /// an anonymous one with its claim token (or already attached to them: attaching
+    /// twice changes nothing). Any other id is not found, and nothing is attached.
+    /// `tags`, when given, replace the drafts' own.
+    pub async fn attach(
+        &self,
+        user: &User,
+        claims: &[Claim],
+        tags: Option<Tags>,
+    ) -> Result<Vec<Image>, ImagesError> {
+        let now = Utc::now();
+        let mut ids: Vec<ImageId> = Vec::with_capacity(claims.len());
+        for claim in claims {
+            let missing = || ImagesError::NotFound(claim.id.clone());
+            let id: ImageId = claim.id.parse().map_err(|_| missing())?;
+            let image = self.store.get_image(id).await?.ok_or_else(missing)?;
+            let allowed = match &image.draft {
+                Some(draft) => {
+                    draft.expires_at > now
+                        && (image.owner == Some(user.id)
+                            || (image.owner.is_none()
+                                && draft.claim.is_some()
+                                && claim.token.as_deref().map(claim_hash) == draft.claim))
+                }
+                None => image.owner == Some(user.id),
+            };
+            if !allowed {
+                return Err(missing());
+            }
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        let Some(first) = ids.first().copied() else {
+            return Ok(Vec::new());
+        };
+        let mut key = [0u8; 20];
+        key[..16].copy_from_slice(first.0.as_bytes());
+        let owner = user.id;
+        self.job(key, |reply| UploadMsg::Attach {
+            ids,
+            owner,
+            tags,
+            reply,
+        })
+        .await
     }
 
     /// Deletes an image, and its file once no other upload shares it.
     pub async fn delete(&self, image: &Image) -> Result<(), ImagesError> {
         let id = image.id;
-        self.job(key_of(image), |reply| UploadMsg::Delete { id, reply })
-            .await?;
+        self.job(key_of(image), |reply| UploadMsg::Delete {
+            id,
+            expired_before: None,
+            reply,
+        })
+        .await?;
         Ok(())
+    }
+
+    /// Deletes a draft that expired before `before` (the sweeper's job); whether it went.
+    pub async fn delete_expired(
+        &self,
+        id: ImageId,
+        before: DateTime<Utc>,
+    ) -> Result<bool, ImagesError> {
+        let Some(image) = self.store.get_image(id).await? else {
+            return Ok(false);
+        };
+        let deleted = self
+            .job(key_of(&image), |reply| UploadMsg::Delete {
+                id,
+                expired_before: Some(before),
+                reply,
+            })
+            .await?;
+        Ok(deleted.is_some())
+    }
+
+    pub fn store(&self) -> &SharedStore {
+        &self.store
     }
 
     /// Deletes every image `owner` uploaded.

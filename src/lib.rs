@@ -38,6 +38,7 @@ use actors::mailer::MailerArgs;
 use actors::optimizer::OptimizerArgs;
 use actors::scheduler::SchedulerArgs;
 use actors::supervisor::{RestartBudget, SupervisorArgs, SupervisorMsg};
+use actors::sweeper::{Sweeper, SweeperArgs};
 use actors::uploads::UploadDeps;
 use actors::{Actors, Supervisor};
 use config::{Backend, Settings};
@@ -135,6 +136,18 @@ impl App {
             .cloned()
             .zip(settings.eager_variants()?)
             .collect();
+        let draft_ttl = Duration::from_secs(settings.uploads.draft_ttl_secs);
+        let images = images::Images::new(
+            store.clone(),
+            actors.uploads.clone(),
+            actors.image_pool.clone(),
+            settings.uploads.max_in_flight,
+            images::UploadRules {
+                max_in_flight_per_client: settings.uploads.max_in_flight_per_client,
+                process_timeout: Duration::from_secs(settings.uploads.process_timeout_secs),
+                draft_ttl,
+            },
+        );
         let args = SupervisorArgs {
             store: store.clone(),
             actors: actors.clone(),
@@ -184,6 +197,10 @@ impl App {
                 decode_slots,
                 decoders: settings.upload_decoders(),
             },
+            sweeper: SweeperArgs {
+                images: images.clone(),
+                every: Sweeper::pace(draft_ttl),
+            },
             budget: RestartBudget {
                 max_restarts: settings.actors.max_restarts,
                 window: Duration::from_secs(settings.actors.restart_window_secs),
@@ -192,15 +209,6 @@ impl App {
         let (supervisor, _) = Actor::spawn(None, Supervisor, args)
             .await
             .map_err(|e| AppError::Actors(e.to_string()))?;
-        let images = images::Images::new(
-            store.clone(),
-            actors.uploads.clone(),
-            settings.uploads.max_in_flight,
-            images::UploadRules {
-                max_in_flight_per_client: settings.uploads.max_in_flight_per_client,
-                process_timeout: Duration::from_secs(settings.uploads.process_timeout_secs),
-            },
-        );
         let reminders = reminders::Reminders::new(
             store.clone(),
             actors.scheduler.clone(),
@@ -404,10 +412,12 @@ pub async fn create_admin(
     let images = images::Images::new(
         store.clone(),
         Default::default(),
+        Default::default(),
         1,
         images::UploadRules {
             max_in_flight_per_client: 1,
             process_timeout: Duration::from_secs(1),
+            draft_ttl: Duration::from_secs(settings.uploads.draft_ttl_secs),
         },
     );
     let links = links::Links::new("", b"");

@@ -233,6 +233,7 @@ impl From<IngestError> for ApiError {
                 detail: "the upload took too long; retry shortly".into(),
                 retry_after_secs: UPLOAD_RETRY_SECS,
             },
+            e @ IngestError::NotAttachable(_) => Self::NotFound(e.to_string()),
         }
     }
 }

@@ -25,7 +25,9 @@ pub async fn seed(settings: &Settings, images: u64, events: u64) -> Result<(), A
     let dir = &settings.storage.data_dir;
     let media = MediaRoot::open(dir, 0).map_err(crate::data_dir(dir))?;
     let files = write_files(&media).map_err(crate::data_dir(dir))?;
+    // Every image is a "llama"; one in ten is also an "alpaca" (for draws by tag).
     let tags = Tags::parse_csv("seed,llama").unwrap_or_default();
+    let alpaca = Tags::parse_csv("seed,llama,alpaca").unwrap_or_default();
     let mut progress = Progress::new("images", images);
     let mut written = 0;
     while written < images {
@@ -41,10 +43,11 @@ pub async fn seed(settings: &Settings, images: u64, events: u64) -> Result<(), A
                     width: 64,
                     height: 64,
                     bytes: *bytes,
-                    tags: tags.clone(),
+                    tags: if n % 10 == 0 { &alpaca } else { &tags }.clone(),
                     owner: None,
                     created_at: now,
                     blurhash: None,
+                    draft: None,
                 }
             })
             .collect();
@@ -109,7 +112,11 @@ fn write_files(media: &MediaRoot) -> std::io::Result<Vec<(String, String, u64)>>
             let sha1 = name.sha1().to_owned();
             let mut staged = tempfile::NamedTempFile::new_in(media.tmp_dir())?;
             staged.write_all(&png)?;
-            media.commit(staged.into_temp_path(), &name)?;
+            media.commit(
+                staged.into_temp_path(),
+                crate::media::Shelf::Published,
+                &name,
+            )?;
             Ok((name.to_string(), sha1, png.len() as u64))
         })
         .collect()

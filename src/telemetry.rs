@@ -118,6 +118,24 @@ const CATALOGUE: &[(&str, Kind, Series, &str)] = &[
         "Images in the random sample",
     ),
     (
+        "corral_random_tag_store_reads_total",
+        Kind::Counter,
+        Series::One,
+        "Draws by tag made from the store's tag index, the sample holding too few images with the tag",
+    ),
+    (
+        "corral_drafts_attached_total",
+        Kind::Counter,
+        Series::One,
+        "Drafts published by POST /v1/images/attach",
+    ),
+    (
+        "corral_drafts_expired_total",
+        Kind::Counter,
+        Series::One,
+        "Drafts deleted by the sweeper, unattached past uploads.draft_ttl_secs",
+    ),
+    (
         "corral_file_cache_bytes",
         Kind::Gauge,
         Series::One,

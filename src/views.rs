@@ -35,11 +35,47 @@ pub struct ImageView {
     /// A BlurHash (<https://blurha.sh>) to paint while the bytes load; null for images
     /// stored before placeholders were made, until the optimizer fills it in.
     blurhash: Option<String>,
+    /// `published`, or `draft` until it is attached (`POST /v1/images/attach`).
+    #[schema(example = "published", pattern = "^(published|draft)$")]
+    state: &'static str,
+    /// A draft's end: unattached by then, it is gone. Absent once published.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at: Option<DateTime<Utc>>,
+    /// An anonymous draft's claim token: shown once, in the upload's answer. Send it
+    /// with the id to attach the draft (and as `Claim-Token` to read it meanwhile).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    claim_token: Option<String>,
+    /// A draft's bytes, for its owner (`url` answers 404 until it is published).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    draft_url: Option<String>,
 }
 
 impl ImageView {
-    pub fn new(image: Image, public_url: &str) -> Self {
+    /// The image as its upload's answer shows it, with the claim token given then.
+    pub fn with_claim(image: Image, public_url: &str, claim_token: Option<String>) -> Self {
         Self {
+            claim_token,
+            ..Self::new(image, public_url)
+        }
+    }
+
+    pub fn new(image: Image, public_url: &str) -> Self {
+        let draft_url = image.draft.as_ref().map(|_| {
+            format!(
+                "{}/v1/images/{}/file",
+                public_url.trim_end_matches('/'),
+                image.id
+            )
+        });
+        Self {
+            state: if image.is_draft() {
+                "draft"
+            } else {
+                "published"
+            },
+            expires_at: image.draft.as_ref().map(|d| d.expires_at),
+            claim_token: None,
+            draft_url,
             url: file_url(public_url, &image.name),
             id: image.id,
             name: image.name,

@@ -23,6 +23,7 @@ const state = {
   eventsQuery: new URLSearchParams(),
   eventsNext: null,
   mineNext: null, // cursor of the next page of "Your images"
+  draft: null, // the chosen file's draft upload: { file, promise }
 };
 
 /** The events window the server searches when given none: this many days on. */
@@ -351,12 +352,17 @@ async function loadRandom() {
   const status = $('#random-status');
   const count = Math.min(100, Math.max(1, parseInt(input.value, 10) || 12));
   input.value = count;
+  const tag = $('#random-tag').value.trim().toLowerCase();
+  const params = new URLSearchParams({ count: String(count) });
+  if (tag) params.set('tag', tag);
   setStatus(status, 'Loading…');
   await whileBusy($('#random-refresh'), async () => {
     try {
-      const { images } = await api(`/v1/images/random?count=${count}`, { auth: false });
+      const { images } = await api(`/v1/images/random?${params}`, { auth: false });
       $('#random-grid').replaceChildren(...images.map((i) => imageFigure(i, altText(i, 'Random image'))));
-      setStatus(status, images.length ? `${images.length} random image${images.length === 1 ? '' : 's'}.` : 'No images yet: upload one!');
+      const none = tag ? `No images tagged “${tag}” yet.` : 'No images yet: upload one!';
+      const what = tag ? ` tagged “${tag}”` : '';
+      setStatus(status, images.length ? `${images.length} random image${images.length === 1 ? '' : 's'}${what}.` : none);
     } catch (e) {
       setStatus(status, e.message, 'error');
     }
@@ -392,37 +398,70 @@ function setupDropZone() {
     zone.classList.remove('dragging');
     if (e.dataTransfer && e.dataTransfer.files.length) {
       input.files = e.dataTransfer.files;
-      showChosenFile();
+      startDraft();
     }
   });
-  input.addEventListener('change', showChosenFile);
+  input.addEventListener('change', startDraft);
 }
 
+/** Uploads the chosen file at once, as a draft (private to you, gone in a day unless
+ * published), so that Publish only has to attach it. */
+function startDraft() {
+  showChosenFile();
+  const file = $('#upload-file').files[0];
+  state.draft = null;
+  if (!file) return;
+  const status = $('#upload-status');
+  $('#upload-preview').hidden = true;
+  setStatus(status, `Uploading ${file.name}…`);
+  const draft = { file };
+  draft.promise = api('/v1/images?draft=true', {
+    method: 'POST',
+    body: file,
+    headers: { 'Content-Type': file.type || 'application/octet-stream' },
+  }).then((image) => {
+    if (state.draft === draft) {
+      setStatus(status, `${file.name} is uploaded as a draft: add tags and press Publish.`, 'ok');
+    }
+    return image;
+  }, (e) => {
+    if (state.draft === draft) setStatus(status, e.message, 'error');
+    throw e;
+  });
+  // A failed draft is reported above; Publish reports it again if pressed.
+  draft.promise.catch(() => {});
+  state.draft = draft;
+}
+
+/** Publish: attaches the draft (waiting for its upload if it is still going) with the
+ * form's tags. */
 async function onUpload(event) {
   event.preventDefault();
   const status = $('#upload-status');
   const preview = $('#upload-preview');
-  const file = $('#upload-file').files[0];
-  if (!file) {
+  const draft = state.draft;
+  if (!draft) {
     setStatus(status, 'Choose an image (or drop one on the zone) first.', 'error');
     return;
   }
-  const tags = $('#upload-tags').value.split(',').map((t) => t.trim()).filter(Boolean).join(',');
-  const query = tags ? `?tags=${encodeURIComponent(tags)}` : '';
-  setStatus(status, `Uploading ${file.name}…`);
+  const tags = $('#upload-tags').value.split(',').map((t) => t.trim()).filter(Boolean);
   await whileBusy($('#upload-submit'), async () => {
     try {
-      const image = await api(`/v1/images${query}`, {
-        method: 'POST',
-        body: file,
-        headers: { 'Content-Type': file.type || 'application/octet-stream' },
-      });
-      setStatus(status, `Uploaded ${file.name} as ${image.name}`, 'ok');
+      setStatus(status, `Publishing ${draft.file.name}…`);
+      const uploaded = await draft.promise;
+      const item = { id: uploaded.id };
+      if (uploaded.claim_token) item.claim_token = uploaded.claim_token;
+      const json = { images: [item] };
+      if (tags.length) json.tags = tags;
+      const { images } = await api('/v1/images/attach', { method: 'POST', json });
+      const image = images[0];
+      setStatus(status, `Published ${draft.file.name} as ${image.name}`, 'ok');
       preview.replaceChildren(
         imageFigure(image, altText(image, 'Uploaded image')),
         el('figcaption', {}, `${image.width}×${image.height} ${image.format || ''}`),
       );
       preview.hidden = false;
+      state.draft = null;
       $('#upload-form').reset();
       showChosenFile();
       loadMine(false);

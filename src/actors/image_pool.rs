@@ -3,6 +3,7 @@
 //! immutable snapshot that `/v1/images/random` reads with no message round trip.
 //! Supervised by the root supervisor.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -13,7 +14,7 @@ use crate::domain::{ImageId, ImageSummary};
 use crate::store::SharedStore;
 
 /// Up to `count` distinct positions in `0..len`, at random, or as a function of `seed`.
-fn indices(len: usize, count: usize, seed: Option<&str>) -> rand::seq::index::IndexVec {
+pub fn indices(len: usize, count: usize, seed: Option<&str>) -> rand::seq::index::IndexVec {
     let amount = count.min(len);
     match seed {
         None => rand::seq::index::sample(&mut rand::rng(), len, amount),
@@ -34,38 +35,76 @@ const FILL_PAGE: usize = 1000;
 
 /// The published sample: a snapshot swapped whole on every change.
 #[derive(Clone, Default)]
-pub struct Sample(
-    Arc<ArcSwap<Vec<Arc<ImageSummary>>>>,
-    Arc<std::sync::atomic::AtomicBool>,
-);
+pub struct Sample(Arc<ArcSwap<Snapshot>>, Arc<std::sync::atomic::AtomicBool>);
+
+/// One state of the sample, and its entries by tag (made on the first draw by tag).
+#[derive(Default)]
+struct Snapshot {
+    items: Vec<Arc<ImageSummary>>,
+    by_tag: std::sync::OnceLock<HashMap<String, Vec<u32>>>,
+}
+
+impl Snapshot {
+    /// The positions of the entries carrying `tag` (or of all, with no tag).
+    fn tagged(&self, tag: &str) -> &[u32] {
+        let by_tag = self.by_tag.get_or_init(|| {
+            let mut by_tag: HashMap<String, Vec<u32>> = HashMap::new();
+            for (i, item) in self.items.iter().enumerate() {
+                for t in item.tags.as_slice() {
+                    by_tag.entry(t.clone()).or_default().push(i as u32);
+                }
+            }
+            by_tag
+        });
+        by_tag.get(tag).map_or(&[], Vec::as_slice)
+    }
+}
 
 impl Sample {
     /// Up to `count` distinct images, picked uniformly from the current snapshot.
     pub fn pick(&self, count: usize) -> Vec<Arc<ImageSummary>> {
-        let snapshot = self.0.load();
-        let amount = count.min(snapshot.len());
-        rand::seq::index::sample(&mut rand::rng(), snapshot.len(), amount)
-            .into_iter()
-            .map(|i| snapshot[i].clone())
-            .collect()
+        let mut out = Vec::with_capacity(count);
+        self.pick_each(count, None, None, |s| out.push(s.clone()));
+        out
     }
 
-    /// Calls `each` on up to `count` distinct entries, without cloning them (for the hot
-    /// `/random` route). With a `seed` the pick is a function of the seed and the current
-    /// snapshot: the same seed picks the same entries, in the same order, until the
-    /// sample changes.
-    pub fn pick_each(&self, count: usize, seed: Option<&str>, mut each: impl FnMut(&ImageSummary)) {
+    /// Calls `each` on up to `count` distinct entries (carrying `tag`, when given),
+    /// without cloning them (for the hot `/random` route). With a `seed` the pick is a
+    /// function of the seed and the current snapshot: the same seed picks the same
+    /// entries, in the same order, until the sample changes.
+    pub fn pick_each(
+        &self,
+        count: usize,
+        seed: Option<&str>,
+        tag: Option<&str>,
+        mut each: impl FnMut(&Arc<ImageSummary>),
+    ) {
         let snapshot = self.0.load();
-        for i in indices(snapshot.len(), count, seed) {
-            each(&snapshot[i]);
+        match tag {
+            None => {
+                for i in indices(snapshot.items.len(), count, seed) {
+                    each(&snapshot.items[i]);
+                }
+            }
+            Some(tag) => {
+                let tagged = snapshot.tagged(tag);
+                for i in indices(tagged.len(), count, seed) {
+                    each(&snapshot.items[tagged[i] as usize]);
+                }
+            }
         }
     }
 
+    /// How many entries carry `tag`.
+    pub fn count_tagged(&self, tag: &str) -> usize {
+        self.0.load().tagged(tag).len()
+    }
+
     /// One entry, picked as [`Sample::pick_each`] picks, if the sample has any.
-    pub fn pick_one(&self, seed: Option<&str>) -> Option<Arc<ImageSummary>> {
-        let snapshot = self.0.load();
-        let i = indices(snapshot.len(), 1, seed).into_iter().next()?;
-        Some(snapshot[i].clone())
+    pub fn pick_one(&self, seed: Option<&str>, tag: Option<&str>) -> Option<Arc<ImageSummary>> {
+        let mut picked = None;
+        self.pick_each(1, seed, tag, |s| picked = Some(s.clone()));
+        picked
     }
 
     /// Whether the sample has been filled from the store at least once (for `/readyz`).
@@ -74,7 +113,7 @@ impl Sample {
     }
 
     pub fn len(&self) -> usize {
-        self.0.load().len()
+        self.0.load().items.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -82,7 +121,10 @@ impl Sample {
     }
 
     fn publish(&self, items: &[Arc<ImageSummary>]) {
-        self.0.store(Arc::new(items.to_vec()));
+        self.0.store(Arc::new(Snapshot {
+            items: items.to_vec(),
+            by_tag: Default::default(),
+        }));
         metrics::gauge!("corral_reservoir_size").set(items.len() as f64);
     }
 }
@@ -144,7 +186,7 @@ impl Actor for ImagePool {
             let Some(last) = page.last() else { break };
             after = Some(last.id);
             let mut rng = rand::rng();
-            for image in &page {
+            for image in page.iter().filter(|i| !i.is_draft()) {
                 state.reservoir.offer(Arc::new(image.summary()), &mut rng);
             }
         }

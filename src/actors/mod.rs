@@ -7,7 +7,8 @@
 //! ├── uploads      factory of upload workers: inspect, commit, record, tell image_pool
 //! ├── mailer       delivers this node's persisted mail queue, retries, dead letters
 //! ├── scheduler    leases due-reminder buckets, fires reminders on time into the mailer
-//! └── optimizer    off-peak, makes the eager variants of images that lack them
+//! ├── optimizer    off-peak, makes the eager variants of images that lack them
+//! └── sweeper      removes drafts that expired unattached
 //! ```
 
 pub mod hub;
@@ -16,6 +17,7 @@ pub mod mailer;
 pub mod optimizer;
 pub mod scheduler;
 pub mod supervisor;
+pub mod sweeper;
 pub mod uploads;
 
 use std::sync::Arc;
@@ -29,6 +31,7 @@ pub use mailer::MailerMsg;
 pub use optimizer::OptimizerMsg;
 pub use scheduler::SchedulerMsg;
 pub use supervisor::Supervisor;
+pub use sweeper::SweeperMsg;
 pub use uploads::{Ingested, UploadMsg, UploadsRef};
 
 /// The current `ActorRef` of a supervised child. The supervisor swaps in the new ref
@@ -69,6 +72,7 @@ pub struct Actors {
     pub mailer: ActorSlot<MailerMsg>,
     pub scheduler: ActorSlot<SchedulerMsg>,
     pub optimizer: ActorSlot<OptimizerMsg>,
+    pub sweeper: ActorSlot<SweeperMsg>,
     pub hub: ActorSlot<hub::HubMsg>,
     /// The random sample `image_pool` publishes; read without messaging the actor.
     pub sample: Sample,
@@ -82,6 +86,7 @@ impl Actors {
             && self.mailer.get().is_some()
             && self.scheduler.get().is_some()
             && self.optimizer.get().is_some()
+            && self.sweeper.get().is_some()
             && self.hub.get().is_some()
     }
 }

@@ -234,6 +234,10 @@ async fn step(state: &mut OptimizerState, myself: &ActorRef<OptimizerMsg>) -> Op
 
 /// Makes the image's missing eager variants, fills in its placeholder, recompresses it.
 async fn work_on(args: &OptimizerArgs, image: &Image) {
+    // A draft is not served at `/i/` (its file is apart) and may never be published.
+    if image.is_draft() {
+        return;
+    }
     let Some(name) = ImageName::parse(&image.name) else {
         return;
     };

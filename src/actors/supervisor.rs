@@ -14,6 +14,7 @@ use super::image_pool::{ImagePool, ImagePoolArgs};
 use super::mailer::{Mailer, MailerArgs};
 use super::optimizer::{Optimizer, OptimizerArgs};
 use super::scheduler::{Scheduler, SchedulerArgs};
+use super::sweeper::{Sweeper, SweeperArgs};
 use super::uploads::{self, UploadDeps};
 use super::{ActorSlot, Actors};
 use crate::store::SharedStore;
@@ -29,17 +30,19 @@ pub enum Child {
     Mailer,
     Scheduler,
     Optimizer,
+    Sweeper,
 }
 
 impl Child {
     /// In start order; they stop in reverse.
-    const ALL: [Child; 6] = [
+    const ALL: [Child; 7] = [
         Child::Hub,
         Child::ImagePool,
         Child::Uploads,
         Child::Mailer,
         Child::Scheduler,
         Child::Optimizer,
+        Child::Sweeper,
     ];
 
     fn name(self) -> &'static str {
@@ -50,6 +53,7 @@ impl Child {
             Child::Mailer => "mailer",
             Child::Scheduler => "scheduler",
             Child::Optimizer => "optimizer",
+            Child::Sweeper => "sweeper",
         }
     }
 }
@@ -72,6 +76,7 @@ pub struct SupervisorArgs {
     pub mailer: MailerArgs,
     pub scheduler: SchedulerArgs,
     pub optimizer: OptimizerArgs,
+    pub sweeper: SweeperArgs,
     pub budget: RestartBudget,
 }
 
@@ -122,6 +127,7 @@ impl Actor for Supervisor {
         // Stop in reverse start order: the scheduler before the mailer it feeds, uploads
         // before the pool they tell, the hub (which everyone tells) last.
         let actors = &state.args.actors;
+        stop(&actors.sweeper).await;
         stop(&actors.optimizer).await;
         stop(&actors.scheduler).await;
         stop(&actors.mailer).await;
@@ -182,6 +188,7 @@ async fn restart(state: &mut SupervisorState, child: Child, myself: &ActorRef<Su
             Child::Mailer => state.args.actors.mailer.set(None),
             Child::Scheduler => state.args.actors.scheduler.set(None),
             Child::Optimizer => state.args.actors.optimizer.set(None),
+            Child::Sweeper => state.args.actors.sweeper.set(None),
         }
         return;
     }
@@ -253,6 +260,11 @@ async fn start_child(
                 Actor::spawn_linked(None, Optimizer, args.optimizer.clone(), me).await?;
             args.actors.optimizer.set(Some(optimizer.clone()));
             optimizer.get_cell()
+        }
+        Child::Sweeper => {
+            let (sweeper, _) = Actor::spawn_linked(None, Sweeper, args.sweeper.clone(), me).await?;
+            args.actors.sweeper.set(Some(sweeper.clone()));
+            sweeper.get_cell()
         }
     };
     state.children.insert(cell.get_id(), child);

@@ -21,8 +21,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::hub::{self, HubMsg};
 use super::{ActorSlot, ImagePoolMsg};
-use crate::domain::{Image, ImageId, ImageName, Tags, UserId};
-use crate::media::{DecodeLimits, MediaError, MediaRoot, StagedUpload, clean_metadata, inspect};
+use chrono::{DateTime, Utc};
+
+use crate::domain::{Draft, Image, ImageId, ImageName, Tags, UserId};
+use crate::media::{
+    DecodeLimits, MediaError, MediaRoot, Shelf, StagedUpload, clean_metadata, inspect,
+};
 use crate::store::{SharedStore, StoreError};
 
 /// Jobs are keyed by the content's sha1.
@@ -41,6 +45,9 @@ pub enum IngestError {
     Task(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("the caller stopped waiting")]
     Abandoned,
+    /// An attach found an image that is not (or no longer) an attachable draft.
+    #[error("{0}")]
+    NotAttachable(String),
 }
 
 /// A stored upload, and whether its bytes were new or already on disk.
@@ -56,6 +63,8 @@ pub enum UploadMsg {
         staged: StagedUpload,
         tags: Tags,
         owner: Option<UserId>,
+        /// Set to store it as a draft: apart, unannounced, until attached.
+        draft: Option<Draft>,
         /// The upload's admission permit, held until the job is done or dropped, so
         /// `uploads.max_in_flight` also bounds jobs whose caller has timed out.
         permit: OwnedSemaphorePermit,
@@ -66,7 +75,19 @@ pub enum UploadMsg {
     /// name lock covers uploads cleaned to that content on other workers.
     Delete {
         id: ImageId,
+        /// Set by the sweeper: delete only a draft that expired before this.
+        expired_before: Option<DateTime<Utc>>,
         reply: RpcReplyPort<Result<Option<Image>, IngestError>>,
+    },
+    /// Publish drafts, all or none (the caller checked they are the attacher's to take):
+    /// their files are linked among the published, their records published in one
+    /// write, then they are announced like new uploads. Runs on any one worker: the
+    /// name locks, not the worker, keep it from racing uploads and deletes.
+    Attach {
+        ids: Vec<ImageId>,
+        owner: UserId,
+        tags: Option<Tags>,
+        reply: RpcReplyPort<Result<Vec<Image>, IngestError>>,
     },
 }
 
@@ -103,9 +124,28 @@ impl Default for NameLocks {
 }
 
 impl NameLocks {
-    async fn lock(&self, name: &ImageName) -> tokio::sync::MutexGuard<'_, ()> {
+    fn stripe(&self, name: &ImageName) -> usize {
         let stripe = u8::from_str_radix(&name.sha1()[..2], 16).unwrap_or(0);
-        self.0[usize::from(stripe) % self.0.len()].lock().await
+        usize::from(stripe) % self.0.len()
+    }
+
+    async fn lock(&self, name: &ImageName) -> tokio::sync::MutexGuard<'_, ()> {
+        self.0[self.stripe(name)].lock().await
+    }
+
+    /// Locks every name, taking the stripes in order (so two callers never deadlock).
+    async fn lock_all<'a>(
+        &self,
+        names: impl IntoIterator<Item = &'a ImageName>,
+    ) -> Vec<tokio::sync::MutexGuard<'_, ()>> {
+        let mut stripes: Vec<usize> = names.into_iter().map(|n| self.stripe(n)).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        let mut guards = Vec::with_capacity(stripes.len());
+        for stripe in stripes {
+            guards.push(self.0[stripe].lock().await);
+        }
+        guards
     }
 }
 
@@ -138,6 +178,7 @@ impl Worker for UploadWorker {
                 staged,
                 tags,
                 owner,
+                draft,
                 permit,
                 reply,
             } => {
@@ -147,26 +188,38 @@ impl Worker for UploadWorker {
                     tracing::warn!("upload abandoned by its caller before a worker took it");
                     return Ok(key);
                 }
-                let result = ingest(deps, staged, tags, owner, || reply.is_closed()).await;
+                let ingested = ingest(deps, staged, tags, owner, draft, || reply.is_closed());
+                let result = ingested.await;
                 drop(permit);
                 if let Ok(done) = &result {
                     // Announced here, not by the caller, so an upload whose caller has
-                    // gone still reaches the sample and the subscribers.
-                    if let Some(pool) = deps.image_pool.get() {
-                        let _ = pool.cast(ImagePoolMsg::Add(done.image.summary()));
-                    }
-                    hub::publish(
-                        &deps.hub,
-                        HubMsg::ImageCreated(Box::new(done.image.clone())),
-                    );
+                    // gone still reaches the sample and the subscribers (a draft, once
+                    // it is attached).
+                    announce(deps, &done.image);
                 }
                 // The caller may have timed out and gone; nothing more to do then.
                 let _ = reply.send(result);
             }
-            UploadMsg::Delete { id, reply } => {
-                let result = delete(deps, id).await;
+            UploadMsg::Delete {
+                id,
+                expired_before,
+                reply,
+            } => {
+                let result = delete(deps, id, expired_before).await;
                 if let (Ok(Some(_)), Some(pool)) = (&result, deps.image_pool.get()) {
                     let _ = pool.cast(ImagePoolMsg::Remove(id));
+                }
+                let _ = reply.send(result);
+            }
+            UploadMsg::Attach {
+                ids,
+                owner,
+                tags,
+                reply,
+            } => {
+                let result = attach(deps, &ids, owner, tags.as_ref()).await;
+                if let Ok(attached) = &result {
+                    attached.iter().for_each(|image| announce(deps, image));
                 }
                 let _ = reply.send(result);
             }
@@ -175,14 +228,31 @@ impl Worker for UploadWorker {
     }
 }
 
+/// Tells the sample and the subscribers of a published image; a draft is not announced.
+fn announce(deps: &UploadDeps, image: &Image) {
+    if image.is_draft() {
+        return;
+    }
+    if let Some(pool) = deps.image_pool.get() {
+        let _ = pool.cast(ImagePoolMsg::Add(image.summary()));
+    }
+    hub::publish(&deps.hub, HubMsg::ImageCreated(Box::new(image.clone())));
+}
+
 #[tracing::instrument(name = "uploads.ingest", skip_all, fields(bytes = staged.bytes))]
 async fn ingest(
     deps: &UploadDeps,
     staged: StagedUpload,
     tags: Tags,
     owner: Option<UserId>,
+    draft: Option<Draft>,
     caller_gone: impl Fn() -> bool,
 ) -> Result<Ingested, IngestError> {
+    let shelf = if draft.is_some() {
+        Shelf::Draft
+    } else {
+        Shelf::Published
+    };
     let limits = deps.limits;
     let waiting = metrics::gauge!("corral_upload_decodes_waiting");
     waiting.increment(1.0);
@@ -210,14 +280,15 @@ async fn ingest(
     let _name_lock = deps.names.lock(&name).await;
     let media = deps.media.clone();
     let commit_name = name.clone();
-    let committed = tokio::task::spawn_blocking(move || media.commit(staged.path, &commit_name))
-        .await
-        .map_err(|e| IngestError::Task(e.into()))?;
+    let committed =
+        tokio::task::spawn_blocking(move || media.commit(staged.path, shelf, &commit_name))
+            .await
+            .map_err(|e| IngestError::Task(e.into()))?;
     let new_file = match committed {
         Ok(new_file) => new_file,
         Err(e) => {
             // Nothing was moved into place; a failed settle is retried at start.
-            let _ = deps.media.settle(&name);
+            let _ = deps.media.settle(shelf, &name);
             return Err(MediaError::from(e).into());
         }
     };
@@ -234,6 +305,7 @@ async fn ingest(
         owner,
         created_at: chrono::Utc::now(),
         blurhash: inspected.placeholder,
+        draft,
     };
     let inserted = deps.store.insert_image(&image).await;
     if new_file {
@@ -241,10 +313,10 @@ async fn ingest(
         // that fails, the intent stays, and the next start removes the file.
         let settled = match &inserted {
             Ok(()) => Ok(()),
-            Err(_) => deps.media.remove(&name),
+            Err(_) => deps.media.remove(shelf, &name),
         };
         if settled.is_ok()
-            && let Err(e) = deps.media.settle(&name)
+            && let Err(e) = deps.media.settle(shelf, &name)
         {
             tracing::warn!(error = %e, %name, "an upload's intent could not be removed; the next start settles it");
         }
@@ -254,7 +326,11 @@ async fn ingest(
 }
 
 #[tracing::instrument(name = "uploads.delete", skip(deps))]
-async fn delete(deps: &UploadDeps, id: ImageId) -> Result<Option<Image>, IngestError> {
+async fn delete(
+    deps: &UploadDeps,
+    id: ImageId,
+    expired_before: Option<DateTime<Utc>>,
+) -> Result<Option<Image>, IngestError> {
     let Some(image) = deps.store.get_image(id).await? else {
         return Ok(None);
     };
@@ -263,23 +339,104 @@ async fn delete(deps: &UploadDeps, id: ImageId) -> Result<Option<Image>, IngestE
         Some(name) => Some(deps.names.lock(name).await),
         None => None,
     };
+    // Read again under the lock: an attach may have published the draft meanwhile,
+    // which moves its file.
+    let Some(image) = deps.store.get_image(id).await? else {
+        return Ok(None);
+    };
+    let still_wanted = |t| image.draft.as_ref().is_some_and(|d| d.expires_at < t);
+    if expired_before.is_some_and(|t| !still_wanted(t)) {
+        return Ok(None);
+    }
+    let shelf = Shelf::of(&image);
     // Before the record goes, so a crash between the two cannot strand the file.
     if let Some(name) = name.clone() {
         let media = deps.media.clone();
-        tokio::task::spawn_blocking(move || media.intend_removal(&name))
+        tokio::task::spawn_blocking(move || media.intend_removal(shelf, &name))
             .await
             .map_err(|e| IngestError::Task(e.into()))?
             .map_err(MediaError::from)?;
     }
     let deleted = deps.store.delete_image(id).await?;
-    let unshared = deps.store.count_images_with_sha1(&image.sha1).await? == 0;
     if let Some(name) = name {
-        if unshared {
-            deps.media.remove(&name).map_err(MediaError::from)?;
-        }
-        deps.media.settle(&name).map_err(MediaError::from)?;
+        tidy(deps, shelf, &name).await?;
     }
     Ok(deleted)
+}
+
+/// How many records use the file of content `sha1` on `shelf`.
+async fn uses(store: &SharedStore, shelf: Shelf, sha1: &str) -> Result<u64, StoreError> {
+    match shelf {
+        Shelf::Published => store.count_images_with_sha1(sha1).await,
+        Shelf::Draft => store.count_drafts_with_sha1(sha1).await,
+    }
+}
+
+#[tracing::instrument(name = "uploads.attach", skip(deps, tags))]
+async fn attach(
+    deps: &UploadDeps,
+    ids: &[ImageId],
+    owner: UserId,
+    tags: Option<&Tags>,
+) -> Result<Vec<Image>, IngestError> {
+    // The drafts' names (a name never changes, so reading them before the locks is safe).
+    let mut names = Vec::new();
+    for &id in ids {
+        let image = deps.store.get_image(id).await?;
+        let image =
+            image.ok_or_else(|| IngestError::NotAttachable(format!("no image with id {id}")))?;
+        if image.is_draft()
+            && let Some(name) = ImageName::parse(&image.name)
+            && !names.contains(&name)
+        {
+            names.push(name);
+        }
+    }
+    let _locks = deps.names.lock_all(&names).await;
+    // Each draft's file joins the published ones first (an intent covers the link), so
+    // once the records say "published" the file is there.
+    let media = deps.media.clone();
+    let to_publish = names.clone();
+    tokio::task::spawn_blocking(move || {
+        to_publish.iter().try_for_each(|name| {
+            media.intend_removal(Shelf::Draft, name)?;
+            media.publish_draft(name).map(|_| ())
+        })
+    })
+    .await
+    .map_err(|e| IngestError::Task(e.into()))?
+    .map_err(MediaError::from)?;
+    let attached = deps
+        .store
+        .attach_images(ids, owner, tags, Utc::now())
+        .await
+        .map_err(|e| match e {
+            StoreError::Changed => IngestError::NotAttachable(
+                "an image stopped being a draft you can attach (it expired, was deleted or \
+                 was attached by someone else); nothing was attached"
+                    .into(),
+            ),
+            e => e.into(),
+        });
+    // Either way, each file is kept where records still use it and removed where none
+    // does; what a failure here leaves, its intent settles at the next start.
+    for name in &names {
+        for shelf in [Shelf::Published, Shelf::Draft] {
+            if let Err(e) = tidy(deps, shelf, name).await {
+                tracing::warn!(error = %e, %name, ?shelf, "a file could not be tidied after an attach; the next start settles it");
+            }
+        }
+    }
+    attached
+}
+
+/// Removes `name`'s file on `shelf` if no record uses it, and drops its intent.
+async fn tidy(deps: &UploadDeps, shelf: Shelf, name: &ImageName) -> Result<(), IngestError> {
+    if uses(&deps.store, shelf, name.sha1()).await? == 0 {
+        deps.media.remove(shelf, name).map_err(MediaError::from)?;
+    }
+    deps.media.settle(shelf, name).map_err(MediaError::from)?;
+    Ok(())
 }
 
 /// Settles the intents a crash left under the media root (see `MediaRoot::commit`): a
@@ -287,12 +444,12 @@ async fn delete(deps: &UploadDeps, id: ImageId) -> Result<Option<Image>, IngestE
 /// Returns how many files were removed.
 pub async fn settle_intents(media: &MediaRoot, store: &SharedStore) -> Result<usize, IngestError> {
     let mut removed = 0;
-    for name in media.intents().map_err(MediaError::from)? {
-        if store.count_images_with_sha1(name.sha1()).await? == 0 {
-            media.remove(&name).map_err(MediaError::from)?;
+    for (shelf, name) in media.intents().map_err(MediaError::from)? {
+        if uses(store, shelf, name.sha1()).await? == 0 {
+            media.remove(shelf, &name).map_err(MediaError::from)?;
             removed += 1;
         }
-        media.settle(&name).map_err(MediaError::from)?;
+        media.settle(shelf, &name).map_err(MediaError::from)?;
     }
     Ok(removed)
 }

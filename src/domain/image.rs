@@ -6,6 +6,8 @@ use std::str::FromStr;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::TokenHash;
+
 /// Most tags one image may carry.
 pub const MAX_TAGS: usize = 32;
 /// Longest tag, in bytes.
@@ -183,6 +185,10 @@ impl Tags {
     pub fn as_slice(&self) -> &[String] {
         &self.0
     }
+
+    pub fn contains(&self, tag: &str) -> bool {
+        self.0.binary_search_by(|t| t.as_str().cmp(tag)).is_ok()
+    }
 }
 
 /// An uploaded image's metadata. The bytes live on disk under [`ImageName`].
@@ -203,6 +209,27 @@ pub struct Image {
     /// Its BlurHash placeholder; `None` for images stored before placeholders were made.
     #[serde(default)]
     pub blurhash: Option<String>,
+    /// Set while the image is a draft (uploaded with `?draft=true`, not yet attached);
+    /// `None` once published (and for every image stored before drafts existed).
+    #[serde(default)]
+    pub draft: Option<Draft>,
+}
+
+/// What a draft carries until it is attached: when it expires, and for an anonymous
+/// upload the hash of the claim token it was given (the token itself is shown once).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Draft {
+    pub expires_at: DateTime<Utc>,
+    #[serde(default)]
+    pub claim: Option<TokenHash>,
+}
+
+/// Who is asking to see an image: a signed-in user (or nobody), and the claim token
+/// they sent, if any.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Viewer<'a> {
+    pub user: Option<&'a crate::domain::User>,
+    pub claim: Option<&'a str>,
 }
 
 impl Image {
@@ -213,9 +240,54 @@ impl Image {
             width: self.width,
             height: self.height,
             blurhash: self.blurhash.clone(),
+            tags: self.tags.clone(),
             rendered: std::sync::OnceLock::new(),
         }
     }
+
+    pub fn is_draft(&self) -> bool {
+        self.draft.is_some()
+    }
+
+    /// A draft past its expiry: gone for every reader, whether or not the sweeper has
+    /// removed it yet.
+    pub fn is_expired(&self, now: DateTime<Utc>) -> bool {
+        self.draft.as_ref().is_some_and(|d| d.expires_at <= now)
+    }
+
+    /// Whether `viewer` may see this image: a published one, anyone; a live draft, its
+    /// owner or whoever holds its claim token; an expired draft, nobody.
+    pub fn visible_to(&self, viewer: Viewer<'_>, now: DateTime<Utc>) -> bool {
+        let Some(draft) = &self.draft else {
+            return true;
+        };
+        if draft.expires_at <= now {
+            return false;
+        }
+        let owns = viewer
+            .user
+            .is_some_and(|u| self.owner.is_some_and(|o| o == u.id));
+        owns || draft
+            .claim
+            .is_some_and(|c| viewer.claim.map(claim_hash) == Some(c))
+    }
+}
+
+/// A new claim token for an anonymous draft (256 random bits, base64url), and the hash
+/// the store keeps instead.
+pub fn new_claim_token() -> (String, TokenHash) {
+    use base64::Engine;
+    let mut secret = [0u8; 32];
+    rand::fill(&mut secret);
+    let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
+    let hash = claim_hash(&token);
+    (token, hash)
+}
+
+/// The stored form of a claim token.
+pub fn claim_hash(token: &str) -> TokenHash {
+    use sha2::Digest;
+    TokenHash(sha2::Sha256::digest(token.trim().as_bytes()).into())
 }
 
 /// What the random sample keeps of an image: enough to answer `/random` without the store.
@@ -227,6 +299,9 @@ pub struct ImageSummary {
     pub height: u32,
     #[serde(default)]
     pub blurhash: Option<String>,
+    /// Its tags, for drawing by tag (not part of the rendered entry).
+    #[serde(skip)]
+    pub tags: Tags,
     /// The entry as `/random` renders it in JSON, made once on first use: a sample entry
     /// is served many times, and re-serialising it each time was most of that route's
     /// cost.

@@ -12,7 +12,10 @@ pub mod reservoir;
 pub mod user;
 
 pub use event::{Event, EventId, EventKey, Location};
-pub use image::{Image, ImageFormat, ImageId, ImageName, ImageSummary, Tags};
+pub use image::{
+    Draft, Image, ImageFormat, ImageId, ImageName, ImageSummary, Tags, Viewer, claim_hash,
+    new_claim_token,
+};
 pub use key::TimeKey;
 pub use mail::{DeadLetter, MailId, MailJob, MailKind};
 pub use quota::{Held, Quota};

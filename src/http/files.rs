@@ -45,6 +45,9 @@ struct RandomFileQuery {
     /// Makes the pick reproducible, as on `/v1/images/random`: 1 to 64 characters.
     #[param(min_length = 1, max_length = 64)]
     seed: Option<String>,
+    /// Only images carrying this tag, as on `/v1/images/random`.
+    #[param(pattern = "^[A-Za-z0-9._-]{1,64}$")]
+    tag: Option<String>,
     /// A variant of this width (one of `images.variant_sizes`), passed on to `/i/{name}`.
     #[param(value_type = Option<u32>)]
     w: Option<String>,
@@ -66,8 +69,8 @@ struct RandomFileQuery {
             ("location" = String, description = "`/i/{name}`, with `w` and `format` when given"),
             ("cache-control" = String, description = "`no-store`"),
         )),
-        (status = 400, description = "A bad seed, width or format", body = super::error::ProblemDoc, content_type = "application/problem+json"),
-        (status = 404, description = "No images yet", body = super::error::ProblemDoc, content_type = "application/problem+json"),
+        (status = 400, description = "A bad seed, tag, width or format", body = super::error::ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No images yet (or none with the tag)", body = super::error::ProblemDoc, content_type = "application/problem+json"),
     ),
 )]
 async fn random_file(
@@ -80,11 +83,17 @@ async fn random_file(
     let variant = Asked::parse(w, None, None, format, sizes)
         .map_err(ApiError::BadRequest)?
         .is_some();
-    let picked = state
-        .actors
-        .sample
-        .pick_one(seed)
-        .ok_or_else(|| ApiError::not_found("there are no images yet"))?;
+    let picked = match super::images::checked_tag(query.tag.as_deref())? {
+        None => state
+            .actors
+            .sample
+            .pick_one(seed, None)
+            .ok_or_else(|| ApiError::not_found("there are no images yet"))?,
+        Some(tag) => super::images::pick_tagged(&state, 1, seed, &tag)
+            .await?
+            .pop()
+            .ok_or_else(|| ApiError::not_found(format!("no image carries the tag {tag:?}")))?,
+    };
     let mut location = format!("{}/i/{}", state.settings.http.public_url, picked.name);
     if let (true, Some(w)) = (variant, w) {
         location.push_str(&format!("?w={w}"));

@@ -24,7 +24,8 @@ use super::paging::{PageQuery, next_cursor};
 use super::{ApiError, AppState};
 use crate::actors::Ingested;
 use crate::actors::uploads::Uploader;
-use crate::domain::{ImageId, Tags, UserId};
+use crate::domain::{ImageId, ImageSummary, Tags, UserId, Viewer};
+use crate::images::Claim;
 use crate::media::{MediaError, StagedUpload, stage};
 use crate::views::{ImageView, RandomImages, sample_entry};
 
@@ -39,6 +40,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(upload).map(|r| r.layer(DefaultBodyLimit::disable())))
         .routes(routes!(random))
         .routes(routes!(get_image, retag_image, delete_image))
+        .routes(routes!(draft_file))
+        .routes(routes!(attach))
         .routes(routes!(my_images))
 }
 
@@ -47,6 +50,10 @@ pub fn router() -> OpenApiRouter<AppState> {
 struct UploadQuery {
     /// Comma-separated tags for a raw-body upload (`llama,cute`).
     tags: Option<String>,
+    /// Store it as a draft: seen only by you (or, for an anonymous upload, whoever holds
+    /// the claim token in the answer) until attached with `POST /v1/images/attach`, and
+    /// gone after `uploads.draft_ttl_secs` if it never is.
+    draft: Option<bool>,
 }
 
 /// The multipart form of an upload.
@@ -69,6 +76,10 @@ struct UploadForm {
 /// the EXIF orientation and the ICC profile of its metadata (GPS, camera, XMP, IPTC and
 /// text go; the pixels are untouched), and is named by the sha1 of what is stored (a PNG
 /// the optimizer later recompresses losslessly keeps that name).
+///
+/// With `draft=true` it is a draft (`"state": "draft"`): absent from `/random`, listings
+/// and the push topic, its bytes served only at `draft_url` to its owner, until it is
+/// attached; an anonymous draft's answer carries a `claim_token`, shown only then.
 #[utoipa::path(
     post, path = "/v1/images", tag = "images",
     params(UploadQuery),
@@ -112,7 +123,7 @@ async fn upload(
         }
     };
     let outcome = match &result {
-        Ok(done) if done.new_file => "created",
+        Ok((done, _)) if done.new_file => "created",
         Ok(_) => "deduplicated",
         Err(e) => match e.status() {
             StatusCode::PAYLOAD_TOO_LARGE => "too_large",
@@ -126,11 +137,11 @@ async fn upload(
     };
     metrics::counter!("corral_uploads_total", "outcome" => outcome).increment(1);
     metrics::histogram!("corral_upload_duration_seconds").record(started.elapsed().as_secs_f64());
-    let done = result?;
+    let (done, claim_token) = result?;
     metrics::counter!("corral_upload_bytes_total").increment(done.image.bytes);
     metrics::histogram!("corral_upload_size_bytes").record(done.image.bytes as f64);
     let location = format!("/v1/images/{}", done.image.id);
-    let view = ImageView::new(done.image, &state.settings.http.public_url);
+    let view = ImageView::with_claim(done.image, &state.settings.http.public_url, claim_token);
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location)],
@@ -145,7 +156,7 @@ async fn stage_and_ingest(
     uploader: Uploader,
     owner: Option<UserId>,
     request: Request,
-) -> Result<Ingested, ApiError> {
+) -> Result<(Ingested, Option<String>), ApiError> {
     let u = &state.settings.uploads;
     // Held until the upload is answered: one client cannot fill the whole pool.
     let admission = state.images.admit(uploader)?;
@@ -186,7 +197,11 @@ async fn stage_and_ingest(
         )),
         false => e,
     })?;
-    Ok(state.images.ingest(admission, staged, tags, owner).await?)
+    let draft = query.draft.unwrap_or(false);
+    Ok(state
+        .images
+        .ingest(admission, staged, tags, owner, draft)
+        .await?)
 }
 
 /// Ends a body that arrives slower than `uploads.min_bytes_per_sec`: every window (the
@@ -327,6 +342,48 @@ struct RandomQuery {
     /// may change it). 1 to 64 characters.
     #[param(min_length = 1, max_length = 64)]
     seed: Option<String>,
+    /// Only images carrying this tag.
+    #[param(pattern = "^[A-Za-z0-9._-]{1,64}$")]
+    tag: Option<String>,
+}
+
+/// `tag` checked (and lowercased) like an image's tags.
+pub(super) fn checked_tag(tag: Option<&str>) -> Result<Option<String>, ApiError> {
+    let Some(tag) = tag else { return Ok(None) };
+    let parsed = Tags::parse([tag])?;
+    Ok(parsed.as_slice().first().cloned())
+}
+
+/// Most rows read from the store's tag index when the sample holds too few of a tag.
+const RARE_TAG_READ: usize = 1000;
+
+/// Up to `count` distinct images carrying `tag`: drawn from the in-memory sample when it
+/// holds at least `count` of them; else from the store's tag index (its first
+/// `RARE_TAG_READ` rows), when that has more than the sample. Reproducible by `seed`
+/// like an untagged draw.
+pub(super) async fn pick_tagged(
+    state: &AppState,
+    count: usize,
+    seed: Option<&str>,
+    tag: &str,
+) -> Result<Vec<Arc<ImageSummary>>, ApiError> {
+    let sample = &state.actors.sample;
+    let in_sample = sample.count_tagged(tag);
+    if in_sample < count {
+        let stored = state.store.images_by_tag(tag, None, RARE_TAG_READ).await?;
+        if stored.len() > in_sample {
+            metrics::counter!("corral_random_tag_store_reads_total").increment(1);
+            return Ok(
+                crate::actors::image_pool::indices(stored.len(), count, seed)
+                    .into_iter()
+                    .map(|i| Arc::new(stored[i].summary()))
+                    .collect(),
+            );
+        }
+    }
+    let mut picked = Vec::with_capacity(count.min(in_sample));
+    sample.pick_each(count, seed, Some(tag), |s| picked.push(s.clone()));
+    Ok(picked)
 }
 
 /// `seed` checked: 1 to 64 characters.
@@ -342,14 +399,16 @@ pub(super) fn checked_seed(seed: Option<&str>) -> Result<Option<&str>, ApiError>
 /// Random images.
 ///
 /// Up to `count` distinct images drawn from the in-memory sample (fewer when fewer exist),
-/// at random or, with `seed`, reproducibly. Never cached; the files the URLs point to are
-/// cached forever.
+/// at random or, with `seed`, reproducibly; with `tag`, only images carrying it (a tag
+/// too rare for the sample is drawn from the store's first 1,000 images with it). An
+/// empty list when none matches. Never cached; the files the URLs point to are cached
+/// forever.
 #[utoipa::path(
     get, path = "/v1/images/random", tag = "images",
     params(RandomQuery),
     responses(
         (status = 200, description = "A random pick", body = RandomImages),
-        (status = 400, description = "count is not 1 to 100, or seed is not 1 to 64 characters", body = super::error::ProblemDoc, content_type = "application/problem+json"),
+        (status = 400, description = "count is not 1 to 100, seed is not 1 to 64 characters, or tag is not a valid tag", body = super::error::ProblemDoc, content_type = "application/problem+json"),
     ),
 )]
 async fn random(
@@ -376,12 +435,19 @@ async fn random(
     body.extend_from_slice(b"{\"images\":[");
     let mut first = true;
     let seed = checked_seed(query.seed.as_deref())?;
-    state.actors.sample.pick_each(count, seed, |s| {
+    let mut add = |s: &Arc<ImageSummary>| {
         if !std::mem::take(&mut first) {
             body.push(b',');
         }
         body.extend_from_slice(sample_entry(s, public_url));
-    });
+    };
+    match checked_tag(query.tag.as_deref())? {
+        None => state.actors.sample.pick_each(count, seed, None, add),
+        Some(tag) => pick_tagged(&state, count, seed, &tag)
+            .await?
+            .iter()
+            .for_each(&mut add),
+    }
     body.extend_from_slice(b"]}");
     // A random pick must never be cached; the files it points to are cached forever.
     Ok((
@@ -397,18 +463,160 @@ async fn random(
 /// An image's metadata.
 #[utoipa::path(
     get, path = "/v1/images/{id}", tag = "images",
-    params(("id" = String, Path, description = "The image id")),
+    params(
+        ("id" = String, Path, description = "The image id"),
+        ("Claim-Token" = Option<String>, Header, description = "An anonymous draft's claim token"),
+    ),
     responses(
         (status = 200, description = "The image", body = ImageView),
-        (status = 404, description = "No such image", body = super::error::ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No such image (or a draft not yours, or expired)", body = super::error::ProblemDoc, content_type = "application/problem+json"),
     ),
+    security((), ("bearer" = [])),
 )]
 async fn get_image(
     State(state): State<AppState>,
+    MaybeUser(user): MaybeUser,
+    headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<ImageView>, ApiError> {
-    let image = state.images.find(&id).await?;
+    let viewer = Viewer {
+        user: user.as_deref(),
+        claim: claim_header(&headers),
+    };
+    let image = state.images.find(&id, viewer).await?;
     Ok(Json(ImageView::new(image, &state.settings.http.public_url)))
+}
+
+fn claim_header(headers: &HeaderMap) -> Option<&str> {
+    headers.get("claim-token").and_then(|v| v.to_str().ok())
+}
+
+/// A draft's bytes (or a published image's), for whoever may see it.
+///
+/// A draft's file is not under `/i/{name}` until it is published; its owner (or the
+/// holder of its claim token) reads it here. Never stored by shared caches.
+#[utoipa::path(
+    get, path = "/v1/images/{id}/file", tag = "images",
+    params(
+        ("id" = String, Path, description = "The image id"),
+        ("Claim-Token" = Option<String>, Header, description = "An anonymous draft's claim token"),
+    ),
+    responses(
+        (status = 200, description = "The bytes", content(
+            (Vec<u8> = "image/png"), (Vec<u8> = "image/jpeg"), (Vec<u8> = "image/gif"), (Vec<u8> = "image/webp"),
+        )),
+        (status = 404, description = "No such image (or a draft not yours, or expired)", body = super::error::ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security((), ("bearer" = [])),
+)]
+async fn draft_file(
+    State(state): State<AppState>,
+    MaybeUser(user): MaybeUser,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    let viewer = Viewer {
+        user: user.as_deref(),
+        claim: claim_header(&headers),
+    };
+    let image = state.images.find(&id, viewer).await?;
+    let gone = || ApiError::not_found(format!("no image with id {}", echo(&id)));
+    let name = crate::domain::ImageName::parse(&image.name).ok_or_else(gone)?;
+    let path = state.media.path_on(crate::media::Shelf::of(&image), &name);
+    let file = match tokio::fs::File::open(&path).await {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(gone()),
+        Err(e) => return Err(MediaError::from(e).into()),
+    };
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    Ok((
+        [
+            (header::CONTENT_TYPE, image.format.mime()),
+            (header::CACHE_CONTROL, "private, no-store"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// Drafts to publish.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct AttachRequest {
+    /// 1 to 100 drafts.
+    #[schema(min_items = 1, max_items = 100)]
+    images: Vec<AttachItem>,
+    /// Tags for every attached image, replacing the tags each was uploaded with; omit
+    /// to keep those.
+    #[schema(max_items = 32, value_type = Option<Vec<TagName>>)]
+    tags: Option<Vec<String>>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct AttachItem {
+    #[schema(format = Uuid)]
+    id: String,
+    /// The claim token an anonymous draft was given; not needed for your own.
+    claim_token: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct Attached {
+    images: Vec<ImageView>,
+}
+
+/// Publish drafts (attach them to you).
+///
+/// Each listed draft must be yours, or an anonymous one sent with its claim token. All
+/// are published in one write, owned by you, or none is: one id that is unknown, someone
+/// else's, expired, or with a wrong token is a 404 and nothing changes. Once attached,
+/// they enter `/random`, your listing and the push topic, and `url` serves them.
+/// Attaching an image already attached to you changes nothing.
+#[utoipa::path(
+    post, path = "/v1/images/attach", tag = "images",
+    request_body = AttachRequest,
+    responses(
+        (status = 200, description = "All attached", body = Attached),
+        (status = 400, description = "A malformed body or bad tags", body = super::error::ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Not signed in", body = super::error::ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "A draft is unknown, not yours, expired, or its claim token is wrong; nothing was attached", body = super::error::ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
+async fn attach(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    ApiJson(body): ApiJson<AttachRequest>,
+) -> Result<Json<Attached>, ApiError> {
+    if body.images.is_empty() || body.images.len() > MAX_RANDOM {
+        return Err(ApiError::BadRequest(format!(
+            "send 1 to {MAX_RANDOM} images to attach, not {}",
+            body.images.len()
+        )));
+    }
+    let tags = body
+        .tags
+        .map(|t| Tags::parse(t.iter().map(String::as_str)))
+        .transpose()?;
+    let claims: Vec<Claim> = body
+        .images
+        .into_iter()
+        .map(|i| Claim {
+            id: i.id,
+            token: i.claim_token,
+        })
+        .collect();
+    let attached = state.images.attach(&user, &claims, tags).await?;
+    metrics::counter!("corral_drafts_attached_total").increment(attached.len() as u64);
+    let public_url = &state.settings.http.public_url;
+    Ok(Json(Attached {
+        images: attached
+            .into_iter()
+            .map(|i| ImageView::new(i, public_url))
+            .collect(),
+    }))
 }
 
 #[derive(Deserialize, ToSchema)]

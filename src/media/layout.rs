@@ -9,6 +9,10 @@
 //! start the few intents a crash left are settled against the store: a file no record
 //! names is removed. So `images/` never keeps a file without a record, and the check
 //! costs one store lookup per operation that was in flight, not a walk of the tree.
+//!
+//! Drafts (uploads not yet attached to a form) keep their files apart, under
+//! `<data>/drafts/ab/cd/`, which `/i/{name}` never serves; the same intents (prefixed
+//! `draft-`) cover them. Attaching a draft links its file into `images/`.
 
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -35,6 +39,7 @@ const IDLE: Duration = Duration::from_secs(600);
 #[derive(Clone)]
 pub struct MediaRoot {
     images: PathBuf,
+    drafts: PathBuf,
     variants: PathBuf,
     tmp: PathBuf,
     intents: PathBuf,
@@ -42,6 +47,32 @@ pub struct MediaRoot {
     /// Files up to this size are cached (those over SMALL_FILE while a whole read is free).
     max_cached: u64,
     whole_reads: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+/// Which originals a file is among: the published ones `/i/{name}` serves, or the
+/// drafts', served only to their owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Shelf {
+    Published,
+    Draft,
+}
+
+impl Shelf {
+    pub fn of(image: &crate::domain::Image) -> Self {
+        if image.is_draft() {
+            Self::Draft
+        } else {
+            Self::Published
+        }
+    }
+}
+
+/// An intent's file name: the image name, prefixed `draft-` for a draft's file.
+fn intent_name(shelf: Shelf, name: &ImageName) -> String {
+    match shelf {
+        Shelf::Published => name.to_string(),
+        Shelf::Draft => format!("draft-{name}"),
+    }
 }
 
 /// A file the tree holds: an original, or a variant of one.
@@ -74,6 +105,7 @@ impl MediaRoot {
             .build();
         let root = Self {
             images: data_dir.join("images"),
+            drafts: data_dir.join("drafts"),
             variants: data_dir.join("variants"),
             tmp: data_dir.join("tmp"),
             intents: data_dir.join("intents"),
@@ -82,6 +114,7 @@ impl MediaRoot {
             whole_reads: std::sync::Arc::new(tokio::sync::Semaphore::new(WHOLE_READS)),
         };
         std::fs::create_dir_all(&root.images)?;
+        std::fs::create_dir_all(&root.drafts)?;
         std::fs::create_dir_all(&root.variants)?;
         std::fs::create_dir_all(&root.intents)?;
         if root.tmp.exists() {
@@ -99,6 +132,17 @@ impl MediaRoot {
     pub fn path_of(&self, name: &ImageName) -> PathBuf {
         let (a, b) = name.shards();
         self.images.join(a).join(b).join(name.to_string())
+    }
+
+    /// The path of an original on `shelf`.
+    pub fn path_on(&self, shelf: Shelf, name: &ImageName) -> PathBuf {
+        match shelf {
+            Shelf::Published => self.path_of(name),
+            Shelf::Draft => {
+                let (a, b) = name.shards();
+                self.drafts.join(a).join(b).join(name.to_string())
+            }
+        }
     }
 
     /// The path of a stored original or variant.
@@ -141,53 +185,82 @@ impl MediaRoot {
         }
     }
 
-    /// Makes a fully written temp file durable and moves it into place under `name`,
-    /// leaving an intent for `name` (see the module's note) that the caller settles once
-    /// the file's record is written, or the file removed again.
+    /// Makes a fully written temp file durable and moves it into place under `name` on
+    /// `shelf`, leaving an intent for it (see the module's note) that the caller settles
+    /// once the file's record is written, or the file removed again.
     ///
-    /// Returns `false` when identical content is already stored: the temp file is then
+    /// Returns `false` when identical content is already there: the temp file is then
     /// dropped (and deleted) unsynced, the existing file is kept, and no intent is left.
     /// Blocking: call from a blocking task.
-    pub fn commit(&self, staged: TempPath, name: &ImageName) -> io::Result<bool> {
-        let target = self.path_of(name);
+    pub fn commit(&self, staged: TempPath, shelf: Shelf, name: &ImageName) -> io::Result<bool> {
+        let target = self.path_on(shelf, name);
         if target.exists() {
             return Ok(false);
         }
-        let dir = target.parent().unwrap_or(&self.images);
-        if !dir.exists() {
-            std::fs::create_dir_all(dir)?;
-            // A new shard directory is durable only once its entry in each parent is.
-            let mut parent = dir.parent();
-            while let Some(p) = parent.filter(|p| p.starts_with(&self.images)) {
-                std::fs::File::open(p)?.sync_all()?;
-                parent = p.parent();
-            }
-        }
+        self.make_shard_dir(&target)?;
         // The intent is made before the file is synced, so on most file systems that
         // sync also carries the intent's directory entry and the directory sync below
         // finds nothing left to write.
-        std::fs::File::create(self.intents.join(name.to_string()))?;
+        std::fs::File::create(self.intents.join(intent_name(shelf, name)))?;
         // Synced before the rename, so the name never points at a partly written file.
         std::fs::File::open(&staged)?.sync_all()?;
         // The intent must be on disk before the rename can be.
         std::fs::File::open(&self.intents)?.sync_all()?;
         staged.persist(&target).map_err(|e| e.error)?;
         // The rename is durable only once the directory entry is.
-        std::fs::File::open(dir)?.sync_all()?;
+        sync_parent(&target)?;
         Ok(true)
     }
 
-    /// Records, durably, that `name`'s file may be about to lose its last record (before
-    /// deleting an image's record). Blocking: call from a blocking task.
-    pub fn intend_removal(&self, name: &ImageName) -> io::Result<()> {
-        std::fs::File::create(self.intents.join(name.to_string()))?;
+    /// Creates `target`'s shard directories, durably, if they are missing.
+    fn make_shard_dir(&self, target: &Path) -> io::Result<()> {
+        let Some(dir) = target.parent() else {
+            return Ok(());
+        };
+        if !dir.exists() {
+            std::fs::create_dir_all(dir)?;
+            // A new shard directory is durable only once its entry in each parent is.
+            let mut parent = dir.parent();
+            while let Some(p) =
+                parent.filter(|p| p.starts_with(&self.images) || p.starts_with(&self.drafts))
+            {
+                std::fs::File::open(p)?.sync_all()?;
+                parent = p.parent();
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes a draft's file: links it into `images/` (the draft's stays, for other
+    /// drafts of the same content), leaving an intent for the published name that the
+    /// caller settles once the records say it is published. Returns `false`, leaving no
+    /// intent, when the published file is there already. Blocking.
+    pub fn publish_draft(&self, name: &ImageName) -> io::Result<bool> {
+        let target = self.path_of(name);
+        if target.exists() {
+            return Ok(false);
+        }
+        self.make_shard_dir(&target)?;
+        self.intend_removal(Shelf::Published, name)?;
+        match std::fs::hard_link(self.path_on(Shelf::Draft, name), &target) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
+            other => other?,
+        }
+        sync_parent(&target)?;
+        Ok(true)
+    }
+
+    /// Records, durably, that `name`'s file on `shelf` may be about to lose its last
+    /// record (before deleting an image's record). Blocking: call from a blocking task.
+    pub fn intend_removal(&self, shelf: Shelf, name: &ImageName) -> io::Result<()> {
+        std::fs::File::create(self.intents.join(intent_name(shelf, name)))?;
         std::fs::File::open(&self.intents)?.sync_all()
     }
 
-    /// Drops the intent for `name`: its file and its records agree again. Not synced: an
-    /// intent that outlives a crash is settled again at start, harmlessly.
-    pub fn settle(&self, name: &ImageName) -> io::Result<()> {
-        match std::fs::remove_file(self.intents.join(name.to_string())) {
+    /// Drops the intent for `name` on `shelf`: its file and its records agree again. Not
+    /// synced: an intent that outlives a crash is settled again at start, harmlessly.
+    pub fn settle(&self, shelf: Shelf, name: &ImageName) -> io::Result<()> {
+        match std::fs::remove_file(self.intents.join(intent_name(shelf, name))) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
@@ -195,12 +268,19 @@ impl MediaRoot {
 
     /// The intents a crash left (files whose record may be missing). Stray entries that
     /// are not image names are removed.
-    pub fn intents(&self) -> io::Result<Vec<ImageName>> {
+    pub fn intents(&self) -> io::Result<Vec<(Shelf, ImageName)>> {
         let mut names = Vec::new();
         for entry in std::fs::read_dir(&self.intents)? {
             let entry = entry?;
-            match entry.file_name().to_str().and_then(ImageName::parse) {
-                Some(name) => names.push(name),
+            let parsed = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| match n.strip_prefix("draft-") {
+                    Some(n) => ImageName::parse(n).map(|name| (Shelf::Draft, name)),
+                    None => ImageName::parse(n).map(|name| (Shelf::Published, name)),
+                });
+            match parsed {
+                Some(intent) => names.push(intent),
                 None => std::fs::remove_file(entry.path())?,
             }
         }
@@ -304,9 +384,16 @@ impl MediaRoot {
         std::fs::write(mark, b"")
     }
 
-    /// Removes a stored original (used to undo a commit whose metadata could not be
-    /// written, and when its last image is deleted), its variants, and their cached copies.
-    pub fn remove(&self, name: &ImageName) -> io::Result<()> {
+    /// Removes a stored original on `shelf` (used to undo a commit whose metadata could
+    /// not be written, and when its last image is deleted); a published one's variants
+    /// and cached copies go with it.
+    pub fn remove(&self, shelf: Shelf, name: &ImageName) -> io::Result<()> {
+        if shelf == Shelf::Draft {
+            return match std::fs::remove_file(self.path_on(shelf, name)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            };
+        }
         self.hot.invalidate(&StoredFile::Original(name.clone()));
         let source = name.clone();
         // Fails only if the cache was built without invalidation closures: it is not.
@@ -321,6 +408,14 @@ impl MediaRoot {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
+    }
+}
+
+/// Syncs the directory holding `path`, so an entry made or renamed in it is durable.
+fn sync_parent(path: &Path) -> io::Result<()> {
+    match path.parent() {
+        Some(dir) => std::fs::File::open(dir)?.sync_all(),
+        None => Ok(()),
     }
 }
 

@@ -11,7 +11,7 @@ mod variant;
 
 pub use hygiene::clean as clean_metadata;
 pub use inspect::{DecodeLimits, Inspected, inspect};
-pub use layout::{MediaRoot, Opened, StoredFile};
+pub use layout::{MediaRoot, Opened, Shelf, StoredFile};
 pub use recompress::{Recompressed, recompress};
 pub use staging::{StagedUpload, stage};
 pub use variant::{Asked, Fit, Recipe, Variants};

@@ -64,7 +64,8 @@ impl StoreError {
 /// Image metadata, shaped by the queries the server asks.
 #[async_trait]
 pub trait ImageStore: Send + Sync {
-    /// Stores a new image row and its index rows in one write.
+    /// Stores a new image row and its index rows in one write. A published image is
+    /// indexed by sha1, owner and tag; a draft only among drafts (by sha1 and expiry).
     async fn insert_image(&self, image: &Image) -> Result<(), StoreError>;
 
     /// Stores many new images (bulk seeding). The default writes them one by one.
@@ -86,10 +87,41 @@ pub trait ImageStore: Send + Sync {
         limit: usize,
     ) -> Result<Vec<Image>, StoreError>;
 
-    /// How many images share this content (sha1, lowercase hex).
+    /// How many published images share this content (sha1, lowercase hex).
     async fn count_images_with_sha1(&self, sha1: &str) -> Result<u64, StoreError>;
 
-    /// One page of an owner's images, newest first; pass the last id seen as `before`.
+    /// How many drafts share this content (their file is kept apart until attached).
+    async fn count_drafts_with_sha1(&self, sha1: &str) -> Result<u64, StoreError>;
+
+    /// One page of the published images carrying `tag`, in id order after `after`.
+    async fn images_by_tag(
+        &self,
+        tag: &str,
+        after: Option<ImageId>,
+        limit: usize,
+    ) -> Result<Vec<Image>, StoreError>;
+
+    /// Publishes drafts, all or none: each of `ids` must be a draft not expired at `now`
+    /// (or an image already attached to `owner`, left as it is, so attaching twice is
+    /// harmless). Each becomes published, owned by `owner`, with `tags` when given.
+    /// [`StoreError::Changed`] (and nothing written) if any id is not so.
+    async fn attach_images(
+        &self,
+        ids: &[ImageId],
+        owner: UserId,
+        tags: Option<&Tags>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Image>, StoreError>;
+
+    /// Up to `limit` ids of drafts that expired before `until`, soonest expiry first.
+    async fn expired_drafts(
+        &self,
+        until: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<ImageId>, StoreError>;
+
+    /// One page of an owner's published images, newest first; pass the last id seen as
+    /// `before`.
     async fn images_by_owner(
         &self,
         owner: UserId,

@@ -170,6 +170,11 @@ async fn fill(page: &Client, id: &str, text: &str) -> Result<(), fantoccini::err
     page.find(Locator::Id(id)).await?.send_keys(text).await
 }
 
+/// Empties the input with id `id`.
+async fn clear(page: &Client, id: &str) -> Result<(), fantoccini::error::CmdError> {
+    page.find(Locator::Id(id)).await?.clear().await
+}
+
 /// Clicks the element with id `id`.
 async fn click(page: &Client, id: &str) -> Result<(), fantoccini::error::CmdError> {
     page.find(Locator::Id(id)).await?.click().await
@@ -263,11 +268,16 @@ async fn drive(app: &TestApp, page: &Client) -> Result<(), fantoccini::error::Cm
     let file = dir.path().join("llama.png");
     let bytes = png(24, 16, 42);
     std::fs::write(&file, &bytes).unwrap();
+    // Choosing the file uploads it at once, as a draft: nowhere public yet.
     fill(page, "upload-file", file.to_str().unwrap()).await?;
+    text_with(page, "#upload-status", "draft").await;
+    let random: Value = app.get("/v1/images/random").await.json().await.unwrap();
+    assert_eq!(random["images"], json!([]), "a draft is not drawn");
+    // Publish attaches it, with the form's tags.
     fill(page, "upload-tags", "llama, browser").await?;
     click(page, "upload-submit").await?;
     let name = format!("{}.png", crate::common::sha1_hex(&bytes));
-    text_with(page, "#upload-status", "Uploaded").await;
+    text_with(page, "#upload-status", "Published").await;
     let mine: Value = app
         .client
         .get(app.url("/v1/users/me/images"))
@@ -314,6 +324,18 @@ async fn drive(app: &TestApp, page: &Client) -> Result<(), fantoccini::error::Cm
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(loaded, json!(24), "the grid image loaded at its real width");
+    assert_eq!(mine["images"][0]["tags"], json!(["browser", "llama"]));
+
+    // The grid's tag filter: the image has "browser", nothing has "zebra".
+    fill(page, "random-tag", "zebra").await?;
+    click(page, "random-refresh").await?;
+    text_with(page, "#random-status", "No images tagged").await;
+    clear(page, "random-tag").await?;
+    fill(page, "random-tag", "browser").await?;
+    click(page, "random-refresh").await?;
+    let tagged = attr_css(page, &format!("#random-grid img[data-id='{id}']"), "src").await;
+    assert!(tagged.is_some(), "the tag filter shows the tagged image");
+    clear(page, "random-tag").await?;
 
     // The page paints placeholders: its BlurHash decoder turns the hash of a red picture
     // (made by the crate the server uses) into a red picture.

@@ -7,6 +7,7 @@ mod accounts;
 mod browser;
 mod cli;
 mod crash;
+mod drafts;
 mod events;
 mod gateway;
 mod hardening;

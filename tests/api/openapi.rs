@@ -13,6 +13,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/images/{id}"),
     ("patch", "/v1/images/{id}"),
     ("delete", "/v1/images/{id}"),
+    ("get", "/v1/images/{id}/file"),
+    ("post", "/v1/images/attach"),
     ("get", "/i/random"),
     ("get", "/i/{name}"),
     ("post", "/v1/users"),

@@ -50,6 +50,7 @@ async fn a_panicking_image_pool_is_restarted_with_its_sample_rebuilt_from_the_st
         owner: None,
         blurhash: None,
         created_at: Utc::now(),
+        draft: None,
     };
     app.store.insert_image(&foreign).await.unwrap();
     let restarts_before = value(

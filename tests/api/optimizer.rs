@@ -348,6 +348,7 @@ async fn the_optimizer_fills_in_missing_placeholders() {
         owner: None,
         created_at: chrono::Utc::now(),
         blurhash: None,
+        draft: None,
     };
     app.store.insert_image(&legacy).await.unwrap();
     let path = format!("/v1/images/{}", legacy.id);

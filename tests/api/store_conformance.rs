@@ -36,6 +36,7 @@ fn image(sha1: &str, n: u32, owner: Option<UserId>) -> Image {
         blurhash: n
             .is_multiple_of(2)
             .then(|| "LEHV6nWB2yk8pyo0adR*.7kCMdnj".to_owned()),
+        draft: None,
     }
 }
 

@@ -120,6 +120,40 @@ async fn an_upload_reaches_an_images_subscriber_within_a_second() {
 }
 
 #[tokio::test]
+async fn a_draft_reaches_images_subscribers_only_once_attached() {
+    let app = TestApp::spawn_with(quiet).await;
+    let mut ws = connect(&app, None).await;
+    subscribe(&mut ws, "images").await;
+    let draft: Value = app
+        .authed(reqwest::Method::POST, "/v1/images?draft=true")
+        .header("content-type", "image/png")
+        .body(png(10, 10, 1890))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(draft["state"], "draft");
+    assert_eq!(next_within(&mut ws, Duration::from_millis(500)).await, None);
+    let attached = app
+        .authed(reqwest::Method::POST, "/v1/images/attach")
+        .json(&json!({"images": [{"id": draft["id"]}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(attached.status(), 200);
+    let attached: Value = attached.json().await.unwrap();
+    let pushed = next(&mut ws).await;
+    assert_eq!(
+        (&pushed["topic"], &pushed["event"]),
+        (&json!("images"), &json!("created"))
+    );
+    assert_eq!(pushed["data"], attached["images"][0]);
+    assert_eq!(pushed["data"]["state"], "published");
+}
+
+#[tokio::test]
 async fn images_random_ticks_at_its_interval_with_images_from_the_pool() {
     let app = TestApp::spawn_with(quiet).await;
     let mut ids = HashSet::new();

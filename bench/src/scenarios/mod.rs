@@ -187,6 +187,17 @@ async fn seed_images(addr: SocketAddr, token: &str, count: usize) -> anyhow::Res
     upload_all(addr, token, (0..count).map(png)).await
 }
 
+/// Uploads `count` PNGs tagged `llama`, one in four also `alpaca` (for draws by tag).
+async fn seed_tagged_images(addr: SocketAddr, token: &str, count: usize) -> anyhow::Result<()> {
+    let mut conn = Conn::new(addr);
+    for n in 0..count {
+        let tags = if n % 4 == 0 { "llama,alpaca" } else { "llama" };
+        let path = format!("/v1/images?tags={tags}");
+        upload_one(&mut conn, addr, token, &path, png(n)).await?;
+    }
+    Ok(())
+}
+
 /// Uploads each PNG; returns their names.
 async fn upload_all(
     addr: SocketAddr,
@@ -196,7 +207,21 @@ async fn upload_all(
     let mut conn = Conn::new(addr);
     let mut names = Vec::new();
     for png in pngs {
-        let mut req = request("POST", addr, "/v1/images", Some(token), Bytes::from(png));
+        names.push(upload_one(&mut conn, addr, token, "/v1/images", png).await?);
+    }
+    Ok(names)
+}
+
+/// Uploads one PNG to `path`; returns its name.
+async fn upload_one(
+    conn: &mut Conn,
+    addr: SocketAddr,
+    token: &str,
+    path: &str,
+    png: Vec<u8>,
+) -> anyhow::Result<String> {
+    {
+        let mut req = request("POST", addr, path, Some(token), Bytes::from(png));
         req.headers_mut()
             .insert("content-type", "image/png".parse().expect("header"));
         let response = conn.send(req).await?;
@@ -204,9 +229,8 @@ async fn upload_all(
             bail!("seeding an image answered {}", response.status());
         }
         let body: Value = serde_json::from_slice(response.body())?;
-        names.push(body["name"].as_str().context("image name")?.to_owned());
+        Ok(body["name"].as_str().context("image name")?.to_owned())
     }
-    Ok(names)
 }
 
 /// Runs `work` against `server`, measuring both processes' CPU.

@@ -8,7 +8,7 @@ pub async fn random(sizes: Sizes, command: &str) -> anyhow::Result<Report> {
     let mut report = report("random", command);
     let corral = servers::corral(&[]).await?;
     let token = admin_token(corral.addr).await?;
-    seed_images(corral.addr, &token, sizes.images).await?;
+    seed_tagged_images(corral.addr, &token, sizes.images).await?;
     let path = "/v1/images/random?count=25";
     let sample = Conn::new(corral.addr)
         .send(load::get(corral.addr, path))
@@ -19,36 +19,54 @@ pub async fn random(sizes: Sizes, command: &str) -> anyhow::Result<Report> {
         connections: sizes.connections,
     };
     let work = load::gets(vec![path.to_owned()]);
+    // The reference answers every path with one untagged answer: the same size as a
+    // tagged one (25 entries of one shape), so it stands for both.
     let reference = servers::reference(body_file.path(), "application/json").await?;
     let wrk = crate::wrk::binary().filter(|_| sizes.duration >= Duration::from_secs(1));
-    if let Some(wrk) = &wrk {
-        // Throughput by wrk, which has the headroom the bench's own generator lacks.
-        let paths = [path.to_owned()];
-        let mut levels = vec![64, sizes.connections];
-        levels.dedup();
-        for connections in levels {
-            let against = (&reference, "bare axum handler");
-            alternate(
-                &mut report,
-                wrk,
-                &corral,
-                against,
-                "count=25",
-                connections,
-                sizes.duration,
-                (&paths, &paths),
-            )
-            .await?;
+    // Untagged, and by a tag a quarter of the images carry (drawn from the sample's
+    // per-tag index).
+    let variants = [
+        ("count=25", path),
+        (
+            "count=25&tag=alpaca",
+            "/v1/images/random?count=25&tag=alpaca",
+        ),
+    ];
+    for (what, path) in variants {
+        if let Some(wrk) = &wrk {
+            // Throughput by wrk, which has the headroom the bench's own generator lacks.
+            let paths = [path.to_owned()];
+            let mut levels = vec![64, sizes.connections];
+            levels.dedup();
+            for connections in levels {
+                let against = (&reference, "bare axum handler");
+                alternate(
+                    &mut report,
+                    wrk,
+                    &corral,
+                    against,
+                    what,
+                    connections,
+                    sizes.duration,
+                    (&paths, &paths),
+                )
+                .await?;
+            }
+        } else {
+            let work = load::gets(vec![path.to_owned()]);
+            let label = format!("corral, {what}");
+            report
+                .results
+                .push(measure(&corral, &label, mode, &sizes, work.clone()).await);
+            let label = format!("bare axum handler, {what}");
+            report
+                .results
+                .push(measure(&reference, &label, mode, &sizes, work).await);
+            let n = report.results.len();
+            ratio(&mut report, n - 2, n - 1, "req/s");
         }
-    } else {
-        report
-            .results
-            .push(measure(&corral, "corral", mode, &sizes, work.clone()).await);
-        report
-            .results
-            .push(measure(&reference, "bare axum handler", mode, &sizes, work.clone()).await);
-        let n = report.results.len();
-        ratio(&mut report, n - 2, n - 1, "req/s");
+    }
+    if wrk.is_none() {
         report.notes.push(without_wrk());
     }
     reference.stop().await;

@@ -17,7 +17,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{Database, ReadableDatabase, TableDefinition, TableHandle};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -29,6 +29,13 @@ const IMAGES: TableDefinition<u128, &[u8]> = TableDefinition::new("images");
 const IMAGES_BY_SHA1: TableDefinition<(&str, u128), ()> = TableDefinition::new("images_by_sha1");
 /// `images_by_owner`: (owner, id) -> ().
 const IMAGES_BY_OWNER: TableDefinition<(u128, u128), ()> = TableDefinition::new("images_by_owner");
+/// `images_by_tag`: (tag, id) -> (), published images only: draws by a tag too rare for
+/// the in-memory sample.
+const IMAGES_BY_TAG: TableDefinition<(&str, u128), ()> = TableDefinition::new("images_by_tag");
+/// `drafts_by_sha1`: (sha1 hex, id) -> (). Counts the drafts that share one draft file.
+const DRAFTS_BY_SHA1: TableDefinition<(&str, u128), ()> = TableDefinition::new("drafts_by_sha1");
+/// `drafts_by_expiry`: (expires_at ms, id) -> (): what the sweeper removes, oldest first.
+const DRAFTS_BY_EXPIRY: TableDefinition<(i64, u128), ()> = TableDefinition::new("drafts_by_expiry");
 /// `users`: id -> JSON record.
 const USERS: TableDefinition<u128, &[u8]> = TableDefinition::new("users");
 /// `users_by_username`: username -> user id.
@@ -119,9 +126,19 @@ impl EmbeddedStore {
                 e => e.into(),
             })?;
         let tx = db.begin_write()?;
+        let tag_index_missing = !tx
+            .list_tables()?
+            .any(|table| table.name() == IMAGES_BY_TAG.name());
         tx.open_table(IMAGES)?;
         tx.open_table(IMAGES_BY_SHA1)?;
         tx.open_table(IMAGES_BY_OWNER)?;
+        tx.open_table(IMAGES_BY_TAG)?;
+        tx.open_table(DRAFTS_BY_SHA1)?;
+        tx.open_table(DRAFTS_BY_EXPIRY)?;
+        if tag_index_missing {
+            // A store made before the tag index: build it once from the records.
+            images::index_tags(&tx)?;
+        }
         tx.open_table(USERS)?;
         tx.open_table(USERS_BY_USERNAME)?;
         tx.open_table(USERS_BY_EMAIL)?;

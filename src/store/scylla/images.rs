@@ -1,15 +1,22 @@
 //! Image metadata in Scylla.
 
+use std::sync::atomic::{AtomicI64, Ordering};
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use scylla::client::session::Session;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
+use scylla::value::{CqlTimestamp, CqlValue};
 use uuid::Uuid;
 
 use super::{ScyllaStore, err, prepare, stored};
-use crate::domain::{Image, ImageFormat, ImageId, Tags, UserId};
+use crate::domain::{Draft, Image, ImageFormat, ImageId, Tags, TokenHash, UserId};
 use crate::store::{ImageStore, StoreError};
+
+/// How far back (in hours of expiry) a node's first sweep looks for expired drafts.
+const SWEEP_LOOKBACK_HOURS: i64 = 7 * 24;
+const HOUR_MS: i64 = 3_600_000;
 
 type ImageRow = (
     Uuid,
@@ -23,10 +30,12 @@ type ImageRow = (
     Option<Uuid>,
     DateTime<Utc>,
     Option<String>,
+    Option<DateTime<Utc>>,
+    Option<Vec<u8>>,
 );
 
-const COLUMNS: &str =
-    "id, name, sha1, format, width, height, bytes, tags, owner, created_at, blurhash";
+const COLUMNS: &str = "id, name, sha1, format, width, height, bytes, tags, owner, created_at, \
+     blurhash, draft_expires_at, claim";
 
 pub(super) struct Statements {
     insert: PreparedStatement,
@@ -43,6 +52,19 @@ pub(super) struct Statements {
     delete: PreparedStatement,
     delete_by_sha1: PreparedStatement,
     delete_by_owner: PreparedStatement,
+    insert_by_tag: PreparedStatement,
+    delete_by_tag: PreparedStatement,
+    by_tag: PreparedStatement,
+    by_tag_after: PreparedStatement,
+    insert_draft_by_sha1: PreparedStatement,
+    delete_draft_by_sha1: PreparedStatement,
+    count_draft_sha1: PreparedStatement,
+    insert_draft_by_expiry: PreparedStatement,
+    delete_draft_by_expiry: PreparedStatement,
+    drafts_expiring: PreparedStatement,
+    publish: PreparedStatement,
+    /// The oldest hour of draft expiry that may still hold rows (see `expired_drafts`).
+    sweep_from: AtomicI64,
 }
 
 impl Statements {
@@ -51,7 +73,7 @@ impl Statements {
             insert: prepare(
                 s,
                 format!(
-                    "INSERT INTO {ks}.images ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    "INSERT INTO {ks}.images ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 ),
             )
             .await?,
@@ -109,12 +131,95 @@ impl Statements {
                 format!("DELETE FROM {ks}.images_by_owner WHERE owner = ? AND id = ?"),
             )
             .await?,
+            insert_by_tag: prepare(
+                s,
+                format!("INSERT INTO {ks}.images_by_tag (tag, id) VALUES (?, ?)"),
+            )
+            .await?,
+            delete_by_tag: prepare(
+                s,
+                format!("DELETE FROM {ks}.images_by_tag WHERE tag = ? AND id = ?"),
+            )
+            .await?,
+            by_tag: prepare(
+                s,
+                format!("SELECT id FROM {ks}.images_by_tag WHERE tag = ? LIMIT ?"),
+            )
+            .await?,
+            by_tag_after: prepare(
+                s,
+                format!("SELECT id FROM {ks}.images_by_tag WHERE tag = ? AND id > ? LIMIT ?"),
+            )
+            .await?,
+            insert_draft_by_sha1: prepare(
+                s,
+                format!("INSERT INTO {ks}.drafts_by_sha1 (sha1, id) VALUES (?, ?)"),
+            )
+            .await?,
+            delete_draft_by_sha1: prepare(
+                s,
+                format!("DELETE FROM {ks}.drafts_by_sha1 WHERE sha1 = ? AND id = ?"),
+            )
+            .await?,
+            count_draft_sha1: prepare(
+                s,
+                format!("SELECT COUNT(*) FROM {ks}.drafts_by_sha1 WHERE sha1 = ?"),
+            )
+            .await?,
+            insert_draft_by_expiry: prepare(
+                s,
+                format!(
+                    "INSERT INTO {ks}.drafts_by_expiry (hour, expires_at, id) VALUES (?, ?, ?)"
+                ),
+            )
+            .await?,
+            delete_draft_by_expiry: prepare(
+                s,
+                format!(
+                    "DELETE FROM {ks}.drafts_by_expiry WHERE hour = ? AND expires_at = ? AND id = ?"
+                ),
+            )
+            .await?,
+            drafts_expiring: prepare(
+                s,
+                format!(
+                    "SELECT id FROM {ks}.drafts_by_expiry WHERE hour = ? AND expires_at < ? LIMIT ?"
+                ),
+            )
+            .await?,
+            publish: prepare(
+                s,
+                format!(
+                    "UPDATE {ks}.images SET draft_expires_at = null, claim = null, owner = ?, \
+                     tags = ? WHERE id = ?"
+                ),
+            )
+            .await?,
+            sweep_from: AtomicI64::new(i64::MIN),
         })
     }
 }
 
 fn from_row(row: ImageRow) -> Result<Image, StoreError> {
-    let (id, name, sha1, format, width, height, bytes, tags, owner, created_at, blurhash) = row;
+    let (
+        id,
+        name,
+        sha1,
+        format,
+        width,
+        height,
+        bytes,
+        tags,
+        owner,
+        created_at,
+        blurhash,
+        draft_expires_at,
+        claim,
+    ) = row;
+    let claim = claim
+        .map(|c| <[u8; 32]>::try_from(c.as_slice()).map(TokenHash))
+        .transpose()
+        .map_err(|_| StoreError::Corrupt("a claim hash is not 32 bytes".into()))?;
     let format: ImageFormat = format
         .parse()
         .map_err(|()| StoreError::Corrupt(format!("unknown format {format:?}")))?;
@@ -132,7 +237,90 @@ fn from_row(row: ImageRow) -> Result<Image, StoreError> {
         owner: owner.map(UserId),
         created_at,
         blurhash,
+        draft: draft_expires_at.map(|expires_at| Draft { expires_at, claim }),
     })
+}
+
+/// A batch built statement by statement, each with its values.
+struct Writes {
+    batch: Batch,
+    values: Vec<Vec<Option<CqlValue>>>,
+}
+
+impl Writes {
+    fn new() -> Self {
+        Self {
+            batch: Batch::new(BatchType::Logged),
+            values: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, statement: &PreparedStatement, values: Vec<Option<CqlValue>>) {
+        self.batch.append_statement(statement.clone());
+        self.values.push(values);
+    }
+}
+
+fn uuid(id: Uuid) -> Option<CqlValue> {
+    Some(CqlValue::Uuid(id))
+}
+
+fn text(s: &str) -> Option<CqlValue> {
+    Some(CqlValue::Text(s.to_owned()))
+}
+
+fn timestamp(t: DateTime<Utc>) -> Option<CqlValue> {
+    Some(CqlValue::Timestamp(CqlTimestamp(t.timestamp_millis())))
+}
+
+fn tag_list(tags: &Tags) -> Option<CqlValue> {
+    Some(CqlValue::List(
+        tags.as_slice()
+            .iter()
+            .map(|t| CqlValue::Text(t.clone()))
+            .collect(),
+    ))
+}
+
+fn expiry_hour(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis().div_euclid(HOUR_MS)
+}
+
+impl Statements {
+    /// Adds (`add`) or removes an image's index rows: a published image's by sha1, owner
+    /// and tag; a draft's among drafts, by sha1 and expiry.
+    fn index(&self, writes: &mut Writes, image: &Image, add: bool) {
+        let id = image.id.0;
+        if let Some(draft) = &image.draft {
+            let (by_sha1, by_expiry) = match add {
+                true => (&self.insert_draft_by_sha1, &self.insert_draft_by_expiry),
+                false => (&self.delete_draft_by_sha1, &self.delete_draft_by_expiry),
+            };
+            writes.add(by_sha1, vec![text(&image.sha1), uuid(id)]);
+            let hour = Some(CqlValue::BigInt(expiry_hour(draft.expires_at)));
+            writes.add(by_expiry, vec![hour, timestamp(draft.expires_at), uuid(id)]);
+            return;
+        }
+        let (by_sha1, by_owner, by_tag) = match add {
+            true => (
+                &self.insert_by_sha1,
+                &self.insert_by_owner,
+                &self.insert_by_tag,
+            ),
+            false => (
+                &self.delete_by_sha1,
+                &self.delete_by_owner,
+                &self.delete_by_tag,
+            ),
+        };
+        writes.add(by_sha1, vec![text(&image.sha1), uuid(id)]);
+        if let Some(owner) = image.owner {
+            writes.add(by_owner, vec![uuid(owner.0), uuid(id)]);
+        }
+        for tag in image.tags.as_slice() {
+            writes.add(by_tag, vec![text(tag), uuid(id)]);
+        }
+    }
 }
 
 impl ScyllaStore {
@@ -164,39 +352,31 @@ impl ImageStore for ScyllaStore {
         let width = i32::try_from(image.width).map_err(err)?;
         let height = i32::try_from(image.height).map_err(err)?;
         let bytes = i64::try_from(image.bytes).map_err(err)?;
-        let row = (
-            image.id.0,
-            &image.name,
-            &image.sha1,
-            image.format.as_str(),
-            width,
-            height,
-            bytes,
-            image.tags.as_slice(),
-            image.owner.map(|o| o.0),
-            image.created_at,
-            &image.blurhash,
-        );
-        let mut batch = Batch::new(BatchType::Logged);
-        batch.append_statement(st.insert.clone());
-        batch.append_statement(st.insert_by_sha1.clone());
-        match image.owner {
-            Some(owner) => {
-                batch.append_statement(st.insert_by_owner.clone());
-                self.session
-                    .batch(
-                        &batch,
-                        (row, (&image.sha1, image.id.0), (owner.0, image.id.0)),
-                    )
-                    .await
-            }
-            None => {
-                self.session
-                    .batch(&batch, (row, (&image.sha1, image.id.0)))
-                    .await
-            }
-        }
-        .map_err(err)?;
+        let draft = image.draft.as_ref();
+        let row = vec![
+            uuid(image.id.0),
+            text(&image.name),
+            text(&image.sha1),
+            text(image.format.as_str()),
+            Some(CqlValue::Int(width)),
+            Some(CqlValue::Int(height)),
+            Some(CqlValue::BigInt(bytes)),
+            tag_list(&image.tags),
+            image.owner.and_then(|o| uuid(o.0)),
+            timestamp(image.created_at),
+            image.blurhash.as_deref().and_then(text),
+            draft.and_then(|d| timestamp(d.expires_at)),
+            draft
+                .and_then(|d| d.claim)
+                .map(|c| CqlValue::Blob(c.0.to_vec())),
+        ];
+        let mut writes = Writes::new();
+        writes.add(&st.insert, row);
+        st.index(&mut writes, image, true);
+        self.session
+            .batch(&writes.batch, writes.values)
+            .await
+            .map_err(err)?;
         Ok(())
     }
 
@@ -244,19 +424,7 @@ impl ImageStore for ScyllaStore {
             }
             None => self.run(&self.images.by_owner, (owner.0, limit(n))).await?,
         };
-        let rows = result.into_rows_result().map_err(err)?;
-        let ids: Vec<Uuid> = rows
-            .rows::<(Uuid,)>()
-            .map_err(err)?
-            .map(|r| r.map(|(id,)| id).map_err(err))
-            .collect::<Result<_, _>>()?;
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            if let Some(image) = self.get_image(ImageId(id)).await? {
-                out.push(image);
-            }
-        }
-        Ok(out)
+        self.images_with_ids(ids_of(result)?).await
     }
 
     async fn set_image_tags(&self, id: ImageId, tags: &Tags) -> Result<Option<Image>, StoreError> {
@@ -268,6 +436,22 @@ impl ImageStore for ScyllaStore {
             .await?
         {
             return Ok(None);
+        }
+        if !image.is_draft() {
+            let st = &self.images;
+            let mut writes = Writes::new();
+            for tag in image.tags.as_slice().iter().filter(|t| !tags.contains(t)) {
+                writes.add(&st.delete_by_tag, vec![text(tag), uuid(id.0)]);
+            }
+            for tag in tags.as_slice().iter().filter(|t| !image.tags.contains(t)) {
+                writes.add(&st.insert_by_tag, vec![text(tag), uuid(id.0)]);
+            }
+            if !writes.values.is_empty() {
+                self.session
+                    .batch(&writes.batch, writes.values)
+                    .await
+                    .map_err(err)?;
+            }
         }
         image.tags = tags.clone();
         Ok(Some(image))
@@ -296,23 +480,146 @@ impl ImageStore for ScyllaStore {
             return Ok(None);
         };
         let st = &self.images;
-        let mut batch = Batch::new(BatchType::Logged);
-        batch.append_statement(st.delete.clone());
-        batch.append_statement(st.delete_by_sha1.clone());
-        match image.owner {
-            Some(owner) => {
-                batch.append_statement(st.delete_by_owner.clone());
-                self.session
-                    .batch(&batch, ((id.0,), (&image.sha1, id.0), (owner.0, id.0)))
-                    .await
+        let mut writes = Writes::new();
+        writes.add(&st.delete, vec![uuid(id.0)]);
+        st.index(&mut writes, &image, false);
+        self.session
+            .batch(&writes.batch, writes.values)
+            .await
+            .map_err(err)?;
+        Ok(Some(image))
+    }
+
+    async fn count_drafts_with_sha1(&self, sha1: &str) -> Result<u64, StoreError> {
+        let rows = self
+            .run(&self.images.count_draft_sha1, (sha1,))
+            .await?
+            .into_rows_result()
+            .map_err(err)?;
+        let (count,): (i64,) = rows.single_row().map_err(err)?;
+        stored(count)
+    }
+
+    async fn images_by_tag(
+        &self,
+        tag: &str,
+        after: Option<ImageId>,
+        n: usize,
+    ) -> Result<Vec<Image>, StoreError> {
+        let result = match after {
+            Some(id) => {
+                self.run(&self.images.by_tag_after, (tag, id.0, limit(n)))
+                    .await?
             }
-            None => {
-                self.session
-                    .batch(&batch, ((id.0,), (&image.sha1, id.0)))
-                    .await
+            None => self.run(&self.images.by_tag, (tag, limit(n))).await?,
+        };
+        let ids = ids_of(result)?;
+        self.images_with_ids(ids).await
+    }
+
+    /// Checked image by image, then written in one logged batch: atomic (all rows or
+    /// none) but not isolated. A draft expires for attach at `now`, and the sweeper
+    /// removes only drafts expired a while (`SWEEP_GRACE`), so it never races this.
+    async fn attach_images(
+        &self,
+        ids: &[ImageId],
+        owner: UserId,
+        tags: Option<&Tags>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Image>, StoreError> {
+        let st = &self.images;
+        let mut writes = Writes::new();
+        let mut attached = Vec::with_capacity(ids.len());
+        for &id in ids {
+            let image = self.get_image(id).await?.ok_or(StoreError::Changed)?;
+            match &image.draft {
+                Some(draft) if draft.expires_at > now => {}
+                None if image.owner == Some(owner) => {
+                    attached.push(image);
+                    continue;
+                }
+                _ => return Err(StoreError::Changed),
+            }
+            st.index(&mut writes, &image, false);
+            let mut image = image;
+            image.draft = None;
+            image.owner = Some(owner);
+            if let Some(tags) = tags {
+                image.tags = tags.clone();
+            }
+            writes.add(
+                &st.publish,
+                vec![uuid(owner.0), tag_list(&image.tags), uuid(id.0)],
+            );
+            st.index(&mut writes, &image, true);
+            attached.push(image);
+        }
+        if !writes.values.is_empty() {
+            self.session
+                .batch(&writes.batch, writes.values)
+                .await
+                .map_err(err)?;
+        }
+        Ok(attached)
+    }
+
+    /// Reads the expiry hours from the oldest that may still hold rows (on a node's first
+    /// sweep, `SWEEP_LOOKBACK_HOURS` back) up to `until`'s, and moves that mark past the
+    /// hours found empty.
+    async fn expired_drafts(
+        &self,
+        until: DateTime<Utc>,
+        n: usize,
+    ) -> Result<Vec<ImageId>, StoreError> {
+        let st = &self.images;
+        let last = expiry_hour(until);
+        let mut hour = st.sweep_from.load(Ordering::Relaxed);
+        if hour == i64::MIN {
+            hour = last - SWEEP_LOOKBACK_HOURS;
+        }
+        let mut out = Vec::new();
+        let mut empty_until = hour;
+        while hour <= last && out.len() < n {
+            let result = self
+                .run(
+                    &st.drafts_expiring,
+                    (
+                        hour,
+                        CqlTimestamp(until.timestamp_millis()),
+                        limit(n - out.len()),
+                    ),
+                )
+                .await?;
+            let ids = ids_of(result)?;
+            if ids.is_empty() && empty_until == hour && hour < last {
+                empty_until = hour + 1;
+            }
+            out.extend(ids.into_iter().map(ImageId));
+            hour += 1;
+        }
+        st.sweep_from.fetch_max(empty_until, Ordering::Relaxed);
+        Ok(out)
+    }
+}
+
+/// The ids a query of one `id` column returned.
+fn ids_of(result: scylla::response::query_result::QueryResult) -> Result<Vec<Uuid>, StoreError> {
+    let rows = result.into_rows_result().map_err(err)?;
+    rows.rows::<(Uuid,)>()
+        .map_err(err)?
+        .map(|r| r.map(|(id,)| id).map_err(err))
+        .collect()
+}
+
+impl ScyllaStore {
+    /// The images with these ids that still exist, in the same order.
+    async fn images_with_ids(&self, ids: Vec<Uuid>) -> Result<Vec<Image>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(image) = self.get_image(ImageId(id)).await? {
+                out.push(image);
             }
         }
-        .map_err(err)?;
-        Ok(Some(image))
+        Ok(out)
     }
 }
