@@ -10,7 +10,7 @@ use corral::domain::{
     ReminderState,
 };
 use corral::domain::{
-    Email, Image, ImageFormat, ImageId, Session, Tags, TokenHash, User, UserId, Username,
+    Draft, Email, Image, ImageFormat, ImageId, Session, Tags, TokenHash, User, UserId, Username,
 };
 use corral::store::scylla::{ScyllaTarget, migrate};
 use corral::store::{
@@ -68,7 +68,7 @@ macro_rules! areas {
     };
 }
 
-areas!(images, accounts, events, reminders, mail);
+areas!(images, drafts, accounts, events, reminders, mail);
 
 fn event(n: i64, topics: &str, at: (f64, f64)) -> Event {
     let starts_at = Utc
@@ -336,6 +336,128 @@ async fn images(store: &dyn Store) {
     let left = store.images_by_owner(owner, None, 100).await.unwrap();
     assert!(!left.iter().any(|i| i.id == target.id));
     assert_eq!(store.delete_image(target.id).await.unwrap(), None);
+}
+
+/// Drafts are indexed apart (by sha1 among drafts, by expiry), attach publishes all or
+/// none, and the tag index follows inserts, re-tags, attaches and deletes.
+async fn drafts(store: &dyn Store) {
+    let owner = UserId::new();
+    let sha1 = "d".repeat(40);
+    let t0 = Utc.timestamp_millis_opt(1_700_000_000_000).unwrap();
+    let draft_of = |n: u32, expires_in_ms: i64, owner: Option<UserId>| {
+        let mut image = image(&sha1, n, owner);
+        image.draft = Some(Draft {
+            expires_at: t0 + chrono::Duration::milliseconds(expires_in_ms),
+            claim: owner.is_none().then_some(TokenHash([7; 32])),
+        });
+        image
+    };
+    let a = draft_of(1, 1_000, Some(owner));
+    let b = draft_of(2, 2_000, None);
+    let late = draft_of(3, 10 * 3_600_000, Some(owner));
+    for image in [&a, &b, &late] {
+        store.insert_image(image).await.unwrap();
+    }
+    // Round-trips, counted among drafts only, not indexed by owner or tag.
+    assert_eq!(store.get_image(b.id).await.unwrap().as_ref(), Some(&b));
+    assert_eq!(store.count_drafts_with_sha1(&sha1).await.unwrap(), 3);
+    assert_eq!(store.count_images_with_sha1(&sha1).await.unwrap(), 0);
+    assert!(
+        store
+            .images_by_owner(owner, None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .images_by_tag("llama", None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // By expiry, soonest first, before `until` only.
+    let expired =
+        |ms: i64, n: usize| store.expired_drafts(t0 + chrono::Duration::milliseconds(ms), n);
+    assert!(expired(1_000, 10).await.unwrap().is_empty());
+    assert_eq!(expired(1_001, 10).await.unwrap(), [a.id]);
+    assert_eq!(expired(5_000, 10).await.unwrap(), [a.id, b.id]);
+    assert_eq!(expired(5_000, 1).await.unwrap(), [a.id]);
+
+    // Attach is all or none: an expired draft (at `now`) spoils the batch.
+    let now = t0 + chrono::Duration::milliseconds(1_500);
+    let tags = Tags::parse_csv("form,llama").unwrap();
+    let spoiled = store
+        .attach_images(&[late.id, a.id], owner, Some(&tags), now)
+        .await;
+    assert!(matches!(spoiled, Err(StoreError::Changed)), "{spoiled:?}");
+    let unknown = store
+        .attach_images(&[late.id, ImageId::new()], owner, None, now)
+        .await;
+    assert!(matches!(unknown, Err(StoreError::Changed)), "{unknown:?}");
+    assert!(store.get_image(late.id).await.unwrap().unwrap().is_draft());
+
+    let attached = store
+        .attach_images(&[late.id, b.id], owner, Some(&tags), now)
+        .await
+        .unwrap();
+    assert_eq!(attached.len(), 2);
+    for image in &attached {
+        assert_eq!((image.draft.as_ref(), image.owner), (None, Some(owner)));
+        assert_eq!(image.tags, tags);
+        assert_eq!(
+            store.get_image(image.id).await.unwrap().as_ref(),
+            Some(image)
+        );
+    }
+    assert_eq!(store.count_drafts_with_sha1(&sha1).await.unwrap(), 1);
+    assert_eq!(store.count_images_with_sha1(&sha1).await.unwrap(), 2);
+    let mine: HashSet<ImageId> = store
+        .images_by_owner(owner, None, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|i| i.id)
+        .collect();
+    assert_eq!(mine, HashSet::from([late.id, b.id]));
+    assert_eq!(expired(20 * 3_600_000, 10).await.unwrap(), [a.id]);
+    // Attaching again (to the same owner) changes nothing; to another is refused.
+    let again = store
+        .attach_images(&[b.id], owner, None, now)
+        .await
+        .unwrap();
+    assert_eq!(again[0].tags, tags);
+    let other = store.attach_images(&[b.id], UserId::new(), None, now).await;
+    assert!(matches!(other, Err(StoreError::Changed)), "{other:?}");
+
+    // The tag index follows attach, re-tag and delete, in id order, paged.
+    let tagged = |tag: &'static str| async move {
+        let mut ids = Vec::new();
+        let mut after = None;
+        loop {
+            let page = store.images_by_tag(tag, after, 1).await.unwrap();
+            let Some(last) = page.last() else { return ids };
+            after = Some(last.id);
+            ids.extend(page.iter().map(|i| i.id));
+        }
+    };
+    let mut both = vec![late.id, b.id];
+    both.sort();
+    assert_eq!(tagged("form").await, both);
+    store
+        .set_image_tags(b.id, &Tags::parse_csv("other").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(tagged("form").await, [late.id]);
+    assert_eq!(tagged("other").await, [b.id]);
+    store.delete_image(late.id).await.unwrap();
+    assert!(tagged("form").await.is_empty());
+    // Deleting a draft drops its rows among drafts.
+    store.delete_image(a.id).await.unwrap();
+    assert_eq!(store.count_drafts_with_sha1(&sha1).await.unwrap(), 0);
+    assert!(expired(20 * 3_600_000, 10).await.unwrap().is_empty());
+    assert_eq!(store.count_images_with_sha1(&sha1).await.unwrap(), 1);
 }
 
 fn user(name: &str) -> User {
@@ -833,6 +955,27 @@ async fn mail(store: &dyn Store) {
     let unique: HashSet<MailId> = seen.iter().copied().collect();
     assert_eq!(unique.len(), seen.len(), "no repeats");
     assert!(all.iter().all(|id| unique.contains(id)), "none missing");
+}
+
+#[tokio::test]
+async fn an_embedded_store_made_before_the_tag_index_gets_it_at_open() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let tagged = image(&"a".repeat(40), 1, None);
+    store.insert_image(&tagged).await.unwrap();
+    store.close().await.unwrap();
+    drop(store);
+    // As a data file of an older build: no `images_by_tag` table.
+    {
+        let db = redb::Database::open(dir.path().join("corral.redb")).unwrap();
+        let tx = db.begin_write().unwrap();
+        let gone = redb::TableDefinition::<(&str, u128), ()>::new("images_by_tag");
+        assert!(tx.delete_table(gone).unwrap());
+        tx.commit().unwrap();
+    }
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let found = store.images_by_tag("llama", None, 10).await.unwrap();
+    assert_eq!(found, [tagged]);
 }
 
 #[tokio::test]
