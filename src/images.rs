@@ -211,13 +211,14 @@ impl Images {
     /// Publishes drafts for `user`, all or none: each must be a live draft of theirs, or
     /// an anonymous one with its claim token (or already attached to them: attaching
     /// twice changes nothing). Any other id is not found, and nothing is attached.
-    /// `tags`, when given, replace the drafts' own.
+    /// `tags`, when given, replace the drafts' own. Returns each image, and whether
+    /// this call published it.
     pub async fn attach(
         &self,
         user: &User,
         claims: &[Claim],
         tags: Option<Tags>,
-    ) -> Result<Vec<Image>, ImagesError> {
+    ) -> Result<Vec<(Image, bool)>, ImagesError> {
         let now = Utc::now();
         let mut ids: Vec<ImageId> = Vec::with_capacity(claims.len());
         for claim in claims {

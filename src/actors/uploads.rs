@@ -87,7 +87,8 @@ pub enum UploadMsg {
         ids: Vec<ImageId>,
         owner: UserId,
         tags: Option<Tags>,
-        reply: RpcReplyPort<Result<Vec<Image>, IngestError>>,
+        /// Each image, and whether this attach published it (not an earlier one).
+        reply: RpcReplyPort<Result<Vec<(Image, bool)>, IngestError>>,
     },
 }
 
@@ -219,7 +220,8 @@ impl Worker for UploadWorker {
             } => {
                 let result = attach(deps, &ids, owner, tags.as_ref()).await;
                 if let Ok(attached) = &result {
-                    attached.iter().for_each(|image| announce(deps, image));
+                    let newly = attached.iter().filter(|(_, newly)| *newly);
+                    newly.for_each(|(image, _)| announce(deps, image));
                 }
                 let _ = reply.send(result);
             }
@@ -378,7 +380,7 @@ async fn attach(
     ids: &[ImageId],
     owner: UserId,
     tags: Option<&Tags>,
-) -> Result<Vec<Image>, IngestError> {
+) -> Result<Vec<(Image, bool)>, IngestError> {
     // The drafts' names (a name never changes, so reading them before the locks is safe).
     let mut names = Vec::new();
     for &id in ids {
@@ -393,6 +395,19 @@ async fn attach(
         }
     }
     let _locks = deps.names.lock_all(&names).await;
+    // Which are drafts now, under the locks (a twin request may have attached some):
+    // only those are announced.
+    let mut newly = std::collections::HashSet::new();
+    for &id in ids {
+        if deps
+            .store
+            .get_image(id)
+            .await?
+            .is_some_and(|i| i.is_draft())
+        {
+            newly.insert(id);
+        }
+    }
     // Each draft's file joins the published ones first (an intent covers the link), so
     // once the records say "published" the file is there.
     let media = deps.media.clone();
@@ -427,7 +442,13 @@ async fn attach(
             }
         }
     }
-    attached
+    Ok(attached?
+        .into_iter()
+        .map(|image| {
+            let newly = newly.contains(&image.id);
+            (image, newly)
+        })
+        .collect())
 }
 
 /// Removes `name`'s file on `shelf` if no record uses it, and drops its intent.

@@ -609,12 +609,13 @@ async fn attach(
         })
         .collect();
     let attached = state.images.attach(&user, &claims, tags).await?;
-    metrics::counter!("corral_drafts_attached_total").increment(attached.len() as u64);
+    let newly = attached.iter().filter(|(_, newly)| *newly).count();
+    metrics::counter!("corral_drafts_attached_total").increment(newly as u64);
     let public_url = &state.settings.http.public_url;
     Ok(Json(Attached {
         images: attached
             .into_iter()
-            .map(|i| ImageView::new(i, public_url))
+            .map(|(i, _)| ImageView::new(i, public_url))
             .collect(),
     }))
 }

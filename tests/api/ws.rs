@@ -151,6 +151,15 @@ async fn a_draft_reaches_images_subscribers_only_once_attached() {
     );
     assert_eq!(pushed["data"], attached["images"][0]);
     assert_eq!(pushed["data"]["state"], "published");
+    // Attaching it again publishes nothing new, so nothing is pushed.
+    let again = app
+        .authed(reqwest::Method::POST, "/v1/images/attach")
+        .json(&json!({"images": [{"id": draft["id"]}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 200);
+    assert_eq!(next_within(&mut ws, Duration::from_millis(500)).await, None);
 }
 
 #[tokio::test]
