@@ -276,75 +276,217 @@ impl Audit {
     }
 }
 
-/// Opens the store of a stopped server with the library and compares it with the files.
+/// Opens the store of a stopped server with the library and compares it with the files:
+/// published records with `images/`, drafts with `drafts/`.
 async fn audit(data: &Path) -> Audit {
-    let mut audit = Audit::default();
-    let images_dir = data.join("images");
-    // name -> path, for every file under images/.
-    let mut on_disk = BTreeMap::new();
-    for path in files_under(&images_dir) {
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default()
-            .to_owned();
-        let Some((sha1, _ext)) = name.split_once('.').filter(|(s, _)| s.len() == 40) else {
-            audit
-                .other
-                .push(format!("stray file under images/: {}", path.display()));
-            continue;
-        };
-        let bytes = std::fs::read(&path).expect("read an image file");
-        if sha1_hex(&bytes) != sha1 {
-            audit.other.push(format!(
-                "{name}: its bytes do not hash to its name (torn write?)"
-            ));
-        }
-        on_disk.insert(name, path);
-    }
-    audit.files = on_disk.len();
-    audit.temp_files = files_under(&data.join("tmp"))
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect();
-
+    let mut audit = Audit {
+        temp_files: files_under(&data.join("tmp"))
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect(),
+        ..Audit::default()
+    };
     let store = EmbeddedStore::open(data).expect("open the stopped server's store");
-    let mut records: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    // name -> ids, published and drafts apart.
+    let (mut published, mut drafts): (BTreeMap<String, Vec<String>>, BTreeMap<_, Vec<_>>) =
+        Default::default();
     let mut after = None;
     loop {
         let page = store.scan_images(after, 500).await.expect("scan images");
         let Some(last) = page.last() else { break };
         after = Some(last.id);
         for image in &page {
-            records
+            let shelf = if image.is_draft() {
+                &mut drafts
+            } else {
+                &mut published
+            };
+            shelf
                 .entry(image.name.clone())
                 .or_default()
                 .push(image.id.to_string());
         }
         audit.records += page.len();
     }
-    for name in on_disk.keys() {
-        let sha1 = &name[..40];
-        let indexed = store.count_images_with_sha1(sha1).await.expect("count");
-        let scanned = records.get(name).map_or(0, Vec::len);
-        if scanned == 0 || indexed == 0 {
-            audit.orphan_files.push(name.clone());
+    for (dir, records) in [("images", &published), ("drafts", &drafts)] {
+        let on_disk = named_files(&data.join(dir), &mut audit);
+        audit.files += on_disk.len();
+        for name in on_disk.keys() {
+            let sha1 = &name[..40];
+            let indexed = match dir {
+                "images" => store.count_images_with_sha1(sha1).await,
+                _ => store.count_drafts_with_sha1(sha1).await,
+            }
+            .expect("count");
+            let scanned = records.get(name).map_or(0, Vec::len);
+            if scanned == 0 || indexed == 0 {
+                audit.orphan_files.push(format!("{dir}/{name}"));
+            }
+            if indexed != scanned as u64 {
+                audit.other.push(format!(
+                    "{dir}/{name}: the sha1 index counts {indexed} records, the scan {scanned}"
+                ));
+            }
         }
-        if indexed != scanned as u64 {
-            audit.other.push(format!(
-                "{name}: the sha1 index counts {indexed} images, the records {scanned}"
-            ));
-        }
-    }
-    for (name, ids) in &records {
-        if !on_disk.contains_key(name) {
-            audit
-                .records_without_file
-                .push(format!("{name} (images {})", ids.join(", ")));
+        for (name, ids) in records {
+            if !on_disk.contains_key(name) {
+                audit
+                    .records_without_file
+                    .push(format!("{dir}/{name} (images {})", ids.join(", ")));
+            }
         }
     }
     store.close().await.expect("close the store");
     audit
+}
+
+/// name -> path of every file under `dir`, each checked to hash to its name.
+fn named_files(dir: &Path, audit: &mut Audit) -> BTreeMap<String, std::path::PathBuf> {
+    let mut on_disk = BTreeMap::new();
+    for path in files_under(dir) {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        let Some((sha1, _ext)) = name.split_once('.').filter(|(s, _)| s.len() == 40) else {
+            audit.other.push(format!("stray file: {}", path.display()));
+            continue;
+        };
+        let bytes = std::fs::read(&path).expect("read an image file");
+        if sha1_hex(&bytes) != sha1 {
+            audit.other.push(format!(
+                "{}: its bytes do not hash to its name (torn write?)",
+                path.display()
+            ));
+        }
+        on_disk.insert(name, path);
+    }
+    on_disk
+}
+
+// ---------------------------------------------------------------------------------------
+// Attaching drafts
+// ---------------------------------------------------------------------------------------
+
+/// Kill-and-restart rounds of attaching.
+const ATTACH_ROUNDS: u32 = 3;
+/// Drafts attached at once in each round: the first 10 share their content with a
+/// published image, the last 10 with another draft of the round.
+const DRAFTS: u32 = 40;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_attaches_publishes_each_draft_whole_or_not_at_all() {
+    let root = TempDir::new().unwrap();
+    let mut corral = Corral::new(root.path()).env("CORRAL_RATE_LIMITS__ENABLED", "false");
+    let mut faults = Vec::new();
+    for round in 0..ATTACH_ROUNDS {
+        let server = corral.start().await;
+        if round == 0 {
+            let body = json!({"username": "attacher", "email": "attacher@example.com",
+                "password": "password-attacher"});
+            let response = send(&server, None, Method::POST, "/v1/users", Some(body)).await;
+            assert_eq!(response.status(), 201);
+        }
+        let token = log_in(&server, "attacher").await;
+        let content = |n: u32| png(16, 16, 50_000 + round * 1000 + n);
+        let upload = |bytes: Vec<u8>, draft: bool| {
+            let request = server
+                .client
+                .post(server.url(&format!("/v1/images?draft={draft}")))
+                .bearer_auth(&token)
+                .header("content-type", "image/png")
+                .body(bytes);
+            async move {
+                let response = request.send().await.expect("upload");
+                assert_eq!(response.status(), 201);
+                response.json::<Value>().await.unwrap()
+            }
+        };
+        for n in 0..10 {
+            upload(content(n), false).await;
+        }
+        let mut drafts = Vec::new();
+        for i in 0..DRAFTS {
+            let n = if i >= DRAFTS - 10 { i - 10 } else { i };
+            drafts.push(upload(content(n), true).await);
+        }
+        let mut attaches = tokio::task::JoinSet::new();
+        for draft in &drafts {
+            let request = server
+                .client
+                .post(server.url("/v1/images/attach"))
+                .bearer_auth(&token)
+                .json(&json!({"images": [{"id": draft["id"]}]}));
+            let id = draft["id"].as_str().unwrap().to_owned();
+            attaches.spawn(async move {
+                let status = request.send().await.map(|r| r.status().as_u16()).ok();
+                (id, status)
+            });
+        }
+        // The 40 attaches take ~100 ms in all on a debug build.
+        let kill_after = Duration::from_millis(rand::random_range(2..60));
+        tokio::time::sleep(kill_after).await;
+        server.kill();
+        let mut attached = HashSet::new();
+        while let Some(done) = attaches.join_next().await {
+            if let (id, Some(200)) = done.expect("attach task") {
+                attached.insert(id);
+            }
+        }
+
+        // Every draft is whole on one side: published (an answered attach must be), its
+        // file at /i/; or still a draft, its file at /file for its owner.
+        let server = corral.start().await;
+        let token = log_in(&server, "attacher").await;
+        let mut published = 0;
+        for draft in &drafts {
+            let id = draft["id"].as_str().unwrap();
+            let meta = send(
+                &server,
+                Some(&token),
+                Method::GET,
+                &format!("/v1/images/{id}"),
+                None,
+            )
+            .await;
+            let meta: Value = meta.json().await.unwrap_or_default();
+            let path = match meta["state"].as_str() {
+                Some("published") => format!("/i/{}", draft["name"].as_str().unwrap()),
+                Some("draft") if !attached.contains(id) => format!("/v1/images/{id}/file"),
+                _ => {
+                    faults.push(format!(
+                        "round {round}: {id} (attached: {}) reads {meta}",
+                        attached.contains(id)
+                    ));
+                    continue;
+                }
+            };
+            published += usize::from(meta["state"] == "published");
+            let file = send(&server, Some(&token), Method::GET, &path, None).await;
+            let status = file.status();
+            let bytes = file.bytes().await.unwrap();
+            if status != 200 || sha1_hex(&bytes) != draft["sha1"].as_str().unwrap() {
+                faults.push(format!("round {round}: {id}: {path} answers {status}"));
+            }
+        }
+        server.stop(STOP_WITHIN).await;
+        let audit = audit(corral.data_dir()).await;
+        eprintln!(
+            "attach round {round}: SIGKILL {kill_after:?} after the start; {} answered 200, \
+             {published} published after restart; {} files, {} records",
+            attached.len(),
+            audit.files,
+            audit.records,
+        );
+        faults.extend(
+            audit
+                .faults()
+                .into_iter()
+                .map(|f| format!("round {round}: {f}")),
+        );
+    }
+    assert!(faults.is_empty(), "{}", faults.join("\n"));
 }
 
 // ---------------------------------------------------------------------------------------
