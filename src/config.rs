@@ -408,6 +408,12 @@ impl Settings {
             u.max_in_flight_per_client as u64,
         )?;
         positive("uploads.draft_ttl_secs", u.draft_ttl_secs)?;
+        if u.draft_ttl_secs > MAX_DRAFT_TTL_SECS {
+            return Err(ConfigError::Invalid {
+                key: "uploads.draft_ttl_secs",
+                reason: format!("must be at most {MAX_DRAFT_TTL_SECS} (a year)"),
+            });
+        }
         let h = &self.http;
         positive("http.header_read_timeout_secs", h.header_read_timeout_secs)?;
         positive("http.idle_timeout_secs", h.idle_timeout_secs)?;
@@ -582,6 +588,9 @@ fn per_core_less_one(n: usize) -> usize {
     }
 }
 
+/// The longest a draft may wait to be attached (`uploads.draft_ttl_secs`): a year.
+const MAX_DRAFT_TTL_SECS: u64 = 365 * 24 * 3600;
+
 fn positive(key: &'static str, value: u64) -> Result<(), ConfigError> {
     if value == 0 {
         return Err(ConfigError::Invalid {
@@ -711,5 +720,10 @@ mod tests {
                 .to_string()
                 .contains("uploads.max_in_flight")
         );
+        // A draft lifetime past a year would put expiry dates out of RFC 3339's range.
+        let mut forever: Settings = Figment::from(Toml::string(DEFAULT_TOML)).extract().unwrap();
+        forever.uploads.draft_ttl_secs = u64::MAX;
+        let e = forever.validate().unwrap_err().to_string();
+        assert!(e.contains("uploads.draft_ttl_secs"), "{e}");
     }
 }

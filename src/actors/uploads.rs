@@ -381,61 +381,71 @@ async fn attach(
     owner: UserId,
     tags: Option<&Tags>,
 ) -> Result<Vec<(Image, bool)>, IngestError> {
-    // The drafts' names (a name never changes, so reading them before the locks is safe).
+    let gone = || {
+        IngestError::NotAttachable(
+            "an image stopped being a draft you can attach (it expired, was deleted or was \
+             attached by someone else); nothing was attached"
+                .into(),
+        )
+    };
+    // The names to lock (a name never changes, so reading them before the locks is safe).
     let mut names = Vec::new();
     for &id in ids {
-        let image = deps.store.get_image(id).await?;
-        let image =
-            image.ok_or_else(|| IngestError::NotAttachable(format!("no image with id {id}")))?;
-        if image.is_draft()
-            && let Some(name) = ImageName::parse(&image.name)
+        let image = deps.store.get_image(id).await?.ok_or_else(gone)?;
+        if let Some(name) = ImageName::parse(&image.name)
             && !names.contains(&name)
         {
             names.push(name);
         }
     }
     let _locks = deps.names.lock_all(&names).await;
-    // Which are drafts now, under the locks (a twin request may have attached some):
-    // only those are announced.
-    let mut newly = std::collections::HashSet::new();
+    // Read again under the locks, which a delete (the owner's, the sweeper's) also takes:
+    // what is a draft now keeps its draft file until this attach is done. Only these are
+    // announced (a twin request may have attached some already).
+    let now = Utc::now();
+    let (mut drafts, mut newly) = (Vec::new(), std::collections::HashSet::new());
     for &id in ids {
-        if deps
-            .store
-            .get_image(id)
-            .await?
-            .is_some_and(|i| i.is_draft())
+        let image = deps.store.get_image(id).await?.ok_or_else(gone)?;
+        match &image.draft {
+            Some(draft) if draft.expires_at > now => {}
+            None if image.owner == Some(owner) => continue,
+            _ => return Err(gone()),
+        }
+        newly.insert(id);
+        if let Some(name) = ImageName::parse(&image.name)
+            && !drafts.contains(&name)
         {
-            newly.insert(id);
+            drafts.push(name);
         }
     }
     // Each draft's file joins the published ones first (an intent covers the link), so
     // once the records say "published" the file is there.
     let media = deps.media.clone();
-    let to_publish = names.clone();
-    tokio::task::spawn_blocking(move || {
+    let to_publish = drafts.clone();
+    let linked = tokio::task::spawn_blocking(move || {
         to_publish.iter().try_for_each(|name| {
             media.intend_removal(Shelf::Draft, name)?;
             media.publish_draft(name).map(|_| ())
         })
     })
     .await
-    .map_err(|e| IngestError::Task(e.into()))?
-    .map_err(MediaError::from)?;
-    let attached = deps
-        .store
-        .attach_images(ids, owner, tags, Utc::now())
-        .await
-        .map_err(|e| match e {
-            StoreError::Changed => IngestError::NotAttachable(
-                "an image stopped being a draft you can attach (it expired, was deleted or \
-                 was attached by someone else); nothing was attached"
-                    .into(),
-            ),
-            e => e.into(),
-        });
-    // Either way, each file is kept where records still use it and removed where none
-    // does; what a failure here leaves, its intent settles at the next start.
-    for name in &names {
+    .map_err(|e| IngestError::Task(e.into()))
+    .and_then(|linked| linked.map_err(|e| MediaError::from(e).into()));
+    let attached = match linked {
+        Ok(()) => deps
+            .store
+            .attach_images(ids, owner, tags, now)
+            .await
+            .map_err(|e| match e {
+                StoreError::Changed => gone(),
+                e => e.into(),
+            }),
+        Err(e) => Err(e),
+    };
+    // Whatever happened, each file is kept where records use it and removed where none
+    // does (a link made before a failure included); what a failure here leaves, its
+    // intent settles at the next start.
+    for name in &drafts {
         for shelf in [Shelf::Published, Shelf::Draft] {
             if let Err(e) = tidy(deps, shelf, name).await {
                 tracing::warn!(error = %e, %name, ?shelf, "a file could not be tidied after an attach; the next start settles it");
@@ -467,8 +477,9 @@ pub async fn settle_intents(media: &MediaRoot, store: &SharedStore) -> Result<us
     let mut removed = 0;
     for (shelf, name) in media.intents().map_err(MediaError::from)? {
         if uses(store, shelf, name.sha1()).await? == 0 {
+            // Counted only if it was there: most intents outlived their file's removal.
+            removed += usize::from(media.path_on(shelf, &name).exists());
             media.remove(shelf, &name).map_err(MediaError::from)?;
-            removed += 1;
         }
         media.settle(shelf, &name).map_err(MediaError::from)?;
     }

@@ -214,6 +214,52 @@ async fn attach_is_all_or_nothing() {
 }
 
 #[tokio::test]
+async fn an_attach_racing_a_delete_of_one_of_its_drafts_attaches_all_or_nothing() {
+    let app = TestApp::spawn_with(|s| s.rate_limits.enabled = false).await;
+    let mut attached = 0;
+    for round in 0..60 {
+        let a = draft(&app, Some(&app.token), png(8, 8, 1900 + 2 * round), "").await;
+        let b = draft(&app, Some(&app.token), png(8, 8, 1901 + 2 * round), "").await;
+        let both = json!({"images": [{"id": id(&a)}, {"id": id(&b)}]});
+        let delete = app.authed(Method::DELETE, &format!("/v1/images/{}", id(&b)));
+        // One or the other starts a little later each round, so that the delete lands in
+        // each step of the attach in one round or another.
+        let lag =
+            |late: bool| Duration::from_micros(if late { 150 * u64::from(round / 2) } else { 0 });
+        let attach = async {
+            tokio::time::sleep(lag(round % 2 == 0)).await;
+            attach(&app, &app.token, both).await
+        };
+        let delete = async {
+            tokio::time::sleep(lag(round % 2 == 1)).await;
+            delete.send().await
+        };
+        let (attach, delete) = tokio::join!(attach, delete);
+        assert_eq!(delete.unwrap().status(), 204);
+        let a_file = format!("/i/{}", a["name"].as_str().unwrap());
+        match attach.status().as_u16() {
+            200 => {
+                attached += 1;
+                assert_eq!(app.get(&a_file).await.status(), 200);
+            }
+            404 => {
+                // Nothing attached: the other draft's bytes are not public.
+                assert_eq!(app.get(&a_file).await.status(), 404, "round {round}");
+                let a_now = app.authed(Method::GET, &format!("/v1/images/{}", id(&a)));
+                let a_now: Value = a_now.send().await.unwrap().json().await.unwrap();
+                assert_eq!(a_now["state"], "draft", "round {round}");
+            }
+            status => panic!("round {round}: attach answered {status}"),
+        }
+    }
+    eprintln!("{attached} of 60 attaches won the race");
+    // Published files are exactly the attached first drafts' (the second is deleted
+    // either way); no intent is left.
+    assert_eq!(app.files_under("images").len(), attached);
+    assert!(app.files_under("intents").is_empty());
+}
+
+#[tokio::test]
 async fn an_anonymous_draft_is_attached_with_its_claim_token_only() {
     let app = TestApp::spawn_with(|s| s.uploads.allow_anonymous = true).await;
     let image = draft(&app, None, png(7, 7, 1821), "cat").await;
