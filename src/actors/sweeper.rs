@@ -74,43 +74,46 @@ impl Actor for Sweeper {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             SweeperMsg::Sweep => {
-                if let Err(e) = sweep(&state.args).await {
-                    // The drafts are still indexed; the next sweep tries again.
-                    tracing::warn!(error = %e, "sweeping expired drafts failed");
-                }
-                let every = state.args.every;
-                state.alarm.set(&myself, every, || SweeperMsg::Sweep);
+                // One page per message, so a stop never waits for a long backlog: a full
+                // page that removed something is followed at once by the next.
+                let next = match sweep(&state.args).await {
+                    Ok(true) => Duration::ZERO,
+                    Ok(false) => state.args.every,
+                    Err(e) => {
+                        // The drafts are still indexed; the next sweep tries again.
+                        tracing::warn!(error = %e, "sweeping expired drafts failed");
+                        state.args.every
+                    }
+                };
+                state.alarm.set(&myself, next, || SweeperMsg::Sweep);
             }
         }
         Ok(())
     }
 }
 
+/// Deletes one page of expired drafts; whether there may be more now.
 #[tracing::instrument(name = "sweeper.sweep", skip_all)]
-async fn sweep(args: &SweeperArgs) -> Result<(), crate::images::ImagesError> {
+async fn sweep(args: &SweeperArgs) -> Result<bool, crate::images::ImagesError> {
     let grace = chrono::Duration::from_std(args.every).unwrap_or(chrono::Duration::MAX);
     let before = Utc::now() - grace;
-    loop {
-        let ids = args
-            .images
-            .store()
-            .expired_drafts(before, SWEEP_PAGE)
-            .await?;
-        let full = ids.len() == SWEEP_PAGE;
-        let mut deleted = 0;
-        for id in ids {
-            if args.images.delete_expired(id, before).await? {
-                deleted += 1;
-            }
-        }
-        metrics::counter!("corral_drafts_expired_total").increment(deleted);
-        if deleted > 0 {
-            tracing::info!(deleted, "expired drafts removed");
-        }
-        // A full page where nothing went would be read again forever: stop until the
-        // next sweep.
-        if !full || deleted == 0 {
-            return Ok(());
+    let ids = args
+        .images
+        .store()
+        .expired_drafts(before, SWEEP_PAGE)
+        .await?;
+    let full = ids.len() == SWEEP_PAGE;
+    let mut deleted = 0;
+    for id in ids {
+        if args.images.delete_expired(id, before).await? {
+            deleted += 1;
         }
     }
+    metrics::counter!("corral_drafts_expired_total").increment(deleted);
+    if deleted > 0 {
+        tracing::info!(deleted, "expired drafts removed");
+    }
+    // A full page where nothing went would be read again and again: wait for the next
+    // sweep then.
+    Ok(full && deleted > 0)
 }
