@@ -240,6 +240,12 @@ mod tests {
             .collect();
         assert!(all[0].starts_with("CREATE KEYSPACE IF NOT EXISTS ks1"));
         assert!(all[0].contains("'replication_factor': 3"));
+        // LWT needs a keyspace without tablets (see the schema's note).
+        assert!(
+            all[0].contains("AND tablets = {'enabled': false}"),
+            "{}",
+            all[0]
+        );
         assert!(all.iter().all(|s| !s.contains("${") && !s.contains(';')));
         assert!(all.iter().any(|s| s.contains("ks1.images_by_sha1")));
     }
