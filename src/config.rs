@@ -79,6 +79,7 @@ pub struct ScyllaSettings {
     pub nodes: Vec<String>,
     pub keyspace: String,
     pub replication_factor: u32,
+    pub datacenter: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -463,6 +463,7 @@ pub fn scylla_target(settings: &Settings) -> ScyllaTarget {
         nodes: settings.scylla.nodes.clone(),
         keyspace: settings.scylla.keyspace.clone(),
         replication_factor: settings.scylla.replication_factor,
+        datacenter: Some(settings.scylla.datacenter.clone()).filter(|dc| !dc.is_empty()),
     }
 }
 

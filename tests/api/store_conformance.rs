@@ -1093,6 +1093,7 @@ async fn scylla(area: &str) -> Option<ScyllaStore> {
         nodes: nodes.split(',').map(|n| n.trim().to_owned()).collect(),
         keyspace: format!("corral_test_{}", uuid::Uuid::now_v7().simple()),
         replication_factor: 1,
+        datacenter: std::env::var("CORRAL_SCYLLA__DATACENTER").ok(),
     };
     migrate(&target).await.expect("schema applies");
     migrate(&target)

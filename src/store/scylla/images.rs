@@ -17,6 +17,8 @@ use crate::store::{ImageStore, StoreError};
 /// How far back (in hours of expiry) a node's first sweep looks for expired drafts.
 const SWEEP_LOOKBACK_HOURS: i64 = 7 * 24;
 const HOUR_MS: i64 = 3_600_000;
+/// Point reads in flight at once when an index page is turned into images.
+const POINT_READS: usize = 16;
 
 type ImageRow = (
     Uuid,
@@ -248,9 +250,12 @@ struct Writes {
 }
 
 impl Writes {
+    /// A logged batch of plain writes (each idempotent, so the batch is too).
     fn new() -> Self {
+        let mut batch = Batch::new(BatchType::Logged);
+        batch.set_is_idempotent(true);
         Self {
-            batch: Batch::new(BatchType::Logged),
+            batch,
             values: Vec::new(),
         }
     }
@@ -334,10 +339,19 @@ impl ScyllaStore {
             .await?
             .into_rows_result()
             .map_err(err)?;
-        rows.rows::<ImageRow>()
+        // A row that does not decode (a column missing, say) is logged and skipped: one
+        // bad row must not fail a whole scan page (the random sample's fill reads them).
+        Ok(rows
+            .rows::<ImageRow>()
             .map_err(err)?
-            .map(|row| row.map_err(err).and_then(from_row))
-            .collect()
+            .filter_map(|row| match row.map_err(err).and_then(from_row) {
+                Ok(image) => Some(image),
+                Err(e) => {
+                    tracing::warn!(error = %e, "an image row could not be read; skipped");
+                    None
+                }
+            })
+            .collect())
     }
 }
 
@@ -612,14 +626,15 @@ fn ids_of(result: scylla::response::query_result::QueryResult) -> Result<Vec<Uui
 }
 
 impl ScyllaStore {
-    /// The images with these ids that still exist, in the same order.
+    /// The images with these ids that still exist, in the same order: point reads,
+    /// `POINT_READS` at a time.
     async fn images_with_ids(&self, ids: Vec<Uuid>) -> Result<Vec<Image>, StoreError> {
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            if let Some(image) = self.get_image(ImageId(id)).await? {
-                out.push(image);
-            }
-        }
-        Ok(out)
+        use futures_util::{StreamExt, TryStreamExt};
+        let found: Vec<Option<Image>> = futures_util::stream::iter(ids)
+            .map(|id| self.get_image(ImageId(id)))
+            .buffered(POINT_READS)
+            .try_collect()
+            .await?;
+        Ok(found.into_iter().flatten().collect())
     }
 }

@@ -8,11 +8,14 @@ mod images;
 mod reminders;
 
 use async_trait::async_trait;
+use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
+use scylla::policies::load_balancing::DefaultPolicy;
 use scylla::response::query_result::QueryResult;
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::prepared::PreparedStatement;
+use scylla::statement::{Consistency, SerialConsistency};
 use scylla::value::CqlValue;
 
 use super::{Store, StoreError};
@@ -44,6 +47,8 @@ pub struct ScyllaTarget {
     pub nodes: Vec<String>,
     pub keyspace: String,
     pub replication_factor: u32,
+    /// The local datacenter, preferred by the load balancing (`scylla.datacenter`).
+    pub datacenter: Option<String>,
 }
 
 fn err(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StoreError {
@@ -59,9 +64,23 @@ pub struct ScyllaStore {
     ping: PreparedStatement,
 }
 
+/// One session for the node: every statement at LOCAL_QUORUM (LWTs' Paxos at
+/// LOCAL_SERIAL), sent token-aware to a replica, in the local datacenter when one is set.
 async fn session(target: &ScyllaTarget) -> Result<Session, StoreError> {
+    let mut policy = DefaultPolicy::builder().token_aware(true);
+    if let Some(dc) = &target.datacenter {
+        policy = policy
+            .prefer_datacenter(dc.clone())
+            .permit_dc_failover(false);
+    }
+    let profile = ExecutionProfile::builder()
+        .consistency(Consistency::LocalQuorum)
+        .serial_consistency(Some(SerialConsistency::LocalSerial))
+        .load_balancing_policy(policy.build())
+        .build();
     SessionBuilder::new()
         .known_nodes(&target.nodes)
+        .default_execution_profile_handle(profile.into_handle())
         .build()
         .await
         .map_err(err)
@@ -101,8 +120,21 @@ fn statements(cql: &str, target: &ScyllaTarget) -> Vec<String> {
         .collect()
 }
 
+/// Prepares a statement, marked idempotent when it is (so the driver may retry it).
 async fn prepare(session: &Session, cql: String) -> Result<PreparedStatement, StoreError> {
-    session.prepare(cql).await.map_err(err)
+    let idempotent = idempotent(&cql);
+    let mut statement = session.prepare(cql).await.map_err(err)?;
+    statement.set_is_idempotent(idempotent);
+    Ok(statement)
+}
+
+/// Whether running `cql` twice does what running it once does, so that a retry after a
+/// timeout is safe: every plain read and write here (they set values, never add to
+/// them), not a lightweight transaction (`IF ...`), whose second run may answer
+/// "not applied" to its own first.
+fn idempotent(cql: &str) -> bool {
+    let upper = cql.to_ascii_uppercase();
+    !upper.contains(" IF ") && !upper.contains("COUNTER")
 }
 
 impl ScyllaStore {
@@ -233,6 +265,7 @@ mod tests {
             nodes: vec![],
             keyspace: "ks1".into(),
             replication_factor: 3,
+            datacenter: None,
         };
         let all: Vec<String> = SCHEMA
             .iter()
@@ -248,5 +281,24 @@ mod tests {
         );
         assert!(all.iter().all(|s| !s.contains("${") && !s.contains(';')));
         assert!(all.iter().any(|s| s.contains("ks1.images_by_sha1")));
+    }
+
+    #[test]
+    fn plain_statements_are_idempotent_and_lightweight_transactions_are_not() {
+        for plain in [
+            "SELECT id FROM ks.images WHERE id = ?",
+            "INSERT INTO ks.sessions (a, b) VALUES (?, ?) USING TTL ?",
+            "UPDATE ks.images SET tags = ? WHERE id = ?",
+            "DELETE FROM ks.images_by_tag WHERE tag = ? AND id = ?",
+        ] {
+            assert!(idempotent(plain), "{plain}");
+        }
+        for lwt in [
+            "INSERT INTO ks.users_by_username (u, id) VALUES (?, ?) IF NOT EXISTS",
+            "UPDATE ks.images SET tags = ? WHERE id = ? IF EXISTS",
+            "UPDATE ks.reminders SET state = ? WHERE id = ? if state = ?",
+        ] {
+            assert!(!idempotent(lwt), "{lwt}");
+        }
     }
 }
