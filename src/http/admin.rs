@@ -26,7 +26,10 @@ struct UserPage {
     next: Option<String>,
 }
 
-/// Every account, in id order (admins only).
+/// Every account, page by page (admins only).
+///
+/// In a stable order, each account once across the pages: id order on the embedded
+/// store, the cluster's token order on Scylla.
 #[utoipa::path(
     get, path = "/v1/admin/users", tag = "admin",
     params(PageQuery),

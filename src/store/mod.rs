@@ -164,7 +164,8 @@ pub trait AccountStore: Send + Sync {
     /// Removes the user, its index rows and all its sessions.
     async fn delete_user(&self, user: &User) -> Result<(), StoreError>;
 
-    /// One page of all users in id order, for admins.
+    /// One page of all users, for admins, after `after`: in the backend's own stable
+    /// order (id order embedded, token order on Scylla), each user once across a scan.
     async fn list_users(
         &self,
         after: Option<UserId>,
