@@ -340,11 +340,14 @@ impl EventStore for ScyllaStore {
             }),
             ..IndexPage::default()
         };
-        for (_, id) in ids {
-            if let Some(event) = self.get_event(EventId(id)).await? {
-                page.events.push(event);
-            }
-        }
+        // Point reads, `POINT_READS` in flight at once, kept in index order.
+        use futures_util::{StreamExt, TryStreamExt};
+        let found: Vec<Option<Event>> = futures_util::stream::iter(ids)
+            .map(|(_, id)| self.get_event(EventId(id)))
+            .buffered(super::POINT_READS)
+            .try_collect()
+            .await?;
+        page.events = found.into_iter().flatten().collect();
         Ok(page)
     }
 }

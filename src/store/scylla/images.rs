@@ -17,8 +17,6 @@ use crate::store::{ImageStore, StoreError};
 /// How far back (in hours of expiry) a node's first sweep looks for expired drafts.
 const SWEEP_LOOKBACK_HOURS: i64 = 7 * 24;
 const HOUR_MS: i64 = 3_600_000;
-/// Point reads in flight at once when an index page is turned into images.
-const POINT_READS: usize = 16;
 
 type ImageRow = (
     Uuid,
@@ -632,7 +630,7 @@ impl ScyllaStore {
         use futures_util::{StreamExt, TryStreamExt};
         let found: Vec<Option<Image>> = futures_util::stream::iter(ids)
             .map(|id| self.get_image(ImageId(id)))
-            .buffered(POINT_READS)
+            .buffered(super::POINT_READS)
             .try_collect()
             .await?;
         Ok(found.into_iter().flatten().collect())

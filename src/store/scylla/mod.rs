@@ -41,6 +41,9 @@ pub const SCHEMA: &[(&str, &str)] = &[
     ("005_mail.cql", include_str!("../../../schema/005_mail.cql")),
 ];
 
+/// Point reads in flight at once when an index page is turned into its records.
+const POINT_READS: usize = 16;
+
 /// Where the cluster is and which keyspace is ours.
 #[derive(Debug, Clone)]
 pub struct ScyllaTarget {
