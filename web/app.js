@@ -415,11 +415,7 @@ function startDraft() {
   $('#upload-preview').hidden = true;
   setStatus(status, `Uploading ${file.name}…`);
   const draft = { file };
-  draft.promise = api('/v1/images?draft=true', {
-    method: 'POST',
-    body: file,
-    headers: { 'Content-Type': file.type || 'application/octet-stream' },
-  }).then((image) => {
+  draft.promise = uploadDraft(file).then((image) => {
     if (state.draft === draft) {
       setStatus(status, `${file.name} is uploaded as a draft: add tags and press Publish.`, 'ok');
     }
@@ -433,8 +429,28 @@ function startDraft() {
   state.draft = draft;
 }
 
+/** Uploads a file as a draft; resolves to the draft's JSON. */
+function uploadDraft(file) {
+  return api('/v1/images?draft=true', {
+    method: 'POST',
+    body: file,
+    headers: { 'Content-Type': file.type || 'application/octet-stream' },
+  });
+}
+
+/** Attaches an uploaded draft with `tags` (none: it keeps its own); the published image. */
+async function attachDraft(uploaded, tags) {
+  const item = { id: uploaded.id };
+  if (uploaded.claim_token) item.claim_token = uploaded.claim_token;
+  const json = { images: [item] };
+  if (tags.length) json.tags = tags;
+  const { images } = await api('/v1/images/attach', { method: 'POST', json });
+  return images[0];
+}
+
 /** Publish: attaches the draft (waiting for its upload if it is still going) with the
- * form's tags. */
+ * form's tags. A draft whose upload failed (say, before signing in), or that expired
+ * while the form stayed open, is uploaded again from the file the page still holds. */
 async function onUpload(event) {
   event.preventDefault();
   const status = $('#upload-status');
@@ -448,13 +464,20 @@ async function onUpload(event) {
   await whileBusy($('#upload-submit'), async () => {
     try {
       setStatus(status, `Publishing ${draft.file.name}…`);
-      const uploaded = await draft.promise;
-      const item = { id: uploaded.id };
-      if (uploaded.claim_token) item.claim_token = uploaded.claim_token;
-      const json = { images: [item] };
-      if (tags.length) json.tags = tags;
-      const { images } = await api('/v1/images/attach', { method: 'POST', json });
-      const image = images[0];
+      let uploaded = await draft.promise.catch(() => null);
+      if (!uploaded) {
+        draft.promise = uploadDraft(draft.file);
+        uploaded = await draft.promise;
+      }
+      let image;
+      try {
+        image = await attachDraft(uploaded, tags);
+      } catch (e) {
+        if (!(e instanceof ApiError) || e.status !== 404) throw e;
+        setStatus(status, `The draft of ${draft.file.name} expired; uploading it again…`);
+        draft.promise = uploadDraft(draft.file);
+        image = await attachDraft(await draft.promise, tags);
+      }
       setStatus(status, `Published ${draft.file.name} as ${image.name}`, 'ok');
       preview.replaceChildren(
         imageFigure(image, altText(image, 'Uploaded image')),

@@ -219,7 +219,7 @@ impl Actor for ImagePool {
                 }
             }
             ImagePoolMsg::Remove(id) => {
-                if state.reservoir.remove_where(|s| s.id == id) {
+                if state.reservoir.delete_where(|s| s.id == id) {
                     state.sample.publish(state.reservoir.items());
                 }
             }

@@ -104,14 +104,20 @@ async fn sweep(args: &SweeperArgs) -> Result<bool, crate::images::ImagesError> {
         .await?;
     let full = ids.len() == SWEEP_PAGE;
     let mut deleted = 0;
+    let mut failed = None;
     for id in ids {
-        if args.images.delete_expired(id, before).await? {
-            deleted += 1;
+        // One draft that cannot be deleted now does not hold up the rest of the page.
+        match args.images.delete_expired(id, before).await {
+            Ok(gone) => deleted += u64::from(gone),
+            Err(e) => failed = Some(e),
         }
     }
     metrics::counter!("corral_drafts_expired_total").increment(deleted);
     if deleted > 0 {
         tracing::info!(deleted, "expired drafts removed");
+    }
+    if let Some(e) = failed {
+        return Err(e);
     }
     // A full page where nothing went would be read again and again: wait for the next
     // sweep then.

@@ -207,7 +207,10 @@ impl Worker for UploadWorker {
                 reply,
             } => {
                 let result = delete(deps, id, expired_before).await;
-                if let (Ok(Some(_)), Some(pool)) = (&result, deps.image_pool.get()) {
+                // A draft was never offered to the sample, so its deletion is not one.
+                if let (Ok(Some(gone)), Some(pool)) = (&result, deps.image_pool.get())
+                    && !gone.is_draft()
+                {
                     let _ = pool.cast(ImagePoolMsg::Remove(id));
                 }
                 let _ = reply.send(result);

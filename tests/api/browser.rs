@@ -273,6 +273,18 @@ async fn drive(app: &TestApp, page: &Client) -> Result<(), fantoccini::error::Cm
     text_with(page, "#upload-status", "draft").await;
     let random: Value = app.get("/v1/images/random").await.json().await.unwrap();
     assert_eq!(random["images"], json!([]), "a draft is not drawn");
+    // As if it expired while the form stayed open: Publish uploads the file again.
+    let mut drafts = app.store.scan_images(None, 10).await.unwrap();
+    drafts.retain(|i| i.is_draft() && i.owner == Some(user.id));
+    assert_eq!(drafts.len(), 1, "the picked file is one draft");
+    let deleted = app
+        .client
+        .delete(app.url(&format!("/v1/images/{}", drafts[0].id)))
+        .bearer_auth(app.log_in(user.username.as_str()).await)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
     // Publish attaches it, with the form's tags.
     fill(page, "upload-tags", "llama, browser").await?;
     click(page, "upload-submit").await?;
