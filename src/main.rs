@@ -152,11 +152,16 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
 }
 
 async fn migrate(settings: Settings) -> anyhow::Result<()> {
-    let applied = corral::store::scylla::migrate(&corral::scylla_target(&settings)).await?;
+    let done = corral::store::scylla::migrate(&corral::scylla_target(&settings)).await?;
     println!(
-        "applied {} to keyspace {}",
-        applied.join(", "),
-        settings.scylla.keyspace
+        "keyspace {}: applied {}; already applied before: {}",
+        settings.scylla.keyspace,
+        done.applied.join(", "),
+        if done.already.is_empty() {
+            "none".to_owned()
+        } else {
+            done.already.join(", ")
+        }
     );
     Ok(())
 }

@@ -89,10 +89,40 @@ async fn session(target: &ScyllaTarget) -> Result<Session, StoreError> {
         .map_err(err)
 }
 
-/// Applies every schema file to the cluster, in order. Returns the names applied.
-pub async fn migrate(target: &ScyllaTarget) -> Result<Vec<&'static str>, StoreError> {
+/// What `migrate` did: the schema files it applied now, and those recorded before.
+#[derive(Debug, Default)]
+pub struct Migrated {
+    pub applied: Vec<&'static str>,
+    pub already: Vec<&'static str>,
+}
+
+/// Applies the schema files the keyspace's `schema_version` table does not record, in
+/// order, recording each once applied. The first file (the keyspace and that table,
+/// every statement idempotent) always runs.
+pub async fn migrate(target: &ScyllaTarget) -> Result<Migrated, StoreError> {
     let session = session(target).await?;
-    for (name, cql) in SCHEMA {
+    let ks = &target.keyspace;
+    let mut done = Migrated::default();
+    for (i, (name, cql)) in SCHEMA.iter().enumerate() {
+        let recorded = match i {
+            0 => false,
+            _ => {
+                let rows = session
+                    .query_unpaged(
+                        format!("SELECT file FROM {ks}.schema_version WHERE file = ?"),
+                        (name,),
+                    )
+                    .await
+                    .map_err(err)?
+                    .into_rows_result()
+                    .map_err(err)?;
+                rows.rows_num() > 0
+            }
+        };
+        if recorded {
+            done.already.push(name);
+            continue;
+        }
         for statement in statements(cql, target) {
             session
                 .query_unpaged(statement, ())
@@ -100,8 +130,19 @@ pub async fn migrate(target: &ScyllaTarget) -> Result<Vec<&'static str>, StoreEr
                 .map_err(|e| StoreError::scylla(format!("{name}: {e}")))?;
         }
         session.await_schema_agreement().await.map_err(err)?;
+        session
+            .query_unpaged(
+                format!(
+                    "INSERT INTO {ks}.schema_version (file, applied_at) \
+                     VALUES (?, toTimestamp(now()))"
+                ),
+                (name,),
+            )
+            .await
+            .map_err(err)?;
+        done.applied.push(name);
     }
-    Ok(SCHEMA.iter().map(|(name, _)| *name).collect())
+    Ok(done)
 }
 
 /// Splits a schema file into statements, substituting the placeholders.
