@@ -1,5 +1,5 @@
 //! Image metadata and uploads: upload, random sample, read, re-tag, delete, and the
-//! signed-in user's own images.
+//! signed-in user's own images. Drafts' own routes (their bytes, attach) are in `drafts`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,14 +18,14 @@ use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
 use utoipa_axum::routes;
 
 use super::client_ip::ClientIp;
+use super::drafts::viewer;
 use super::error::echo;
 use super::extract::{ApiJson, ApiPath, ApiQuery, CurrentUser, MaybeUser};
 use super::paging::{PageQuery, next_cursor};
 use super::{ApiError, AppState};
 use crate::actors::Ingested;
 use crate::actors::uploads::Uploader;
-use crate::domain::{ImageId, ImageSummary, Tags, UserId, Viewer};
-use crate::images::Claim;
+use crate::domain::{ImageId, ImageSummary, Tags, UserId};
 use crate::media::{MediaError, StagedUpload, stage};
 use crate::views::{ImageView, RandomImages, sample_entry};
 
@@ -40,8 +40,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(upload).map(|r| r.layer(DefaultBodyLimit::disable())))
         .routes(routes!(random))
         .routes(routes!(get_image, retag_image, delete_image))
-        .routes(routes!(draft_file))
-        .routes(routes!(attach))
         .routes(routes!(my_images))
 }
 
@@ -479,145 +477,8 @@ async fn get_image(
     headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<ImageView>, ApiError> {
-    let viewer = Viewer {
-        user: user.as_deref(),
-        claim: claim_header(&headers),
-    };
-    let image = state.images.find(&id, viewer).await?;
+    let image = state.images.find(&id, viewer(&user, &headers)).await?;
     Ok(Json(ImageView::new(image, &state.settings.http.public_url)))
-}
-
-fn claim_header(headers: &HeaderMap) -> Option<&str> {
-    headers.get("claim-token").and_then(|v| v.to_str().ok())
-}
-
-/// A draft's bytes (or a published image's), for whoever may see it.
-///
-/// A draft's file is not under `/i/{name}` until it is published; its owner (or the
-/// holder of its claim token) reads it here. Never stored by shared caches.
-#[utoipa::path(
-    get, path = "/v1/images/{id}/file", tag = "images",
-    params(
-        ("id" = String, Path, description = "The image id"),
-        ("Claim-Token" = Option<String>, Header, description = "An anonymous draft's claim token"),
-    ),
-    responses(
-        (status = 200, description = "The bytes", content(
-            (Vec<u8> = "image/png"), (Vec<u8> = "image/jpeg"), (Vec<u8> = "image/gif"), (Vec<u8> = "image/webp"),
-        )),
-        (status = 404, description = "No such image (or a draft not yours, or expired)", body = super::error::ProblemDoc, content_type = "application/problem+json"),
-    ),
-    security((), ("bearer" = [])),
-)]
-async fn draft_file(
-    State(state): State<AppState>,
-    MaybeUser(user): MaybeUser,
-    headers: HeaderMap,
-    ApiPath(id): ApiPath<String>,
-) -> Result<Response, ApiError> {
-    let viewer = Viewer {
-        user: user.as_deref(),
-        claim: claim_header(&headers),
-    };
-    let image = state.images.find(&id, viewer).await?;
-    let gone = || ApiError::not_found(format!("no image with id {}", echo(&id)));
-    let name = crate::domain::ImageName::parse(&image.name).ok_or_else(gone)?;
-    let path = state.media.path_on(crate::media::Shelf::of(&image), &name);
-    let file = match tokio::fs::File::open(&path).await {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(gone()),
-        Err(e) => return Err(MediaError::from(e).into()),
-    };
-    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file));
-    Ok((
-        [
-            (header::CONTENT_TYPE, image.format.mime()),
-            (header::CACHE_CONTROL, "private, no-store"),
-            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        ],
-        body,
-    )
-        .into_response())
-}
-
-/// Drafts to publish.
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-struct AttachRequest {
-    /// 1 to 100 drafts.
-    #[schema(min_items = 1, max_items = 100)]
-    images: Vec<AttachItem>,
-    /// Tags for every attached image, replacing the tags each was uploaded with; omit
-    /// to keep those.
-    #[schema(max_items = 32, value_type = Option<Vec<TagName>>)]
-    tags: Option<Vec<String>>,
-}
-
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-struct AttachItem {
-    #[schema(format = Uuid)]
-    id: String,
-    /// The claim token an anonymous draft was given; not needed for your own.
-    claim_token: Option<String>,
-}
-
-#[derive(Serialize, ToSchema)]
-struct Attached {
-    images: Vec<ImageView>,
-}
-
-/// Publish drafts (attach them to you).
-///
-/// Each listed draft must be yours, or an anonymous one sent with its claim token. All
-/// are published in one write, owned by you, or none is: one id that is unknown, someone
-/// else's, expired, or with a wrong token is a 404 and nothing changes. Once attached,
-/// they enter `/random`, your listing and the push topic, and `url` serves them.
-/// Attaching an image already attached to you changes nothing.
-#[utoipa::path(
-    post, path = "/v1/images/attach", tag = "images",
-    request_body = AttachRequest,
-    responses(
-        (status = 200, description = "All attached", body = Attached),
-        (status = 400, description = "A malformed body or bad tags", body = super::error::ProblemDoc, content_type = "application/problem+json"),
-        (status = 401, description = "Not signed in", body = super::error::ProblemDoc, content_type = "application/problem+json"),
-        (status = 404, description = "A draft is unknown, not yours, expired, or its claim token is wrong; nothing was attached", body = super::error::ProblemDoc, content_type = "application/problem+json"),
-    ),
-    security(("bearer" = [])),
-)]
-async fn attach(
-    State(state): State<AppState>,
-    CurrentUser(user): CurrentUser,
-    ApiJson(body): ApiJson<AttachRequest>,
-) -> Result<Json<Attached>, ApiError> {
-    if body.images.is_empty() || body.images.len() > MAX_RANDOM {
-        return Err(ApiError::BadRequest(format!(
-            "send 1 to {MAX_RANDOM} images to attach, not {}",
-            body.images.len()
-        )));
-    }
-    let tags = body
-        .tags
-        .map(|t| Tags::parse(t.iter().map(String::as_str)))
-        .transpose()?;
-    let claims: Vec<Claim> = body
-        .images
-        .into_iter()
-        .map(|i| Claim {
-            id: i.id,
-            token: i.claim_token,
-        })
-        .collect();
-    let attached = state.images.attach(&user, &claims, tags).await?;
-    let newly = attached.iter().filter(|(_, newly)| *newly).count();
-    metrics::counter!("corral_drafts_attached_total").increment(newly as u64);
-    let public_url = &state.settings.http.public_url;
-    Ok(Json(Attached {
-        images: attached
-            .into_iter()
-            .map(|(i, _)| ImageView::new(i, public_url))
-            .collect(),
-    }))
 }
 
 #[derive(Deserialize, ToSchema)]

@@ -2,6 +2,7 @@
 //! the OpenAPI document by construction), merged here and wrapped by the gateway layers.
 
 mod admin;
+mod drafts;
 mod events;
 mod files;
 pub mod gateway;
@@ -33,6 +34,7 @@ pub fn api() -> (Router<AppState>, Router<AppState>, utoipa::openapi::OpenApi) {
     let (files, files_doc) = files::router().split_for_parts();
     let (routes, mut doc) = OpenApiRouter::with_openapi(openapi::base())
         .merge(images::router())
+        .merge(drafts::router())
         .merge(users::router())
         .merge(sessions::router())
         .merge(admin::router())

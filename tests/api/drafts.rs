@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::common::{TestApp, metric, png, problem};
+use crate::common::{TestApp, metric, png, problem, random_ids};
 
 /// Uploads `bytes` as a draft with `token` (anonymously with `None`); the answer's JSON.
 async fn draft(app: &TestApp, token: Option<&str>, bytes: Vec<u8>, tags: &str) -> Value {
@@ -35,18 +35,6 @@ async fn attach(app: &TestApp, token: &str, body: Value) -> reqwest::Response {
 
 fn id(image: &Value) -> &str {
     image["id"].as_str().unwrap()
-}
-
-async fn random_ids(app: &TestApp, query: &str) -> Vec<String> {
-    let response = app.get(&format!("/v1/images/random?{query}")).await;
-    assert_eq!(response.status(), 200, "{query}");
-    let body: Value = response.json().await.unwrap();
-    body["images"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["id"].as_str().unwrap().to_owned())
-        .collect()
 }
 
 async fn my_ids(app: &TestApp, token: &str) -> Vec<String> {
@@ -479,21 +467,14 @@ async fn a_retag_moves_an_image_between_tag_draws() {
     let image = app.upload_png(png(6, 6, 1870)).await;
     let id = id(&image).to_owned();
     assert!(random_ids(&app, "tag=blue").await.is_empty());
-    let retag = app
-        .authed(Method::PATCH, &format!("/v1/images/{id}"))
-        .json(&json!({"tags": ["blue"]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(retag.status(), 200);
+    let retag = |tag: &'static str| {
+        app.authed(Method::PATCH, &format!("/v1/images/{id}"))
+            .json(&json!({"tags": [tag]}))
+            .send()
+    };
+    assert_eq!(retag("blue").await.unwrap().status(), 200);
     assert_eq!(random_ids(&app, "tag=blue").await, [id.as_str()]);
-    let retag = app
-        .authed(Method::PATCH, &format!("/v1/images/{id}"))
-        .json(&json!({"tags": ["green"]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(retag.status(), 200);
+    assert_eq!(retag("green").await.unwrap().status(), 200);
     assert!(random_ids(&app, "tag=blue").await.is_empty());
     assert_eq!(random_ids(&app, "tag=green").await, [id]);
 }

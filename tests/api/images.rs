@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use crate::common::{TestApp, png, png_claiming, problem, sha1_hex};
+use crate::common::{TestApp, png, png_claiming, problem, random_ids, sha1_hex};
 use reqwest::Method;
 use reqwest::multipart::{Form, Part};
 use serde_json::{Value, json};
@@ -708,22 +708,6 @@ async fn uploads_need_a_session_unless_anonymous_uploads_are_on() {
         .await
         .unwrap();
     assert_eq!(anonymous.status(), 201);
-}
-
-/// The ids `/v1/images/random` answers with `query`, in order.
-async fn random_ids(app: &TestApp, query: &str) -> Vec<String> {
-    let body: Value = app
-        .get(&format!("/v1/images/random?{query}"))
-        .await
-        .json()
-        .await
-        .unwrap();
-    body["images"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["id"].as_str().unwrap().to_owned())
-        .collect()
 }
 
 #[tokio::test]

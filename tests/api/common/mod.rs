@@ -329,6 +329,19 @@ pub async fn metric(app: &TestApp, name: &str, label: &str) -> f64 {
         .sum()
 }
 
+/// The ids `/v1/images/random?<query>` answers with, in order.
+pub async fn random_ids(app: &TestApp, query: &str) -> Vec<String> {
+    let response = app.get(&format!("/v1/images/random?{query}")).await;
+    assert_eq!(response.status(), 200, "{query}");
+    let body: serde_json::Value = response.json().await.unwrap();
+    body["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 /// Asserts `response` is a problem+json with `status` and a detail, and returns it.
 pub async fn problem(response: reqwest::Response, status: u16) -> serde_json::Value {
     assert_eq!(response.status(), status);
