@@ -165,6 +165,7 @@ pub struct WsSettings {
     pub max_message_bytes: usize,
     pub ping_secs: u64,
     pub idle_secs: u64,
+    pub feed_poll_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -465,6 +466,12 @@ impl Settings {
         positive("ws.queue", w.queue as u64)?;
         positive("ws.max_message_bytes", w.max_message_bytes as u64)?;
         positive("ws.ping_secs", w.ping_secs)?;
+        if !(1..=60_000).contains(&w.feed_poll_ms) {
+            return Err(ConfigError::Invalid {
+                key: "ws.feed_poll_ms",
+                reason: "must be from 1 to 60000 (the push feed keeps notices five minutes)".into(),
+            });
+        }
         if w.idle_secs <= w.ping_secs {
             return Err(ConfigError::Invalid {
                 key: "ws.idle_secs",

@@ -16,8 +16,8 @@ use crate::actors::uploads::{IngestError, Uploader, Uploaders, UploadsMsg, key_o
 use crate::actors::{ActorSlot, Ingested, UploadMsg};
 use chrono::{DateTime, Utc};
 
-use crate::actors::ImagePoolMsg;
-use crate::domain::{Draft, Held, Image, ImageId, Tags, User, UserId, Viewer, claim_hash};
+use crate::actors::relay::Notices;
+use crate::domain::{Draft, Held, Image, ImageId, Notice, Tags, User, UserId, Viewer, claim_hash};
 use crate::media::StagedUpload;
 use crate::store::{SharedStore, StoreError};
 
@@ -67,7 +67,7 @@ pub struct Images {
     store: SharedStore,
     uploads: ActorSlot<UploadsMsg>,
     /// Told when an image's tags change.
-    image_pool: ActorSlot<ImagePoolMsg>,
+    notices: Notices,
     /// One permit per upload in flight (`uploads.max_in_flight`).
     pool: Arc<Semaphore>,
     max_in_flight: usize,
@@ -86,14 +86,14 @@ impl Images {
     pub fn new(
         store: SharedStore,
         uploads: ActorSlot<UploadsMsg>,
-        image_pool: ActorSlot<ImagePoolMsg>,
+        notices: Notices,
         max_in_flight: usize,
         rules: UploadRules,
     ) -> Self {
         Self {
             store,
             uploads,
-            image_pool,
+            notices,
             pool: Arc::new(Semaphore::new(max_in_flight)),
             max_in_flight,
             uploaders: Uploaders::default(),
@@ -202,8 +202,10 @@ impl Images {
             .set_image_tags(image.id, tags)
             .await?
             .ok_or_else(|| ImagesError::NotFound(image.id.to_string()))?;
-        if let (false, Some(pool)) = (image.is_draft(), self.image_pool.get()) {
-            let _ = pool.cast(ImagePoolMsg::Update(image.summary()));
+        if !image.is_draft() {
+            self.notices.announce(Notice::ImageChanged {
+                image: Box::new(image.clone()),
+            });
         }
         Ok(image)
     }

@@ -36,6 +36,7 @@ use accounts::{AccountRules, Accounts};
 use actors::hub::HubArgs;
 use actors::mailer::MailerArgs;
 use actors::optimizer::OptimizerArgs;
+use actors::relay::RelayArgs;
 use actors::scheduler::SchedulerArgs;
 use actors::supervisor::{RestartBudget, SupervisorArgs, SupervisorMsg};
 use actors::sweeper::{Sweeper, SweeperArgs};
@@ -140,7 +141,7 @@ impl App {
         let images = images::Images::new(
             store.clone(),
             actors.uploads.clone(),
-            actors.image_pool.clone(),
+            actors.notices(),
             settings.uploads.max_in_flight,
             images::UploadRules {
                 max_in_flight_per_client: settings.uploads.max_in_flight_per_client,
@@ -157,8 +158,7 @@ impl App {
                 media: media.clone(),
                 limits: decode_limits,
                 decode_slots: decode_slots.clone(),
-                image_pool: actors.image_pool.clone(),
-                hub: actors.hub.clone(),
+                notices: actors.notices(),
                 names: actors::uploads::NameLocks::default(),
             },
             hub: HubArgs {
@@ -171,7 +171,7 @@ impl App {
                 composer: composer.clone(),
                 policy: RetryPolicy::from_settings(&settings.mail),
                 concurrency: settings.mail.concurrency,
-                hub: actors.hub.clone(),
+                notices: actors.notices(),
             },
             scheduler: SchedulerArgs {
                 store: store.clone(),
@@ -192,7 +192,7 @@ impl App {
                 media: media.clone(),
                 limits: decode_limits,
                 recompress: o.recompress,
-                image_pool: actors.image_pool.clone(),
+                notices: actors.notices(),
                 cursor_path: settings.storage.data_dir.join("optimizer.json"),
                 decode_slots,
                 decoders: settings.upload_decoders(),
@@ -200,6 +200,12 @@ impl App {
             sweeper: SweeperArgs {
                 images: images.clone(),
                 every: Sweeper::pace(draft_ttl),
+            },
+            relay: RelayArgs {
+                store: store.clone(),
+                node: node.clone(),
+                notices: actors.notices(),
+                poll: Duration::from_millis(settings.ws.feed_poll_ms),
             },
             budget: RestartBudget {
                 max_restarts: settings.actors.max_restarts,
@@ -212,7 +218,7 @@ impl App {
         let reminders = reminders::Reminders::new(
             store.clone(),
             actors.scheduler.clone(),
-            actors.hub.clone(),
+            actors.notices(),
             links,
         );
         let accounts = Accounts::new(

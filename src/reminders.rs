@@ -6,11 +6,12 @@
 
 use chrono::{DateTime, Duration, FixedOffset, Utc};
 
-use crate::actors::hub::{self, HubMsg};
+use crate::actors::relay::Notices;
 use crate::actors::{ActorSlot, SchedulerMsg};
 use crate::domain::user::AccountError;
 use crate::domain::{
-    Email, EventId, Reminder, ReminderId, ReminderKey, ReminderState, ReminderUpdate, User, UserId,
+    Email, EventId, Notice, Reminder, ReminderId, ReminderKey, ReminderState, ReminderUpdate, User,
+    UserId,
 };
 use crate::links::Links;
 use crate::store::{SharedStore, StoreError};
@@ -52,7 +53,7 @@ pub struct Changes<'a> {
 pub struct Reminders {
     store: SharedStore,
     scheduler: ActorSlot<SchedulerMsg>,
-    hub: ActorSlot<HubMsg>,
+    notices: Notices,
     /// Checks the unsubscribe links of reminder mails.
     links: Links,
 }
@@ -61,13 +62,13 @@ impl Reminders {
     pub fn new(
         store: SharedStore,
         scheduler: ActorSlot<SchedulerMsg>,
-        hub: ActorSlot<HubMsg>,
+        notices: Notices,
         links: Links,
     ) -> Self {
         Self {
             store,
             scheduler,
-            hub,
+            notices,
             links,
         }
     }
@@ -219,10 +220,10 @@ impl Reminders {
         if let Some(scheduler) = self.scheduler.get() {
             let _ = scheduler.send_message(msg);
         }
-        hub::publish(
-            &self.hub,
-            HubMsg::Reminder(update, Box::new(reminder.clone())),
-        );
+        self.notices.announce(Notice::Reminder {
+            update,
+            reminder: Box::new(reminder.clone()),
+        });
     }
 }
 

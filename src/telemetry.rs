@@ -291,6 +291,18 @@ const CATALOGUE: &[(&str, Kind, Series, &str)] = &[
         Series::One,
         "Frames dropped for WebSocket clients that read too slowly",
     ),
+    (
+        "corral_push_feed_relayed_total",
+        Kind::Counter,
+        Series::One,
+        "Notices of other nodes read from the push feed and told to this node",
+    ),
+    (
+        "corral_push_feed_errors_total",
+        Kind::Counter,
+        Series::By("op", &["append", "read"]),
+        "Push feed appends and reads that failed (appends: notices dropped)",
+    ),
 ];
 
 #[derive(Clone, Copy)]

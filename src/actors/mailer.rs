@@ -19,10 +19,10 @@ use futures_util::FutureExt;
 use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use super::hub::{HubMsg, publish};
-use super::{ActorSlot, Alarm};
+use super::Alarm;
+use super::relay::Notices;
 use crate::domain::{
-    DeadLetter, MailId, MailJob, MailKind, Reminder, ReminderState, ReminderUpdate,
+    DeadLetter, MailId, MailJob, MailKind, Notice, Reminder, ReminderState, ReminderUpdate,
 };
 use crate::mail::{Composer, DeliveryError, RetryPolicy, Transport};
 use crate::store::SharedStore;
@@ -41,7 +41,7 @@ pub struct MailerArgs {
     pub policy: RetryPolicy,
     pub concurrency: usize,
     /// Told when a reminder's mail is sent or fails for good.
-    pub hub: ActorSlot<HubMsg>,
+    pub notices: Notices,
 }
 
 /// How one delivery attempt ended.
@@ -266,10 +266,10 @@ async fn record(state: &mut MailerState, outcome: Outcome) {
                     r.state = ReminderState::Failed;
                     r.detail = Some(letter.reason);
                     r.updated_at = letter.died_at;
-                    publish(
-                        &state.args.hub,
-                        HubMsg::Reminder(ReminderUpdate::Failed, Box::new(r)),
-                    );
+                    state.args.notices.announce(Notice::Reminder {
+                        update: ReminderUpdate::Failed,
+                        reminder: Box::new(r),
+                    });
                 }
                 return;
             }
@@ -299,10 +299,10 @@ async fn flush(state: &mut MailerState) {
             for mut r in sent {
                 r.state = ReminderState::Sent;
                 r.updated_at = now;
-                publish(
-                    &state.args.hub,
-                    HubMsg::Reminder(ReminderUpdate::Sent, Box::new(r)),
-                );
+                state.args.notices.announce(Notice::Reminder {
+                    update: ReminderUpdate::Sent,
+                    reminder: Box::new(r),
+                });
             }
         }
         Err(e) => {

@@ -8,13 +8,15 @@
 //! ├── mailer       delivers this node's persisted mail queue, retries, dead letters
 //! ├── scheduler    leases due-reminder buckets, fires reminders on time into the mailer
 //! ├── optimizer    off-peak, makes the eager variants of images that lack them
-//! └── sweeper      removes drafts that expired unattached
+//! ├── sweeper      removes drafts that expired unattached
+//! └── relay        appends this node's notices to the push feed, tells it the others'
 //! ```
 
 pub mod hub;
 pub mod image_pool;
 pub mod mailer;
 pub mod optimizer;
+pub mod relay;
 pub mod scheduler;
 pub mod supervisor;
 pub mod sweeper;
@@ -74,11 +76,21 @@ pub struct Actors {
     pub optimizer: ActorSlot<OptimizerMsg>,
     pub sweeper: ActorSlot<SweeperMsg>,
     pub hub: ActorSlot<hub::HubMsg>,
+    pub relay: ActorSlot<relay::RelayMsg>,
     /// The random sample `image_pool` publishes; read without messaging the actor.
     pub sample: Sample,
 }
 
 impl Actors {
+    /// Where this node's notices go: the hub, the sample, the relay.
+    pub fn notices(&self) -> relay::Notices {
+        relay::Notices {
+            hub: self.hub.clone(),
+            image_pool: self.image_pool.clone(),
+            relay: self.relay.clone(),
+        }
+    }
+
     /// Whether every actor is running (for `/readyz`).
     pub fn all_running(&self) -> bool {
         self.image_pool.get().is_some()
@@ -88,6 +100,7 @@ impl Actors {
             && self.optimizer.get().is_some()
             && self.sweeper.get().is_some()
             && self.hub.get().is_some()
+            && self.relay.get().is_some()
     }
 }
 

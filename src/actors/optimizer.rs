@@ -25,9 +25,10 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
-use super::{ActorSlot, Alarm, ImagePoolMsg};
+use super::Alarm;
+use super::relay::Notices;
 use crate::config::Window;
-use crate::domain::{Image, ImageId, ImageName};
+use crate::domain::{Image, ImageId, ImageName, Notice};
 use crate::media::{Asked, DecodeLimits, MediaError, MediaRoot, Recompressed, Variants};
 use crate::store::SharedStore;
 
@@ -50,7 +51,7 @@ pub struct OptimizerArgs {
     /// `optimizer.recompress`.
     pub recompress: bool,
     /// Told of placeholders filled in, so `/random` shows them.
-    pub image_pool: ActorSlot<ImagePoolMsg>,
+    pub notices: Notices,
     /// Where the place in the pass is kept.
     pub cursor_path: PathBuf,
     /// The uploads' decode slots, and how many there are: any taken means uploads are
@@ -294,9 +295,9 @@ async fn fill_placeholder(args: &OptimizerArgs, id: ImageId, name: ImageName) {
     match args.store.set_image_blurhash(id, &hash).await {
         Ok(Some(image)) => {
             metrics::counter!("corral_optimizer_placeholders_total").increment(1);
-            if let Some(pool) = args.image_pool.get() {
-                let _ = pool.cast(ImagePoolMsg::Update(image.summary()));
-            }
+            args.notices.announce(Notice::ImageChanged {
+                image: Box::new(image),
+            });
         }
         Ok(None) => {}
         Err(e) => {

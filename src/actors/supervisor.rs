@@ -13,6 +13,7 @@ use super::hub::{Hub, HubArgs};
 use super::image_pool::{ImagePool, ImagePoolArgs};
 use super::mailer::{Mailer, MailerArgs};
 use super::optimizer::{Optimizer, OptimizerArgs};
+use super::relay::{Relay, RelayArgs};
 use super::scheduler::{Scheduler, SchedulerArgs};
 use super::sweeper::{Sweeper, SweeperArgs};
 use super::uploads::{self, UploadDeps};
@@ -31,12 +32,14 @@ pub enum Child {
     Scheduler,
     Optimizer,
     Sweeper,
+    Relay,
 }
 
 impl Child {
     /// In start order; they stop in reverse.
-    const ALL: [Child; 7] = [
+    const ALL: [Child; 8] = [
         Child::Hub,
+        Child::Relay,
         Child::ImagePool,
         Child::Uploads,
         Child::Mailer,
@@ -54,6 +57,7 @@ impl Child {
             Child::Scheduler => "scheduler",
             Child::Optimizer => "optimizer",
             Child::Sweeper => "sweeper",
+            Child::Relay => "relay",
         }
     }
 }
@@ -77,6 +81,7 @@ pub struct SupervisorArgs {
     pub scheduler: SchedulerArgs,
     pub optimizer: OptimizerArgs,
     pub sweeper: SweeperArgs,
+    pub relay: RelayArgs,
     pub budget: RestartBudget,
 }
 
@@ -125,7 +130,8 @@ impl Actor for Supervisor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         // Stop in reverse start order: the scheduler before the mailer it feeds, uploads
-        // before the pool they tell, the hub (which everyone tells) last.
+        // before the pool they tell, then the relay (appending what it was told) and the
+        // hub (which everyone tells) last.
         let actors = &state.args.actors;
         stop(&actors.sweeper).await;
         stop(&actors.optimizer).await;
@@ -133,6 +139,7 @@ impl Actor for Supervisor {
         stop(&actors.mailer).await;
         stop(&actors.uploads).await;
         stop(&actors.image_pool).await;
+        stop(&actors.relay).await;
         stop(&actors.hub).await;
         Ok(())
     }
@@ -189,6 +196,7 @@ async fn restart(state: &mut SupervisorState, child: Child, myself: &ActorRef<Su
             Child::Scheduler => state.args.actors.scheduler.set(None),
             Child::Optimizer => state.args.actors.optimizer.set(None),
             Child::Sweeper => state.args.actors.sweeper.set(None),
+            Child::Relay => state.args.actors.relay.set(None),
         }
         return;
     }
@@ -260,6 +268,11 @@ async fn start_child(
                 Actor::spawn_linked(None, Optimizer, args.optimizer.clone(), me).await?;
             args.actors.optimizer.set(Some(optimizer.clone()));
             optimizer.get_cell()
+        }
+        Child::Relay => {
+            let (relay, _) = Actor::spawn_linked(None, Relay, args.relay.clone(), me).await?;
+            args.actors.relay.set(Some(relay.clone()));
+            relay.get_cell()
         }
         Child::Sweeper => {
             let (sweeper, _) = Actor::spawn_linked(None, Sweeper, args.sweeper.clone(), me).await?;

@@ -19,11 +19,10 @@ use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::hub::{self, HubMsg};
-use super::{ActorSlot, ImagePoolMsg};
+use super::relay::Notices;
 use chrono::{DateTime, Utc};
 
-use crate::domain::{Draft, Image, ImageId, ImageName, Tags, UserId};
+use crate::domain::{Draft, Image, ImageId, ImageName, Notice, Tags, UserId};
 use crate::media::{
     DecodeLimits, MediaError, MediaRoot, Shelf, StagedUpload, clean_metadata, inspect,
 };
@@ -101,9 +100,9 @@ pub struct UploadDeps {
     /// Decodes running at once (`uploads.decoders`): the CPU-bound step. The rest of an
     /// ingest (fsyncs, the metadata write) waits on the disk and holds no slot.
     pub decode_slots: Arc<Semaphore>,
-    pub image_pool: ActorSlot<ImagePoolMsg>,
-    /// Told of each new image, for the WebSocket subscribers.
-    pub hub: ActorSlot<HubMsg>,
+    /// Told of each image published or deleted: the sample, the WebSocket
+    /// subscribers, the other nodes.
+    pub notices: Notices,
     /// Held by an upload from storing its file to writing its record, and by a delete
     /// from its record to its file: see [`NameLocks`].
     pub names: NameLocks,
@@ -208,10 +207,10 @@ impl Worker for UploadWorker {
             } => {
                 let result = delete(deps, id, expired_before).await;
                 // A draft was never offered to the sample, so its deletion is not one.
-                if let (Ok(Some(gone)), Some(pool)) = (&result, deps.image_pool.get())
+                if let Ok(Some(gone)) = &result
                     && !gone.is_draft()
                 {
-                    let _ = pool.cast(ImagePoolMsg::Remove(id));
+                    deps.notices.announce(Notice::ImageDeleted { id });
                 }
                 let _ = reply.send(result);
             }
@@ -238,10 +237,9 @@ fn announce(deps: &UploadDeps, image: &Image) {
     if image.is_draft() {
         return;
     }
-    if let Some(pool) = deps.image_pool.get() {
-        let _ = pool.cast(ImagePoolMsg::Add(image.summary()));
-    }
-    hub::publish(&deps.hub, HubMsg::ImageCreated(Box::new(image.clone())));
+    deps.notices.announce(Notice::ImageCreated {
+        image: Box::new(image.clone()),
+    });
 }
 
 #[tracing::instrument(name = "uploads.ingest", skip_all, fields(bytes = staged.bytes))]

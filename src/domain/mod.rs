@@ -6,6 +6,7 @@ mod id;
 pub mod image;
 mod key;
 pub mod mail;
+pub mod notice;
 pub mod quota;
 pub mod reminder;
 pub mod reservoir;
@@ -18,6 +19,7 @@ pub use image::{
 };
 pub use key::TimeKey;
 pub use mail::{DeadLetter, MailId, MailJob, MailKind};
+pub use notice::{FeedEntry, Notice};
 pub use quota::{Held, Quota};
 pub use reminder::{Bucket, Due, Reminder, ReminderId, ReminderKey, ReminderState, ReminderUpdate};
 pub use user::{

@@ -153,7 +153,8 @@ mod tests {
 }
 
 /// What happened to a reminder, as pushed on the `reminders` feed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ReminderUpdate {
     Scheduled,
     Rescheduled,

@@ -13,8 +13,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{
-    Bucket, DeadLetter, Due, Event, EventId, EventKey, Image, ImageId, MailId, MailJob, Reminder,
-    ReminderId, ReminderKey, Session, Tags, TokenHash, User, UserId,
+    Bucket, DeadLetter, Due, Event, EventId, EventKey, FeedEntry, Image, ImageId, MailId, MailJob,
+    Reminder, ReminderId, ReminderKey, Session, Tags, TokenHash, User, UserId,
 };
 
 pub use embedded::EmbeddedStore;
@@ -351,10 +351,30 @@ pub trait MailStore: Send + Sync {
     ) -> Result<Vec<DeadLetter>, StoreError>;
 }
 
+/// The push feed: short-lived notices every node appends and every node tails, so a
+/// WebSocket on one node hears of what happened on another. Entries expire after
+/// [`FEED_TTL`]; nothing reads them later.
+#[async_trait]
+pub trait FeedStore: Send + Sync {
+    /// Appends entries (one write, or as few as the backend can).
+    async fn append_feed(&self, entries: &[FeedEntry]) -> Result<(), StoreError>;
+
+    /// Up to `limit` entries with ids after `after`, in id order; never older than
+    /// [`FEED_TTL`].
+    async fn read_feed(
+        &self,
+        after: uuid::Uuid,
+        limit: usize,
+    ) -> Result<Vec<FeedEntry>, StoreError>;
+}
+
+/// How long a push feed entry is kept.
+pub const FEED_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Everything a backend provides.
 #[async_trait]
 pub trait Store:
-    ImageStore + AccountStore + EventStore + ReminderStore + ScheduleStore + MailStore
+    ImageStore + AccountStore + EventStore + ReminderStore + ScheduleStore + MailStore + FeedStore
 {
     /// Cheap round trip proving the store answers (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;

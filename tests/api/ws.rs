@@ -855,3 +855,97 @@ async fn an_idle_connection_costs_the_server_at_most_32_kib() {
     );
     drop(clients);
 }
+
+#[tokio::test]
+async fn a_websocket_on_one_node_hears_what_another_node_sharing_its_store_did() {
+    let a = TestApp::spawn_with(|s| {
+        quiet(s);
+        s.reminders.tick_ms = 100;
+    })
+    .await;
+    let b = TestApp::spawn_sharing(&a, |s| {
+        quiet(s);
+        s.reminders.tick_ms = 100;
+    })
+    .await;
+    let event = a
+        .create_event("Llama parade", Utc::now() + chrono::Duration::days(365))
+        .await;
+    let alice = a.new_user("alice").await;
+    // Alice listens on B; everything below happens on A.
+    let mut on_b = connect(&b, Some(&alice)).await;
+    subscribe(&mut on_b, "reminders").await;
+    subscribe(&mut on_b, "images").await;
+    let mut on_a = connect(&a, None).await;
+    subscribe(&mut on_a, "images").await;
+
+    // A reminder made on A, and its mail sent by A (or B, whichever leased the bucket).
+    let created = remind(
+        &a,
+        &alice,
+        &event,
+        Utc::now() + chrono::Duration::seconds(1),
+    )
+    .await;
+    assert_eq!(created.status(), 201);
+    let id = created.json::<Value>().await.unwrap()["id"].clone();
+    let scheduled = next(&mut on_b).await;
+    assert_eq!(
+        (
+            &scheduled["topic"],
+            &scheduled["event"],
+            &scheduled["data"]["id"]
+        ),
+        (&json!("reminders"), &json!("scheduled"), &id)
+    );
+    let sent = next(&mut on_b).await;
+    assert_eq!((&sent["event"], &sent["data"]["id"]), (&json!("sent"), &id));
+
+    // An image uploaded on A reaches B's subscribers and B's random sample.
+    let image = a.upload_png(png(12, 9, 1)).await;
+    let created = next(&mut on_b).await;
+    assert_eq!(
+        (&created["topic"], &created["event"]),
+        (&json!("images"), &json!("created"))
+    );
+    assert_eq!(created["data"], image, "shown as the API shows it");
+    let image_id = image["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !crate::common::random_ids(&b, "count=10")
+        .await
+        .contains(&image_id)
+    {
+        assert!(Instant::now() < deadline, "B's sample never took the image");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Deleted on A, it leaves B's sample too.
+    let deleted = a
+        .authed(reqwest::Method::DELETE, &format!("/v1/images/{image_id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    while crate::common::random_ids(&b, "count=10")
+        .await
+        .contains(&image_id)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "B's sample kept the deleted image"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Each was told once: A hears its own upload once (not again from the feed), and
+    // B nothing more, past several reads of the feed and their overlap.
+    let own = next(&mut on_a).await;
+    assert_eq!(own["data"]["id"], json!(image_id));
+    let quiet_for = corral::actors::relay::OVERLAP + Duration::from_secs(1);
+    assert_eq!(next_within(&mut on_a, quiet_for).await, None);
+    assert_eq!(
+        next_within(&mut on_b, Duration::from_millis(100)).await,
+        None
+    );
+    b.stop().await;
+}

@@ -11,9 +11,10 @@ mod images;
 mod reminders;
 mod writer;
 
+use std::collections::VecDeque;
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -21,7 +22,8 @@ use redb::{Database, ReadableDatabase, TableDefinition, TableHandle};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{Store, StoreError};
+use super::{FEED_TTL, FeedStore, Store, StoreError};
+use crate::domain::FeedEntry;
 
 /// `images`: id -> JSON record.
 const IMAGES: TableDefinition<u128, &[u8]> = TableDefinition::new("images");
@@ -82,7 +84,13 @@ const CLOSE_WAIT: Duration = Duration::from_secs(10);
 
 pub struct EmbeddedStore {
     open: RwLock<Option<Open>>,
+    /// The push feed. Only this process opens the file, so its nodes (several in tests)
+    /// share the feed in memory: nothing in it needs to outlive the process.
+    feed: Mutex<VecDeque<FeedEntry>>,
 }
+
+/// Push feed entries kept in memory at most (the oldest go first).
+const FEED_CAPACITY: usize = 10_000;
 
 /// What an open store holds: the database (for reads) and the writer's queue.
 struct Open {
@@ -159,6 +167,7 @@ impl EmbeddedStore {
         let writer = writer::Writer::start(db.clone())?;
         Ok(Self {
             open: RwLock::new(Some(Open { db, writer })),
+            feed: Mutex::default(),
         })
     }
 
@@ -238,6 +247,39 @@ fn scan<T: DeserializeOwned>(
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+#[async_trait]
+impl FeedStore for EmbeddedStore {
+    async fn append_feed(&self, entries: &[FeedEntry]) -> Result<(), StoreError> {
+        self.db()?;
+        let mut feed = self.feed.lock().unwrap_or_else(|e| e.into_inner());
+        let stale = crate::domain::notice::feed_floor(chrono::Utc::now() - FEED_TTL);
+        while feed
+            .front()
+            .is_some_and(|e| e.id < stale || feed.len() + entries.len() > FEED_CAPACITY)
+        {
+            feed.pop_front();
+        }
+        feed.extend(entries.iter().rev().take(FEED_CAPACITY).rev().cloned());
+        Ok(())
+    }
+
+    async fn read_feed(
+        &self,
+        after: uuid::Uuid,
+        limit: usize,
+    ) -> Result<Vec<FeedEntry>, StoreError> {
+        self.db()?;
+        let stale = crate::domain::notice::feed_floor(chrono::Utc::now() - FEED_TTL);
+        let after = after.max(stale);
+        let feed = self.feed.lock().unwrap_or_else(|e| e.into_inner());
+        // Nodes append concurrently, so the queue is only roughly in id order.
+        let mut found: Vec<FeedEntry> = feed.iter().filter(|e| e.id > after).cloned().collect();
+        found.sort_by_key(|e| e.id);
+        found.truncate(limit);
+        Ok(found)
+    }
 }
 
 #[async_trait]

@@ -4,6 +4,7 @@
 
 mod accounts;
 mod events;
+mod feed;
 mod images;
 mod reminders;
 
@@ -39,6 +40,10 @@ pub const SCHEMA: &[(&str, &str)] = &[
         include_str!("../../../schema/004_reminders.cql"),
     ),
     ("005_mail.cql", include_str!("../../../schema/005_mail.cql")),
+    (
+        "006_push_feed.cql",
+        include_str!("../../../schema/006_push_feed.cql"),
+    ),
 ];
 
 /// Point reads in flight at once when an index page is turned into its records.
@@ -64,6 +69,7 @@ pub struct ScyllaStore {
     accounts: accounts::Statements,
     events: events::Statements,
     reminders: reminders::Statements,
+    feed: feed::Statements,
     ping: PreparedStatement,
 }
 
@@ -191,6 +197,7 @@ impl ScyllaStore {
             accounts: accounts::Statements::prepare(&session, ks).await?,
             events: events::Statements::prepare(&session, ks).await?,
             reminders: reminders::Statements::prepare(&session, ks).await?,
+            feed: feed::Statements::prepare(&session, ks).await?,
             ping: prepare(&session, "SELECT now() FROM system.local".into()).await?,
             session,
         })

@@ -43,6 +43,21 @@ impl TestApp {
 
     /// A server on an existing data dir (to show what survives a restart).
     pub async fn spawn_in(data_dir: TempDir, tweak: impl FnOnce(&mut Settings)) -> Self {
+        Self::spawn_on(data_dir, None, tweak).await
+    }
+
+    /// A second node over `first`'s store, as a node sharing one Scylla cluster would
+    /// be: its own data dir (so its own `node.id`), server and actors.
+    pub async fn spawn_sharing(first: &TestApp, tweak: impl FnOnce(&mut Settings)) -> Self {
+        let dir = TempDir::new().expect("temp dir");
+        Self::spawn_on(dir, Some(first.store.clone()), tweak).await
+    }
+
+    async fn spawn_on(
+        data_dir: TempDir,
+        store: Option<corral::store::SharedStore>,
+        tweak: impl FnOnce(&mut Settings),
+    ) -> Self {
         let overrides = Overrides {
             bind: Some("127.0.0.1:0".parse().unwrap()),
             data_dir: Some(data_dir.path().to_owned()),
@@ -58,7 +73,11 @@ impl TestApp {
             .await
             .expect("bind");
         let addr = listener.local_addr().unwrap();
-        let app = App::start(settings).await.expect("app starts");
+        let app = match store {
+            Some(store) => App::start_sharing(settings, store).await,
+            None => App::start(settings).await,
+        }
+        .expect("app starts");
         let actors = app.actors().clone();
         let store = app.store();
         let (stop, stopped) = oneshot::channel();
