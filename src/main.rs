@@ -163,6 +163,10 @@ async fn migrate(settings: Settings) -> anyhow::Result<()> {
             done.already.join(", ")
         }
     );
+    println!(
+        "account claims: {} looked at, {} released (no account listed them)",
+        done.accounts.claims, done.accounts.released
+    );
     Ok(())
 }
 

@@ -1,6 +1,7 @@
-//! `mailer` delivers the mails in this node's partition of the persisted `mail_queue`.
-//! It loads the partition when it starts and again every `RESCAN` (so a crash, a restart
-//! or a lost message strands nothing), learns of newly queued mails by message, and keeps
+//! `mailer` delivers the mails in this node's part of the persisted mail queue. It loads
+//! its queue when it starts, and every `RESCAN` re-reads what was queued since its last
+//! read (so a crash, a restart or a lost message strands nothing), learns of newly
+//! queued mails by message, and keeps
 //! the waiting ones in memory ordered by their next attempt. Up to `concurrency` deliveries run at once, each in its own task; the
 //! outcome comes back as a message and is recorded in the store: delivered mails leave
 //! the queue, failures back off exponentially with jitter, and a mail that fails
@@ -30,6 +31,9 @@ use crate::store::SharedStore;
 /// How often the queue is re-read from the store, for mails whose message was lost
 /// (queued while this actor restarted, say).
 const RESCAN: Duration = Duration::from_secs(10);
+/// How far before the last re-read each re-read looks: mails made just before it but
+/// stored after it are still found.
+const RESCAN_OVERLAP: chrono::TimeDelta = chrono::TimeDelta::minutes(1);
 /// How long stopping waits for deliveries in flight.
 const DRAIN_WAIT: Duration = Duration::from_secs(10);
 
@@ -92,6 +96,9 @@ pub struct MailerState {
     unrecorded: std::collections::HashSet<MailId>,
     alarm: Alarm<MailerMsg>,
     rescan: Option<JoinHandle<()>>,
+    /// When the queue was last read: a re-read reads what was made since (less
+    /// [`RESCAN_OVERLAP`]), not the whole queue.
+    read_at: chrono::DateTime<Utc>,
 }
 
 impl MailerState {
@@ -125,6 +132,7 @@ impl Actor for Mailer {
             metrics::counter!("corral_mail_retries_total", "kind" => kind).increment(0);
             metrics::counter!("corral_mails_dead_total", "kind" => kind).increment(0);
         }
+        let read_at = Utc::now();
         let queued = args.store.queued_mail(args.composer.node()).await?;
         tracing::info!(queued = queued.len(), "mailer loaded its queue");
         let mut state = MailerState {
@@ -137,6 +145,7 @@ impl Actor for Mailer {
             unrecorded: std::collections::HashSet::new(),
             alarm: Alarm::default(),
             rescan: None,
+            read_at,
         };
         for job in queued {
             state.wait(job);
@@ -188,21 +197,22 @@ impl Actor for Mailer {
         match msg {
             MailerMsg::Queued(job) => state.wait(*job),
             MailerMsg::Wake => {}
-            MailerMsg::Rescan => match state
-                .args
-                .store
-                .queued_mail(state.args.composer.node())
-                .await
-            {
-                Ok(queued) => {
-                    for job in queued {
-                        if !state.keys.contains_key(&job.id) {
-                            state.wait(job);
+            MailerMsg::Rescan => {
+                let now = Utc::now();
+                let since = state.read_at - RESCAN_OVERLAP;
+                let node = state.args.composer.node();
+                match state.args.store.recent_mail(node, since).await {
+                    Ok(queued) => {
+                        state.read_at = now;
+                        for job in queued {
+                            if !state.keys.contains_key(&job.id) {
+                                state.wait(job);
+                            }
                         }
                     }
+                    Err(e) => tracing::warn!(error = %e, "mailer could not re-read its queue"),
                 }
-                Err(e) => tracing::warn!(error = %e, "mailer could not re-read its queue"),
-            },
+            }
             MailerMsg::Attempted(outcome) => {
                 if state.in_flight.remove(&outcome.job.id).is_some() {
                     let first = state.delivered.is_empty();

@@ -24,7 +24,7 @@ use uuid::Uuid;
 use super::hub::HubMsg;
 use super::image_pool::ImagePoolMsg;
 use super::{ActorSlot, Alarm};
-use crate::domain::notice::feed_floor;
+use crate::domain::v7_floor;
 use crate::domain::{FeedEntry, Notice};
 use crate::store::SharedStore;
 
@@ -127,7 +127,7 @@ impl Actor for Relay {
     ) -> Result<Self::State, ActorProcessingErr> {
         let mut alarm = Alarm::default();
         alarm.set(&myself, args.poll, || RelayMsg::Poll);
-        let start = feed_floor(Utc::now());
+        let start = v7_floor(Utc::now());
         Ok(RelayState {
             args,
             pending: Vec::new(),
@@ -196,7 +196,7 @@ async fn poll(state: &mut RelayState) {
     let overlap = chrono::Duration::from_std(OVERLAP).unwrap_or_default();
     let floor = state
         .watermark
-        .min(feed_floor(Utc::now() - overlap))
+        .min(v7_floor(Utc::now() - overlap))
         .max(state.start);
     // Ids below the floor are never read again.
     state.seen = state.seen.split_off(&floor);

@@ -13,6 +13,7 @@ pub mod reservoir;
 pub mod user;
 
 pub use event::{Event, EventId, EventKey, Location};
+pub use id::{v7_floor, v7_time};
 pub use image::{
     Draft, Image, ImageFormat, ImageId, ImageName, ImageSummary, Tags, Viewer, claim_hash,
     new_claim_token,

@@ -45,50 +45,27 @@ impl FeedEntry {
 
     /// When the entry was published (its id's time).
     pub fn at(&self) -> DateTime<Utc> {
-        time_of(self.id)
+        super::v7_time(self.id)
     }
-}
-
-/// The smallest v7 id of the millisecond `t` (a bound for "published since `t`").
-pub fn feed_floor(t: DateTime<Utc>) -> Uuid {
-    let ms = u64::try_from(t.timestamp_millis()).unwrap_or(0);
-    // A v7 UUID starts with its 48-bit Unix time in milliseconds; version 7, variant
-    // RFC 4122, every other bit zero.
-    let mut bytes = [0u8; 16];
-    bytes[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
-    bytes[6] = 0x70;
-    bytes[8] = 0x80;
-    Uuid::from_bytes(bytes)
-}
-
-/// The time of a v7 id (the epoch for any other id).
-pub fn time_of(id: Uuid) -> DateTime<Utc> {
-    let ms = id
-        .get_timestamp()
-        .map(|ts| {
-            let (secs, nanos) = ts.to_unix();
-            secs.saturating_mul(1000) + u64::from(nanos / 1_000_000)
-        })
-        .unwrap_or(0);
-    DateTime::from_timestamp_millis(i64::try_from(ms).unwrap_or(0)).unwrap_or_default()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{v7_floor, v7_time};
 
     #[test]
     fn the_floor_of_a_time_sorts_before_every_id_made_from_then_on() {
         let t = Utc::now();
-        let floor = feed_floor(t);
+        let floor = v7_floor(t);
         let later = Uuid::now_v7();
         assert!(floor <= later);
-        assert!(feed_floor(t - chrono::Duration::milliseconds(1)) < floor);
-        assert_eq!(time_of(floor).timestamp_millis(), t.timestamp_millis());
+        assert!(v7_floor(t - chrono::Duration::milliseconds(1)) < floor);
+        assert_eq!(v7_time(floor).timestamp_millis(), t.timestamp_millis());
         assert!(
-            (time_of(later) - t).num_milliseconds().abs() < 1000,
+            (v7_time(later) - t).num_milliseconds().abs() < 1000,
             "{}",
-            time_of(later)
+            v7_time(later)
         );
     }
 

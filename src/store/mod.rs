@@ -319,8 +319,20 @@ pub trait MailStore: Send + Sync {
     /// Queues a mail (an existing row with the same node and id is replaced).
     async fn enqueue_mail(&self, job: &MailJob) -> Result<(), StoreError>;
 
-    /// Every mail queued for `node`.
+    /// Every mail queued for `node` (what its mailer loads when it starts).
     async fn queued_mail(&self, node: &str) -> Result<Vec<MailJob>, StoreError>;
+
+    /// The mails queued for `node` made at `since` or later (what its mailer re-reads
+    /// now and then, for a mail whose message was lost). The default filters
+    /// [`MailStore::queued_mail`]; Scylla reads only the recent minutes' partitions.
+    async fn recent_mail(
+        &self,
+        node: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<MailJob>, StoreError> {
+        let all = self.queued_mail(node).await?;
+        Ok(all.into_iter().filter(|j| j.created_at >= since).collect())
+    }
 
     /// Records a failed attempt (attempts, next_attempt_at, last_error).
     async fn update_mail(&self, job: &MailJob) -> Result<(), StoreError>;

@@ -254,7 +254,7 @@ impl FeedStore for EmbeddedStore {
     async fn append_feed(&self, entries: &[FeedEntry]) -> Result<(), StoreError> {
         self.db()?;
         let mut feed = self.feed.lock().unwrap_or_else(|e| e.into_inner());
-        let stale = crate::domain::notice::feed_floor(chrono::Utc::now() - FEED_TTL);
+        let stale = crate::domain::v7_floor(chrono::Utc::now() - FEED_TTL);
         while feed
             .front()
             .is_some_and(|e| e.id < stale || feed.len() + entries.len() > FEED_CAPACITY)
@@ -271,7 +271,7 @@ impl FeedStore for EmbeddedStore {
         limit: usize,
     ) -> Result<Vec<FeedEntry>, StoreError> {
         self.db()?;
-        let stale = crate::domain::notice::feed_floor(chrono::Utc::now() - FEED_TTL);
+        let stale = crate::domain::v7_floor(chrono::Utc::now() - FEED_TTL);
         let after = after.max(stale);
         let feed = self.feed.lock().unwrap_or_else(|e| e.into_inner());
         // Nodes append concurrently, so the queue is only roughly in id order.

@@ -1,6 +1,11 @@
 //! Accounts and sessions in Scylla. A username or address is claimed with an LWT on its
-//! lookup table before the user row is written; a failed claim undoes the claims made in
-//! the same call, so a conflict leaves nothing behind.
+//! lookup table (recording when) before the user row lists it, and released only after
+//! the row stops listing it; a failed claim undoes the claims made in the same call. Every
+//! write to a `users` row is an LWT: created `IF NOT EXISTS`, updated `IF version = ?`
+//! (the version read with the record it replaces), deleted `IF EXISTS`. So two updates of
+//! one account cannot both land, and a crash between the steps leaves at most a claim no
+//! account lists, which [`ScyllaStore::reconcile_accounts`] (run by `corral migrate`)
+//! proves orphaned and releases.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -8,9 +13,10 @@ use scylla::client::session::Session as CqlSession;
 use scylla::statement::prepared::PreparedStatement;
 use uuid::Uuid;
 
-use super::{ScyllaStore, err, prepare};
+use super::{Cas, ScyllaStore, err, prepare};
 use crate::domain::{Email, Session, TimeZone, TokenHash, User, UserId, Username};
 use crate::store::{AccountStore, StoreError};
+use scylla::value::CqlValue;
 
 type UserRow = (
     Uuid,
@@ -22,7 +28,25 @@ type UserRow = (
     DateTime<Utc>,
     Option<String>,
 );
+type VersionedRow = (
+    Uuid,
+    String,
+    String,
+    Option<Vec<String>>,
+    String,
+    bool,
+    DateTime<Utc>,
+    Option<String>,
+    Option<i64>,
+);
 type SessionRow = (DateTime<Utc>, DateTime<Utc>);
+/// A claim: the name or address, its account, when it was taken (unknown for claims made
+/// before `007_account_versions.cql`).
+type ClaimRow = (String, Uuid, Option<DateTime<Utc>>);
+
+/// How old a claim no account lists must be before the reconciler releases it: far
+/// longer than any account write takes, so a sign-up in progress keeps its claims.
+pub const ORPHAN_GRACE: chrono::TimeDelta = chrono::TimeDelta::hours(1);
 
 const COLUMNS: &str =
     "id, username, email, secondary_emails, password_hash, admin, created_at, time_zone";
@@ -34,8 +58,12 @@ pub(super) struct Statements {
     release_email: PreparedStatement,
     lookup_username: PreparedStatement,
     lookup_email: PreparedStatement,
-    write_user: PreparedStatement,
+    create_user: PreparedStatement,
+    update_user: PreparedStatement,
     get_user: PreparedStatement,
+    get_version: PreparedStatement,
+    scan_usernames: PreparedStatement,
+    scan_emails: PreparedStatement,
     delete_user: PreparedStatement,
     scan_first: PreparedStatement,
     scan_after: PreparedStatement,
@@ -48,15 +76,19 @@ pub(super) struct Statements {
 impl Statements {
     pub(super) async fn prepare(s: &CqlSession, ks: &str) -> Result<Self, StoreError> {
         Ok(Self {
-            claim_username: prepare(s, format!("INSERT INTO {ks}.users_by_username (username, user_id) VALUES (?, ?) IF NOT EXISTS")).await?,
-            claim_email: prepare(s, format!("INSERT INTO {ks}.users_by_email (email, user_id) VALUES (?, ?) IF NOT EXISTS")).await?,
+            claim_username: prepare(s, format!("INSERT INTO {ks}.users_by_username (username, user_id, claimed_at) VALUES (?, ?, ?) IF NOT EXISTS")).await?,
+            claim_email: prepare(s, format!("INSERT INTO {ks}.users_by_email (email, user_id, claimed_at) VALUES (?, ?, ?) IF NOT EXISTS")).await?,
             release_username: prepare(s, format!("DELETE FROM {ks}.users_by_username WHERE username = ? IF user_id = ?")).await?,
             release_email: prepare(s, format!("DELETE FROM {ks}.users_by_email WHERE email = ? IF user_id = ?")).await?,
+            scan_usernames: prepare(s, format!("SELECT username, user_id, claimed_at FROM {ks}.users_by_username")).await?,
+            scan_emails: prepare(s, format!("SELECT email, user_id, claimed_at FROM {ks}.users_by_email")).await?,
             lookup_username: prepare(s, format!("SELECT user_id FROM {ks}.users_by_username WHERE username = ?")).await?,
             lookup_email: prepare(s, format!("SELECT user_id FROM {ks}.users_by_email WHERE email = ?")).await?,
-            write_user: prepare(s, format!("INSERT INTO {ks}.users ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")).await?,
+            create_user: prepare(s, format!("INSERT INTO {ks}.users ({COLUMNS}, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1) IF NOT EXISTS")).await?,
+            update_user: prepare(s, format!("UPDATE {ks}.users SET username = ?, email = ?, secondary_emails = ?, password_hash = ?, admin = ?, time_zone = ?, version = ? WHERE id = ? IF version = ?")).await?,
             get_user: prepare(s, format!("SELECT {COLUMNS} FROM {ks}.users WHERE id = ?")).await?,
-            delete_user: prepare(s, format!("DELETE FROM {ks}.users WHERE id = ?")).await?,
+            get_version: prepare(s, format!("SELECT {COLUMNS}, version FROM {ks}.users WHERE id = ?")).await?,
+            delete_user: prepare(s, format!("DELETE FROM {ks}.users WHERE id = ? IF EXISTS")).await?,
             scan_first: prepare(s, format!("SELECT {COLUMNS} FROM {ks}.users LIMIT ?")).await?,
             scan_after: prepare(s, format!("SELECT {COLUMNS} FROM {ks}.users WHERE token(id) > token(?) LIMIT ?")).await?,
             insert_session: prepare(s, format!("INSERT INTO {ks}.sessions (user_id, token_hash, created_at, expires_at) VALUES (?, ?, ?, ?) USING TTL ?")).await?,
@@ -92,42 +124,39 @@ fn from_row(row: UserRow) -> Result<User, StoreError> {
 }
 
 impl ScyllaStore {
-    async fn write_user(&self, user: &User) -> Result<(), StoreError> {
-        let secondary: Vec<&str> = user.secondary_emails.iter().map(Email::as_str).collect();
-        let row = (
-            user.id.0,
-            user.username.as_str(),
-            user.email.as_str(),
-            secondary,
-            &user.password_hash,
-            user.admin,
-            user.created_at,
-            user.time_zone.name(),
-        );
-        self.run(&self.accounts.write_user, row).await?;
-        Ok(())
-    }
-
-    /// Claims each address; on a conflict releases those claimed here and fails.
+    /// Claims each address for `id`; returns those this call claimed (an address the
+    /// account holds already is not among them). On a conflict it releases what it
+    /// claimed and fails.
     async fn claim_emails<'a>(
         &self,
         id: UserId,
         emails: impl Iterator<Item = &'a Email>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<&'a Email>, StoreError> {
         let mut claimed = Vec::new();
         for email in emails {
-            if self
-                .lwt(&self.accounts.claim_email, (email.as_str(), id.0))
-                .await?
-            {
+            let cas = self
+                .cas(
+                    &self.accounts.claim_email,
+                    (email.as_str(), id.0, Utc::now()),
+                )
+                .await?;
+            if cas.applied {
                 claimed.push(email);
-            } else {
-                for email in claimed {
-                    self.lwt(&self.accounts.release_email, (email.as_str(), id.0))
-                        .await?;
-                }
-                return Err(StoreError::Conflict("email"));
+                continue;
             }
+            if matches!(cas.column("user_id"), Some(CqlValue::Uuid(owner)) if *owner == id.0) {
+                continue;
+            }
+            self.release_emails(id, &claimed).await?;
+            return Err(StoreError::Conflict("email"));
+        }
+        Ok(claimed)
+    }
+
+    async fn release_emails(&self, id: UserId, emails: &[&Email]) -> Result<(), StoreError> {
+        for email in emails {
+            self.lwt(&self.accounts.release_email, (email.as_str(), id.0))
+                .await?;
         }
         Ok(())
     }
@@ -169,18 +198,32 @@ impl ScyllaStore {
 impl AccountStore for ScyllaStore {
     async fn create_user(&self, user: &User) -> Result<(), StoreError> {
         let st = &self.accounts;
+        let name = user.username.as_str();
         if !self
-            .lwt(&st.claim_username, (user.username.as_str(), user.id.0))
+            .lwt(&st.claim_username, (name, user.id.0, Utc::now()))
             .await?
         {
             return Err(StoreError::Conflict("username"));
         }
         if let Err(e) = self.claim_emails(user.id, user.emails()).await {
-            self.lwt(&st.release_username, (user.username.as_str(), user.id.0))
-                .await?;
+            self.lwt(&st.release_username, (name, user.id.0)).await?;
             return Err(e);
         }
-        self.write_user(user).await
+        let secondary: Vec<&str> = user.secondary_emails.iter().map(Email::as_str).collect();
+        let row = (
+            user.id.0,
+            name,
+            user.email.as_str(),
+            secondary,
+            &user.password_hash,
+            user.admin,
+            user.created_at,
+            user.time_zone.name(),
+        );
+        // Ids are fresh v7 UUIDs: the row cannot exist, but an LWT keeps every write to
+        // `users` a Paxos write (plain and Paxos writes must not mix on one row).
+        self.lwt(&st.create_user, row).await?;
+        Ok(())
     }
 
     async fn get_user(&self, id: UserId) -> Result<Option<User>, StoreError> {
@@ -203,20 +246,72 @@ impl AccountStore for ScyllaStore {
     }
 
     async fn update_user(&self, before: &User, after: &User) -> Result<(), StoreError> {
-        let added = after.emails().filter(|e| !before.emails().any(|b| b == *e));
-        self.claim_emails(after.id, added).await?;
-        self.write_user(after).await?;
-        for gone in before.emails().filter(|e| !after.emails().any(|a| a == *e)) {
-            self.lwt(&self.accounts.release_email, (gone.as_str(), after.id.0))
-                .await?;
+        let st = &self.accounts;
+        // The version that goes with `before`: the update applies only if it is still
+        // the stored one.
+        let rows = self
+            .run(&st.get_version, (before.id.0,))
+            .await?
+            .into_rows_result()
+            .map_err(err)?;
+        let Some((stored, version)) = rows
+            .maybe_first_row::<VersionedRow>()
+            .map_err(err)?
+            .map(|row| {
+                let (id, username, email, secondary, hash, admin, created, zone, version) = row;
+                let user = (id, username, email, secondary, hash, admin, created, zone);
+                from_row(user).map(|user| (user, version))
+            })
+            .transpose()?
+        else {
+            return Err(StoreError::Changed);
+        };
+        if stored != *before {
+            return Err(StoreError::Changed);
         }
-        Ok(())
+        if after.username != before.username {
+            return Err(StoreError::Corrupt("usernames do not change".into()));
+        }
+        let added: Vec<&Email> = after
+            .emails()
+            .filter(|e| !before.emails().any(|b| b == *e))
+            .collect();
+        let claimed = self.claim_emails(after.id, added.into_iter()).await?;
+        let secondary: Vec<&str> = after.secondary_emails.iter().map(Email::as_str).collect();
+        let values = (
+            after.username.as_str(),
+            after.email.as_str(),
+            secondary,
+            &after.password_hash,
+            after.admin,
+            after.time_zone.name(),
+            version.unwrap_or(0) + 1,
+            after.id.0,
+            version,
+        );
+        let cas = self.cas(&st.update_user, values).await?;
+        if !cas.applied {
+            // Another update landed first: give back the addresses claimed here, except
+            // those the record it wrote lists (it claimed them too, for this account).
+            let listed = listed_emails(&cas);
+            let ours: Vec<&Email> = claimed
+                .into_iter()
+                .filter(|e| !listed.iter().any(|l| l == e.as_str()))
+                .collect();
+            self.release_emails(after.id, &ours).await?;
+            return Err(StoreError::Changed);
+        }
+        let gone: Vec<&Email> = before
+            .emails()
+            .filter(|e| !after.emails().any(|a| a == *e))
+            .collect();
+        self.release_emails(after.id, &gone).await
     }
 
     async fn delete_user(&self, user: &User) -> Result<(), StoreError> {
         let st = &self.accounts;
         self.run(&st.delete_sessions, (user.id.0,)).await?;
-        self.run(&st.delete_user, (user.id.0,)).await?;
+        self.lwt(&st.delete_user, (user.id.0,)).await?;
         self.lwt(&st.release_username, (user.username.as_str(), user.id.0))
             .await?;
         for email in user.emails() {
@@ -282,5 +377,174 @@ impl AccountStore for ScyllaStore {
         self.run(&self.accounts.delete_session, (user.0, hash.0.to_vec()))
             .await?;
         Ok(())
+    }
+}
+
+/// The addresses a row lists, as a failed compare-and-set sent it back.
+fn listed_emails(cas: &Cas) -> Vec<String> {
+    let text = |v: &CqlValue| match v {
+        CqlValue::Text(t) | CqlValue::Ascii(t) => Some(t.clone()),
+        _ => None,
+    };
+    let mut listed: Vec<String> = cas.column("email").and_then(text).into_iter().collect();
+    if let Some(CqlValue::List(items)) = cas.column("secondary_emails") {
+        listed.extend(items.iter().filter_map(text));
+    }
+    listed
+}
+
+/// What the reconciler does with one claim.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Its account lists it (or may be being written right now).
+    Keep,
+    /// No account lists it and it is older than [`ORPHAN_GRACE`]: a crash left it.
+    Release,
+}
+
+/// Judges the claim of `key` (a username when `username`, else an address) for the
+/// account `owner` read as `row`: kept while the account lists it, or while it is young
+/// enough to belong to a write in progress. A claim from before claims were dated counts
+/// as old.
+fn judge(
+    key: &str,
+    username: bool,
+    claimed_at: Option<DateTime<Utc>>,
+    row: Option<&User>,
+    now: DateTime<Utc>,
+) -> Verdict {
+    let listed = row.is_some_and(|user| match username {
+        true => user.username.as_str() == key,
+        false => user.emails().any(|e| e.as_str() == key),
+    });
+    let young = claimed_at.is_some_and(|at| now - at < ORPHAN_GRACE);
+    if listed || young {
+        Verdict::Keep
+    } else {
+        Verdict::Release
+    }
+}
+
+/// What [`ScyllaStore::reconcile_accounts`] found and did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Claims looked at.
+    pub claims: u64,
+    /// Claims released: no account listed them.
+    pub released: u64,
+}
+
+impl ScyllaStore {
+    /// Walks every username and address claim and releases those no account lists
+    /// (older than [`ORPHAN_GRACE`]): what a crash between an account write's steps
+    /// leaves behind. Safe while nodes serve: a release applies only if the claim still
+    /// names the same account.
+    pub async fn reconcile_accounts(&self) -> Result<Reconciled, StoreError> {
+        use futures_util::TryStreamExt;
+        let st = &self.accounts;
+        let mut done = Reconciled::default();
+        for (scan, release, username) in [
+            (&st.scan_usernames, &st.release_username, true),
+            (&st.scan_emails, &st.release_email, false),
+        ] {
+            let mut claims = self
+                .session
+                .execute_iter(scan.clone(), ())
+                .await
+                .map_err(err)?
+                .rows_stream::<ClaimRow>()
+                .map_err(err)?;
+            while let Some((key, owner, claimed_at)) = claims.try_next().await.map_err(err)? {
+                done.claims += 1;
+                let row = self.get_user(UserId(owner)).await?;
+                if judge(&key, username, claimed_at, row.as_ref(), Utc::now()) == Verdict::Release
+                    && self.lwt(release, (key.as_str(), owner)).await?
+                {
+                    tracing::warn!(claim = %key, account = %owner, "released a claim no account lists");
+                    done.released += 1;
+                }
+            }
+        }
+        Ok(done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user() -> User {
+        User {
+            id: UserId::new(),
+            username: Username::parse("alice").unwrap(),
+            email: Email::parse("alice@example.com").unwrap(),
+            secondary_emails: vec![Email::parse("al@example.org").unwrap()],
+            password_hash: "x".into(),
+            admin: false,
+            created_at: Utc::now(),
+            time_zone: TimeZone::default(),
+        }
+    }
+
+    #[test]
+    fn a_claim_its_account_lists_is_kept_however_old() {
+        let now = Utc::now();
+        let old = Some(now - chrono::TimeDelta::days(30));
+        let alice = user();
+        assert_eq!(judge("alice", true, old, Some(&alice), now), Verdict::Keep);
+        assert_eq!(
+            judge("al@example.org", false, old, Some(&alice), now),
+            Verdict::Keep
+        );
+        assert_eq!(
+            judge("alice@example.com", false, None, Some(&alice), now),
+            Verdict::Keep
+        );
+    }
+
+    #[test]
+    fn an_old_claim_without_its_account_or_not_listed_is_released() {
+        let now = Utc::now();
+        let old = Some(now - ORPHAN_GRACE - chrono::TimeDelta::seconds(1));
+        let alice = user();
+        // The account is gone (a crash after deleting the row, before the releases).
+        assert_eq!(judge("alice", true, old, None, now), Verdict::Release);
+        // The account no longer lists the address (a crash before its release).
+        assert_eq!(
+            judge("old@example.com", false, old, Some(&alice), now),
+            Verdict::Release
+        );
+        // A username claim is not kept by an address of the same text.
+        assert_eq!(
+            judge("al@example.org", true, old, Some(&alice), now),
+            Verdict::Release
+        );
+        // Claims made before they were dated count as old.
+        assert_eq!(judge("bob", true, None, None, now), Verdict::Release);
+    }
+
+    #[test]
+    fn a_young_claim_is_kept_for_the_write_that_may_be_making_its_account() {
+        let now = Utc::now();
+        let young = Some(now - ORPHAN_GRACE + chrono::TimeDelta::seconds(5));
+        assert_eq!(judge("alice", true, young, None, now), Verdict::Keep);
+    }
+
+    #[test]
+    fn every_write_to_a_user_row_is_a_compare_and_set() {
+        // The statements are built from these texts in `Statements::prepare`.
+        let src = include_str!("accounts.rs");
+        for write in [
+            "INSERT INTO {ks}.users (",
+            "UPDATE {ks}.users ",
+            "DELETE FROM {ks}.users ",
+        ] {
+            for line in src
+                .lines()
+                .filter(|l| l.contains(write) && l.contains("prepare("))
+            {
+                assert!(line.contains(" IF "), "not a compare-and-set: {line}");
+            }
+        }
     }
 }

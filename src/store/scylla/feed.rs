@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::{ScyllaStore, err, prepare};
 use crate::domain::FeedEntry;
-use crate::domain::notice::{feed_floor, time_of};
+use crate::domain::{v7_floor, v7_time};
 use crate::store::{FEED_TTL, FeedStore, StoreError};
 
 /// Seconds per partition of `push_feed`.
@@ -40,13 +40,13 @@ fn read_cql(ks: &str) -> String {
 
 /// The slot an id's time falls in.
 fn slot_of(id: Uuid) -> i64 {
-    time_of(id).timestamp().div_euclid(SLOT_SECS)
+    v7_time(id).timestamp().div_euclid(SLOT_SECS)
 }
 
 /// The slots to read for entries after `after`, oldest first: from `after`'s (or the
 /// oldest unexpired one) to the one after now, for a writer whose clock runs ahead.
 fn slots(after: Uuid, now: chrono::DateTime<Utc>) -> std::ops::RangeInclusive<i64> {
-    let oldest = feed_floor(now - FEED_TTL);
+    let oldest = v7_floor(now - FEED_TTL);
     slot_of(after.max(oldest))..=now.timestamp().div_euclid(SLOT_SECS) + 1
 }
 
@@ -106,7 +106,7 @@ mod tests {
     #[test]
     fn a_read_walks_from_the_watermarks_slot_to_the_one_after_now() {
         let now = Utc::now();
-        let after = feed_floor(now - chrono::Duration::seconds(25));
+        let after = v7_floor(now - chrono::Duration::seconds(25));
         let slots = slots(after, now);
         let here = now.timestamp().div_euclid(SLOT_SECS);
         assert_eq!(*slots.end(), here + 1);

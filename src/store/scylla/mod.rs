@@ -3,6 +3,7 @@
 //! comes from `schema/*.cql` (applied by `corral migrate`).
 
 mod accounts;
+pub use accounts::Reconciled;
 mod events;
 mod feed;
 mod images;
@@ -44,6 +45,10 @@ pub const SCHEMA: &[(&str, &str)] = &[
         "006_push_feed.cql",
         include_str!("../../../schema/006_push_feed.cql"),
     ),
+    (
+        "007_account_versions.cql",
+        include_str!("../../../schema/007_account_versions.cql"),
+    ),
 ];
 
 /// Point reads in flight at once when an index page is turned into its records.
@@ -71,6 +76,8 @@ pub struct ScyllaStore {
     reminders: reminders::Statements,
     feed: feed::Statements,
     ping: PreparedStatement,
+    /// Where each due-bucket shard is read from (see `reminders::schedule`).
+    due_floors: reminders::DueFloors,
 }
 
 /// One session for the node: every statement at LOCAL_QUORUM (LWTs' Paxos at
@@ -95,11 +102,13 @@ async fn session(target: &ScyllaTarget) -> Result<Session, StoreError> {
         .map_err(err)
 }
 
-/// What `migrate` did: the schema files it applied now, and those recorded before.
+/// What `migrate` did: the schema files it applied now, those recorded before, and what
+/// the account reconciler found.
 #[derive(Debug, Default)]
 pub struct Migrated {
     pub applied: Vec<&'static str>,
     pub already: Vec<&'static str>,
+    pub accounts: Reconciled,
 }
 
 /// Applies the schema files the keyspace's `schema_version` table does not record, in
@@ -130,10 +139,12 @@ pub async fn migrate(target: &ScyllaTarget) -> Result<Migrated, StoreError> {
             continue;
         }
         for statement in statements(cql, target) {
-            session
-                .query_unpaged(statement, ())
-                .await
-                .map_err(|e| StoreError::scylla(format!("{name}: {e}")))?;
+            match session.query_unpaged(statement.as_str(), ()).await {
+                Ok(_) => {}
+                // A column an earlier, interrupted run of this file added already.
+                Err(e) if added_before(&statement, &e.to_string()) => {}
+                Err(e) => return Err(StoreError::scylla(format!("{name}: {e}"))),
+            }
         }
         session.await_schema_agreement().await.map_err(err)?;
         session
@@ -148,7 +159,21 @@ pub async fn migrate(target: &ScyllaTarget) -> Result<Migrated, StoreError> {
             .map_err(err)?;
         done.applied.push(name);
     }
+    drop(session);
+    // Claims a crash left without their account (see `accounts`).
+    done.accounts = ScyllaStore::connect(target)
+        .await?
+        .reconcile_accounts()
+        .await?;
     Ok(done)
+}
+
+/// Whether `error` says the column `statement` (an `ALTER TABLE ... ADD`) adds is
+/// there already.
+fn added_before(statement: &str, error: &str) -> bool {
+    statement.to_ascii_uppercase().starts_with("ALTER TABLE")
+        && statement.to_ascii_uppercase().contains(" ADD ")
+        && error.contains("conflicts with an existing column")
 }
 
 /// Splits a schema file into statements, substituting the placeholders.
@@ -199,6 +224,7 @@ impl ScyllaStore {
             reminders: reminders::Statements::prepare(&session, ks).await?,
             feed: feed::Statements::prepare(&session, ks).await?,
             ping: prepare(&session, "SELECT now() FROM system.local".into()).await?,
+            due_floors: Default::default(),
             session,
         })
     }
@@ -332,6 +358,97 @@ mod tests {
         );
         assert!(all.iter().all(|s| !s.contains("${") && !s.contains(';')));
         assert!(all.iter().any(|s| s.contains("ks1.images_by_sha1")));
+    }
+
+    #[test]
+    fn a_rerun_of_a_half_applied_file_passes_over_the_columns_it_added() {
+        let error = "Database returned an error: The query is syntactically correct but \
+                     invalid, Error message: Invalid column name version because it \
+                     conflicts with an existing column";
+        assert!(added_before(
+            "ALTER TABLE ks.users ADD version bigint",
+            error
+        ));
+        assert!(!added_before("CREATE TABLE ks.users (id uuid)", error));
+        assert!(!added_before(
+            "ALTER TABLE ks.users ADD version bigint",
+            "Unavailable"
+        ));
+    }
+
+    /// Every statement text of the backend, as it appears in its source (each is one
+    /// string literal, possibly with `format!` placeholders such as `{ks}`).
+    fn statement_texts() -> Vec<String> {
+        let sources = [
+            include_str!("mod.rs"),
+            include_str!("accounts.rs"),
+            include_str!("events.rs"),
+            include_str!("feed.rs"),
+            include_str!("images.rs"),
+            include_str!("reminders/mod.rs"),
+            include_str!("reminders/statements.rs"),
+            include_str!("reminders/mail_queue.rs"),
+            include_str!("reminders/schedule.rs"),
+        ];
+        let starts = [
+            "SELECT ",
+            "INSERT INTO ",
+            "UPDATE ",
+            "DELETE FROM ",
+            "BEGIN ",
+        ];
+        let mut found = Vec::new();
+        for source in sources {
+            for literal in source.split('"').skip(1).step_by(2) {
+                if starts.iter().any(|s| literal.starts_with(s)) && literal.contains("{ks}") {
+                    found.push(literal.replace("\\\n", " "));
+                }
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn every_statement_binds_its_values_filters_nothing_and_keeps_lwts_to_one_partition() {
+        let texts = statement_texts();
+        assert!(texts.len() >= 60, "found only {} statements", texts.len());
+        for cql in &texts {
+            let upper = cql.to_ascii_uppercase();
+            assert!(!upper.contains("ALLOW FILTERING"), "{cql}");
+            // Values are bound, never spliced in: the only quoted text is a constant of
+            // the code (a reminder state), and no comparison is with a literal number.
+            for quoted in cql.split('\'').skip(1).step_by(2) {
+                assert!(
+                    quoted.starts_with('{') && quoted.ends_with('}'),
+                    "a literal in {cql}"
+                );
+            }
+            for op in ["= ", "> ", "< "] {
+                for rhs in cql.split(op).skip(1) {
+                    let first = rhs.chars().next().unwrap_or(' ');
+                    assert!(
+                        !first.is_ascii_digit(),
+                        "compares with a literal number: {cql}"
+                    );
+                }
+            }
+            if let Some((head, _)) = upper.split_once(" IF ") {
+                // A lightweight transaction names one partition: equality on its key,
+                // no range or IN.
+                let whole = head.split(" WHERE ").nth(1).unwrap_or("");
+                assert!(
+                    !whole.contains(" IN ")
+                        && !whole.contains('>')
+                        && !whole.contains('<')
+                        && !whole.contains("TOKEN("),
+                    "an LWT over more than one partition: {cql}"
+                );
+                assert!(
+                    upper.starts_with("INSERT") || !whole.is_empty(),
+                    "an LWT without a key: {cql}"
+                );
+            }
+        }
     }
 
     #[test]

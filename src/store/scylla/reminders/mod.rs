@@ -24,6 +24,7 @@ mod mail_queue;
 mod schedule;
 mod statements;
 
+pub(super) use schedule::DueFloors;
 pub(super) use statements::Statements;
 
 use async_trait::async_trait;

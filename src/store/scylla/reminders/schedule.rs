@@ -85,7 +85,13 @@ impl ScyllaStore {
         let mut batch = Batch::new(BatchType::Logged);
         batch.append_statement(st.put_job.clone());
         batch.append_statement(st.remove_due.clone());
-        let values = ((job.node.as_str(), job.id.0, encode(job)?), key);
+        let job_row = (
+            job.node.as_str(),
+            super::mail_queue::job_minute(job),
+            job.id.0,
+            encode(job)?,
+        );
+        let values = (job_row, key);
         // Both writes are idempotent, so a failed batch is simply sent again.
         let mut attempt = 1;
         loop {
@@ -100,22 +106,39 @@ impl ScyllaStore {
 
 #[async_trait]
 impl ScheduleStore for ScyllaStore {
+    /// The shards are read at once, each from its floor (see [`DueFloors`]) rather than
+    /// from the start of its partition, through the tombstones of forgotten minutes.
     async fn due_buckets(&self, until_minute: i64) -> Result<Vec<Bucket>, StoreError> {
-        let mut buckets = Vec::new();
-        for shard in 0..DUE_SHARDS {
+        let now_minute = Utc::now().timestamp().div_euclid(60);
+        let reads = (0..DUE_SHARDS).map(|shard| async move {
+            let key = (
+                i16::try_from(shard).map_err(err)?,
+                self.due_floors.get(shard),
+                until_minute,
+            );
             let rows = self
-                .run(
-                    &self.reminders.buckets,
-                    (i16::try_from(shard).map_err(err)?, until_minute),
-                )
+                .run(&self.reminders.buckets, key)
                 .await?
                 .into_rows_result()
                 .map_err(err)?;
-            for row in rows.rows::<(i64,)>().map_err(err)? {
-                let (minute,) = row.map_err(err)?;
-                buckets.push(Bucket { minute, shard });
-            }
-        }
+            let minutes = rows
+                .rows::<(i64,)>()
+                .map_err(err)?
+                .map(|row| row.map(|(minute,)| minute).map_err(err))
+                .collect::<Result<Vec<i64>, StoreError>>()?;
+            self.due_floors
+                .raise(shard, minutes.first().copied(), now_minute);
+            Ok::<_, StoreError>(
+                minutes
+                    .into_iter()
+                    .map(move |minute| Bucket { minute, shard }),
+            )
+        });
+        let mut buckets: Vec<Bucket> = futures_util::future::try_join_all(reads)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
         buckets.sort();
         Ok(buckets)
     }
@@ -275,5 +298,66 @@ mod tests {
             ],
         };
         assert_eq!(lease_of(&empty), (None, None));
+    }
+}
+
+/// Per shard, the lowest minute `due_buckets` still reads from: the oldest bucket it
+/// found listed, or now, less [`DUE_FLOOR_MARGIN`]. Buckets below it were forgotten (or
+/// never existed), so their tombstones are never read again. Kept in memory: a node that
+/// starts reads each shard once from its start.
+#[derive(Debug)]
+pub struct DueFloors(Vec<std::sync::atomic::AtomicI64>);
+
+/// Minutes below now (or below the oldest listed bucket) a shard's floor stays: room for
+/// a reminder created on a node whose clock runs behind, due in its own next minute.
+const DUE_FLOOR_MARGIN: i64 = 2;
+
+impl Default for DueFloors {
+    fn default() -> Self {
+        Self(
+            (0..DUE_SHARDS)
+                .map(|_| std::sync::atomic::AtomicI64::new(i64::MIN))
+                .collect(),
+        )
+    }
+}
+
+impl DueFloors {
+    fn get(&self, shard: u16) -> i64 {
+        self.0
+            .get(usize::from(shard))
+            .map_or(i64::MIN, |f| f.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// After a read of `shard` whose oldest bucket was `oldest` (if any), at `now`.
+    fn raise(&self, shard: u16, oldest: Option<i64>, now: i64) {
+        let floor = oldest.map_or(now, |m| m.min(now)) - DUE_FLOOR_MARGIN;
+        if let Some(f) = self.0.get(usize::from(shard)) {
+            f.fetch_max(floor, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod floor_tests {
+    use super::*;
+
+    #[test]
+    fn a_shards_floor_follows_its_oldest_bucket_and_never_passes_now() {
+        let floors = DueFloors::default();
+        assert_eq!(floors.get(0), i64::MIN, "a node reads a shard whole once");
+        floors.raise(0, Some(100), 500);
+        assert_eq!(floors.get(0), 98, "the oldest listed bucket stays readable");
+        floors.raise(0, None, 500);
+        assert_eq!(floors.get(0), 498, "with none listed, from just before now");
+        floors.raise(0, Some(900), 600);
+        assert_eq!(
+            floors.get(0),
+            598,
+            "a future bucket does not lift it past now"
+        );
+        floors.raise(0, Some(10), 600);
+        assert_eq!(floors.get(0), 598, "it never goes down");
+        assert_eq!(floors.get(1), i64::MIN, "shards are apart");
     }
 }

@@ -35,7 +35,11 @@ pub struct Statements {
     pub(super) put_job: PreparedStatement,
     pub(super) jobs: PreparedStatement,
     pub(super) remove_job: PreparedStatement,
+    pub(super) floor: PreparedStatement,
+    pub(super) set_floor: PreparedStatement,
     pub(super) put_dead: PreparedStatement,
+    pub(super) add_dead_month: PreparedStatement,
+    pub(super) dead_months: PreparedStatement,
     pub(super) dead: PreparedStatement,
     pub(super) dead_after: PreparedStatement,
 }
@@ -162,7 +166,7 @@ impl Statements {
             .await?,
             buckets: prepare(
                 s,
-                format!("SELECT minute FROM {ks}.due_buckets WHERE shard = ? AND minute <= ?"),
+                format!("SELECT minute FROM {ks}.due_buckets WHERE shard = ? AND minute >= ? AND minute <= ?"),
             )
             .await?,
             forget_bucket: prepare(
@@ -191,28 +195,48 @@ impl Statements {
             .await?,
             put_job: prepare(
                 s,
-                format!("INSERT INTO {ks}.mail_queue (node, id, job) VALUES (?, ?, ?)"),
+                format!("INSERT INTO {ks}.mail_jobs (node, minute, id, job) VALUES (?, ?, ?, ?)"),
             )
             .await?,
-            jobs: prepare(s, format!("SELECT job FROM {ks}.mail_queue WHERE node = ?")).await?,
+            jobs: prepare(
+                s,
+                format!("SELECT job FROM {ks}.mail_jobs WHERE node = ? AND minute = ?"),
+            )
+            .await?,
             remove_job: prepare(
                 s,
-                format!("DELETE FROM {ks}.mail_queue WHERE node = ? AND id = ?"),
+                format!("DELETE FROM {ks}.mail_jobs WHERE node = ? AND minute = ? AND id = ?"),
+            )
+            .await?,
+            floor: prepare(s, format!("SELECT minute FROM {ks}.mail_floors WHERE node = ?")).await?,
+            set_floor: prepare(
+                s,
+                format!("INSERT INTO {ks}.mail_floors (node, minute) VALUES (?, ?)"),
             )
             .await?,
             put_dead: prepare(
                 s,
-                format!("INSERT INTO {ks}.mail_dead (shelf, id, letter) VALUES (0, ?, ?)"),
+                format!("INSERT INTO {ks}.dead_letters (month, id, letter) VALUES (?, ?, ?)"),
+            )
+            .await?,
+            add_dead_month: prepare(
+                s,
+                format!("INSERT INTO {ks}.dead_letter_months (k, month) VALUES (?, ?)"),
+            )
+            .await?,
+            dead_months: prepare(
+                s,
+                format!("SELECT month FROM {ks}.dead_letter_months WHERE k = ? AND month >= ?"),
             )
             .await?,
             dead: prepare(
                 s,
-                format!("SELECT letter FROM {ks}.mail_dead WHERE shelf = 0 LIMIT ?"),
+                format!("SELECT letter FROM {ks}.dead_letters WHERE month = ? LIMIT ?"),
             )
             .await?,
             dead_after: prepare(
                 s,
-                format!("SELECT letter FROM {ks}.mail_dead WHERE shelf = 0 AND id > ? LIMIT ?"),
+                format!("SELECT letter FROM {ks}.dead_letters WHERE month = ? AND id > ? LIMIT ?"),
             )
             .await?,
         })
