@@ -15,6 +15,8 @@ use crate::store::{EventIndex, SharedStore, StoreError};
 const BATCH: usize = 200;
 /// Most events examined for one page; past this the page ends early with a cursor.
 const MAX_SCAN: usize = 5000;
+/// Cells of a place search read at once (each reads its events a few at a time too).
+const CELLS_AT_ONCE: usize = 4;
 
 /// One search. `from..to` bounds the start time.
 #[derive(Debug, Clone)]
@@ -120,18 +122,22 @@ async fn cell_batch(
     search: &Search,
     cursor: Option<EventKey>,
 ) -> Result<Batch, StoreError> {
+    use futures_util::{StreamExt, TryStreamExt};
+    // Made up front (a boxed future does nothing until polled), then polled a few at once.
+    let reads: Vec<_> = cells
+        .iter()
+        .map(|cell| {
+            let index = EventIndex::Cell(cell);
+            store.events_page(index, search.from, search.to, cursor, BATCH)
+        })
+        .collect();
+    let pages: Vec<_> = futures_util::stream::iter(reads)
+        .buffered(CELLS_AT_ONCE)
+        .try_collect()
+        .await?;
     let mut merged = Vec::new();
     let mut complete_until: Option<EventKey> = None;
-    for cell in cells {
-        let page = store
-            .events_page(
-                EventIndex::Cell(cell),
-                search.from,
-                search.to,
-                cursor,
-                BATCH,
-            )
-            .await?;
+    for page in pages {
         if page.rows == BATCH {
             complete_until = complete_until.min(page.last).or(page.last);
         }

@@ -1,6 +1,7 @@
 //! `mailer` delivers the mails in this node's part of the persisted mail queue. It loads
-//! its queue when it starts, and every `RESCAN` re-reads what was queued since its last
-//! read (so a crash, a restart or a lost message strands nothing), learns of newly
+//! its queue when it starts, every `RESCAN` re-reads what was queued since its last
+//! read, and hourly the whole queue again (so a crash, a restart, a lost message or an
+//! outcome it could not record strands nothing for long), learns of newly
 //! queued mails by message, and keeps
 //! the waiting ones in memory ordered by their next attempt. Up to `concurrency` deliveries run at once, each in its own task; the
 //! outcome comes back as a message and is recorded in the store: delivered mails leave
@@ -34,6 +35,9 @@ const RESCAN: Duration = Duration::from_secs(10);
 /// How far before the last re-read each re-read looks: mails made just before it but
 /// stored after it are still found.
 const RESCAN_OVERLAP: chrono::TimeDelta = chrono::TimeDelta::minutes(1);
+/// Every this many re-reads, one reads the whole queue (as a start does): it finds a
+/// mail whose outcome could not be recorded, and lets the store move its floor.
+const FULL_RESCAN_EVERY: u32 = 360;
 /// How long stopping waits for deliveries in flight.
 const DRAIN_WAIT: Duration = Duration::from_secs(10);
 
@@ -99,6 +103,8 @@ pub struct MailerState {
     /// When the queue was last read: a re-read reads what was made since (less
     /// [`RESCAN_OVERLAP`]), not the whole queue.
     read_at: chrono::DateTime<Utc>,
+    /// Re-reads since the last whole read.
+    rescans: u32,
 }
 
 impl MailerState {
@@ -146,6 +152,7 @@ impl Actor for Mailer {
             alarm: Alarm::default(),
             rescan: None,
             read_at,
+            rescans: 0,
         };
         for job in queued {
             state.wait(job);
@@ -201,7 +208,12 @@ impl Actor for Mailer {
                 let now = Utc::now();
                 let since = state.read_at - RESCAN_OVERLAP;
                 let node = state.args.composer.node();
-                match state.args.store.recent_mail(node, since).await {
+                state.rescans += 1;
+                let read = match state.rescans % FULL_RESCAN_EVERY {
+                    0 => state.args.store.queued_mail(node).await,
+                    _ => state.args.store.recent_mail(node, since).await,
+                };
+                match read {
                     Ok(queued) => {
                         state.read_at = now;
                         for job in queued {

@@ -4,11 +4,11 @@
 //! tails the feed, every `ws.feed_poll_ms`, from a watermark, and tells this node what
 //! the other nodes published (skipping its own entries and any it has seen).
 //!
-//! Ids are v7 UUIDs made by each node's clock, so an entry can land in the feed with an
-//! id a little older than ones already read (clock skew, a slow write). Each read
-//! therefore starts [`OVERLAP`] before now (or at the watermark after a stall, whichever
-//! is older) and the ids seen since then are remembered, so a late entry is still read
-//! once and an early one not twice. Pushes are best effort: a notice the store could not
+//! Ids are v7 UUIDs made by each node's clock as the entries are appended, so an entry
+//! can land in the feed with an id a little older than ones already read (clock skew, a
+//! slow write). Each read therefore starts [`OVERLAP`] before now (or at the watermark
+//! after a failed read, whichever is older) and the ids seen since then are remembered,
+//! so a late entry is still read once and an early one not twice. Pushes are best effort: a notice the store could not
 //! take is logged, counted and dropped. On the embedded store the feed is in memory
 //! (one process holds the file), so the same path serves nodes that share a store in
 //! one process, as the tests' do. Supervised by the root supervisor; a restarted relay
@@ -28,9 +28,11 @@ use crate::domain::v7_floor;
 use crate::domain::{FeedEntry, Notice};
 use crate::store::SharedStore;
 
-/// How far before now each read of the feed starts: room for clock skew between nodes
-/// and for a write that took long to land.
-pub const OVERLAP: Duration = Duration::from_secs(2);
+/// How far before now each read of the feed starts: room for clock skew between nodes,
+/// for a write that took long to land (a retry, a slow replica) and for replication to
+/// this node's datacenter. Each read re-reads this much of the feed; the seen ids make
+/// that harmless.
+pub const OVERLAP: Duration = Duration::from_secs(5);
 
 /// Entries read from the feed per store call.
 const READ_PAGE: usize = 500;
@@ -83,7 +85,8 @@ impl Notices {
 }
 
 pub enum RelayMsg {
-    /// A notice of this node's, for the feed.
+    /// A notice of this node's, for the feed (its entry's id is given when it is
+    /// appended, so the id's time is close to the time it lands).
     Publish(Notice),
     /// Append what is pending.
     Flush,
@@ -105,7 +108,7 @@ pub struct Relay;
 
 pub struct RelayState {
     args: RelayArgs,
-    pending: Vec<FeedEntry>,
+    pending: Vec<Notice>,
     /// Where this relay started: what was published before is not told.
     start: Uuid,
     /// The newest id read.
@@ -162,7 +165,7 @@ impl Actor for Relay {
                     metrics::counter!("corral_push_feed_errors_total", "op" => "append")
                         .increment(1);
                 }
-                state.pending.push(FeedEntry::new(&state.args.node, notice));
+                state.pending.push(notice);
                 // Notices that queue up behind this message share its append.
                 if state.pending.len() == 1 {
                     let _ = myself.send_message(RelayMsg::Flush);
@@ -183,7 +186,11 @@ async fn flush(state: &mut RelayState) {
     if state.pending.is_empty() {
         return;
     }
-    let batch = std::mem::take(&mut state.pending);
+    let node = &state.args.node;
+    let batch: Vec<FeedEntry> = std::mem::take(&mut state.pending)
+        .into_iter()
+        .map(|notice| FeedEntry::new(node, notice))
+        .collect();
     if let Err(e) = state.args.store.append_feed(&batch).await {
         metrics::counter!("corral_push_feed_errors_total", "op" => "append").increment(1);
         tracing::warn!(notices = batch.len(), error = %e, "could not append to the push feed; other nodes miss these notices");
@@ -194,10 +201,8 @@ async fn flush(state: &mut RelayState) {
 /// of the other nodes' entries it has not seen.
 async fn poll(state: &mut RelayState) {
     let overlap = chrono::Duration::from_std(OVERLAP).unwrap_or_default();
-    let floor = state
-        .watermark
-        .min(v7_floor(Utc::now() - overlap))
-        .max(state.start);
+    let read_from = v7_floor(Utc::now() - overlap);
+    let floor = state.watermark.min(read_from).max(state.start);
     // Ids below the floor are never read again.
     state.seen = state.seen.split_off(&floor);
     let mut after = floor;
@@ -221,6 +226,9 @@ async fn poll(state: &mut RelayState) {
             state.args.notices.deliver(&entry.notice);
         }
         if !full {
+            // Read up to now: the next read need not reach further back than its own
+            // overlap, however long the feed has been quiet.
+            state.watermark = state.watermark.max(read_from);
             return;
         }
     }

@@ -157,8 +157,8 @@ pub trait AccountStore: Send + Sync {
 
     /// Writes `after` over `before`, moving email index rows; [`StoreError::Conflict`]
     /// if a newly added address belongs to another account, [`StoreError::Changed`] if
-    /// the stored record is no longer `before` (the embedded store checks this; Scylla
-    /// does not yet, see the README).
+    /// the stored record is no longer `before` (nothing written then). The username
+    /// never changes.
     async fn update_user(&self, before: &User, after: &User) -> Result<(), StoreError>;
 
     /// Removes the user, its index rows and all its sessions.

@@ -68,7 +68,7 @@ macro_rules! areas {
     };
 }
 
-areas!(images, drafts, accounts, events, reminders, mail);
+areas!(images, drafts, accounts, events, reminders, mail, feed);
 
 fn event(n: i64, topics: &str, at: (f64, f64)) -> Event {
     let starts_at = Utc
@@ -167,6 +167,62 @@ async fn events(store: &dyn Store) {
         page_all(store, EventIndex::Cell(&cell), 0, 100, 3).await,
         ids(&|e| e.cells().contains(&cell))
     );
+
+    // A topic's events months apart (the backend may bucket its index by month), paged
+    // two at a time across the window, in (start, id) order.
+    let mut spread: Vec<Event> = (0..12)
+        .map(|n| event(n * 20 * 24, "spread", paris))
+        .collect();
+    for e in &spread {
+        store.insert_event(e).await.unwrap();
+    }
+    spread.sort_by_key(Event::key);
+    assert_eq!(
+        page_all(store, EventIndex::Topic("spread"), 0, 8000, 2).await,
+        spread.iter().map(|e| e.id).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        page_all(store, EventIndex::Topic("spread"), 481, 2000, 1).await,
+        spread[2..5].iter().map(|e| e.id).collect::<Vec<_>>(),
+        "a window starting mid-way"
+    );
+    for e in &spread {
+        store.delete_event(e).await.unwrap();
+    }
+
+    // Microseconds: a start is kept to the millisecond at least, and two events in one
+    // millisecond page in id order, on every backend.
+    let base = Utc
+        .timestamp_millis_opt(1_900_000_000_000 + 500 * 3_600_000)
+        .unwrap();
+    let mut close: Vec<Event> = [700u32, 300u32]
+        .iter()
+        .map(|&micros| {
+            let mut e = event(0, "micro", paris);
+            e.starts_at = base + chrono::Duration::microseconds(i64::from(micros));
+            e.ends_at = e.starts_at;
+            e
+        })
+        .collect();
+    for e in &close {
+        store.insert_event(e).await.unwrap();
+    }
+    for e in &close {
+        let read = store.get_event(e.id).await.unwrap().unwrap();
+        let drift = (read.starts_at - e.starts_at)
+            .num_microseconds()
+            .unwrap()
+            .abs();
+        assert!(drift < 1000, "{} became {}", e.starts_at, read.starts_at);
+    }
+    close.sort_by_key(|e| e.id);
+    assert_eq!(
+        page_all(store, EventIndex::Topic("micro"), 499, 501, 1).await,
+        close.iter().map(|e| e.id).collect::<Vec<_>>()
+    );
+    for e in &close {
+        store.delete_event(e).await.unwrap();
+    }
 
     // An update moves the index rows; a delete removes them.
     let before = all[0].clone();
@@ -531,6 +587,34 @@ async fn accounts(store: &dyn Store) {
             .id,
         bob.id
     );
+    // An update over a record that changed since it was read is refused, and leaves the
+    // address it would have added free.
+    let mut stale = ann.clone();
+    stale.secondary_emails = vec![Email::parse("ann@stale.example.com").unwrap()];
+    assert!(matches!(
+        store.update_user(&ann, &stale).await,
+        Err(StoreError::Changed)
+    ));
+    assert_eq!(
+        store.find_user("ann@stale.example.com").await.unwrap(),
+        None
+    );
+    let mut carl = user("carl");
+    carl.email = Email::parse("ann@stale.example.com").unwrap();
+    store.create_user(&carl).await.unwrap();
+    // Two updates from one read: the first lands, the second is refused.
+    let mut admin = ann2.clone();
+    admin.admin = true;
+    let mut zone = ann2.clone();
+    zone.time_zone = corral::domain::TimeZone::parse("Europe/Paris").unwrap();
+    store.update_user(&ann2, &admin).await.unwrap();
+    assert!(matches!(
+        store.update_user(&ann2, &zone).await,
+        Err(StoreError::Changed)
+    ));
+    assert_eq!(store.get_user(ann.id).await.unwrap().as_ref(), Some(&admin));
+    store.update_user(&admin, &ann2).await.unwrap();
+
     let mut ann4 = ann2.clone();
     ann4.secondary_emails.clear();
     store.update_user(&ann2, &ann4).await.unwrap();
@@ -581,7 +665,7 @@ async fn accounts(store: &dyn Store) {
         after = Some(last.id);
         ids.extend(page.iter().map(|u| u.id));
     }
-    assert_eq!(ids, HashSet::from([ann.id, bob.id]));
+    assert_eq!(ids, HashSet::from([ann.id, bob.id, carl.id]));
 
     // Deleting a user removes its lookups and sessions, and frees its name.
     store.create_session(&live).await.unwrap();
@@ -611,8 +695,15 @@ fn reminder(user: UserId, event: EventId, at_ms: i64) -> Reminder {
     }
 }
 
+/// Now, to the millisecond (what both backends keep).
+fn now_ms() -> chrono::DateTime<Utc> {
+    Utc.timestamp_millis_opt(Utc::now().timestamp_millis())
+        .unwrap()
+}
+
+/// A mail job made now (a backend may partition its queue by when jobs were made).
 fn job(node: &str, kind: MailKind, id: MailId) -> MailJob {
-    let at = Utc.timestamp_millis_opt(1_700_000_000_000).unwrap();
+    let at = now_ms();
     MailJob {
         id,
         node: node.into(),
@@ -955,6 +1046,115 @@ async fn mail(store: &dyn Store) {
     let unique: HashSet<MailId> = seen.iter().copied().collect();
     assert_eq!(unique.len(), seen.len(), "no repeats");
     assert!(all.iter().all(|id| unique.contains(id)), "none missing");
+
+    // Letters months apart (a backend may shelve them by month) page in id order, each
+    // once, three at a time.
+    let mut months = Vec::new();
+    for n in 0..7i64 {
+        let t = Utc
+            .timestamp_millis_opt(1_750_000_000_000 + n * 40 * 86_400_000 + n)
+            .unwrap();
+        let id = MailId(corral::domain::v7_floor(t));
+        let j = job(
+            "n1",
+            MailKind::Welcome {
+                user: UserId::new(),
+            },
+            id,
+        );
+        let letter = DeadLetter {
+            job: j,
+            reason: format!("old {n}"),
+            died_at: t,
+        };
+        store.mail_dead(&letter).await.unwrap();
+        months.push(id);
+    }
+    let mut everything: Vec<MailId> = all.iter().chain(&months).copied().collect();
+    everything.sort();
+    let (mut seen, mut after) = (Vec::new(), None);
+    loop {
+        let page = store.dead_letters(after, 3).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last.job.id);
+        seen.extend(page.iter().map(|d| d.job.id));
+    }
+    assert_eq!(seen, everything, "id order across shelves");
+
+    // A re-read finds the mails made since a time, not those before.
+    let old = {
+        let mut j = job(
+            "n2",
+            MailKind::Welcome {
+                user: UserId::new(),
+            },
+            MailId::new(),
+        );
+        j.created_at -= chrono::Duration::minutes(10);
+        j
+    };
+    let new = job(
+        "n2",
+        MailKind::Welcome {
+            user: UserId::new(),
+        },
+        MailId::new(),
+    );
+    store.enqueue_mail(&old).await.unwrap();
+    store.enqueue_mail(&new).await.unwrap();
+    let since = new.created_at - chrono::Duration::minutes(1);
+    assert_eq!(
+        store.recent_mail("n2", since).await.unwrap(),
+        vec![new.clone()]
+    );
+    let mut both = store.queued_mail("n2").await.unwrap();
+    both.sort_by_key(|j| j.created_at);
+    assert_eq!(both, vec![old.clone(), new.clone()]);
+    // A failed attempt rewrites the job in place; delivery removes it.
+    let mut retried = old.clone();
+    retried.attempts = 1;
+    retried.last_error = Some("421 try later".into());
+    store.update_mail(&retried).await.unwrap();
+    store.mail_sent(&new).await.unwrap();
+    assert_eq!(store.queued_mail("n2").await.unwrap(), vec![retried]);
+}
+
+async fn feed(store: &dyn Store) {
+    use corral::domain::{FeedEntry, Notice, v7_floor};
+    let start = v7_floor(Utc::now() - chrono::Duration::seconds(1));
+    let mut entries = Vec::new();
+    for n in 0..5 {
+        let origin = if n % 2 == 0 { "a" } else { "b" };
+        let entry = FeedEntry::new(origin, Notice::ImageDeleted { id: ImageId::new() });
+        store
+            .append_feed(std::slice::from_ref(&entry))
+            .await
+            .unwrap();
+        entries.push(entry);
+    }
+    let more: Vec<FeedEntry> = (0..3)
+        .map(|_| FeedEntry::new("c", Notice::ImageDeleted { id: ImageId::new() }))
+        .collect();
+    store.append_feed(&more).await.unwrap();
+    entries.extend(more);
+    entries.sort_by_key(|e| e.id);
+    // Everything since a time, in id order; then from a watermark; then a page of it.
+    assert_eq!(store.read_feed(start, 100).await.unwrap(), entries);
+    assert_eq!(
+        store.read_feed(entries[4].id, 100).await.unwrap(),
+        entries[5..].to_vec()
+    );
+    assert_eq!(
+        store.read_feed(start, 3).await.unwrap(),
+        entries[..3].to_vec()
+    );
+    assert!(
+        store
+            .read_feed(entries[7].id, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test]

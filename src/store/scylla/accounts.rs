@@ -13,7 +13,7 @@ use scylla::client::session::Session as CqlSession;
 use scylla::statement::prepared::PreparedStatement;
 use uuid::Uuid;
 
-use super::{Cas, ScyllaStore, err, prepare};
+use super::{ScyllaStore, err, prepare};
 use crate::domain::{Email, Session, TimeZone, TokenHash, User, UserId, Username};
 use crate::store::{AccountStore, StoreError};
 use scylla::value::CqlValue;
@@ -56,6 +56,10 @@ pub(super) struct Statements {
     claim_email: PreparedStatement,
     release_username: PreparedStatement,
     release_email: PreparedStatement,
+    release_email_claim: PreparedStatement,
+    refresh_email: PreparedStatement,
+    get_email_claim: PreparedStatement,
+    get_user_serial: PreparedStatement,
     lookup_username: PreparedStatement,
     lookup_email: PreparedStatement,
     create_user: PreparedStatement,
@@ -80,12 +84,22 @@ impl Statements {
             claim_email: prepare(s, format!("INSERT INTO {ks}.users_by_email (email, user_id, claimed_at) VALUES (?, ?, ?) IF NOT EXISTS")).await?,
             release_username: prepare(s, format!("DELETE FROM {ks}.users_by_username WHERE username = ? IF user_id = ?")).await?,
             release_email: prepare(s, format!("DELETE FROM {ks}.users_by_email WHERE email = ? IF user_id = ?")).await?,
+            // A claim is released by the call that took it (or last renewed it) only.
+            release_email_claim: prepare(s, format!("DELETE FROM {ks}.users_by_email WHERE email = ? IF user_id = ? AND claimed_at = ?")).await?,
+            refresh_email: prepare(s, format!("UPDATE {ks}.users_by_email SET claimed_at = ? WHERE email = ? IF user_id = ?")).await?,
+            get_email_claim: prepare(s, format!("SELECT user_id, claimed_at FROM {ks}.users_by_email WHERE email = ?")).await?,
+            get_user_serial: {
+                // A Paxos read: it sees the outcome of every compare-and-set before it.
+                let mut read = prepare(s, format!("SELECT {COLUMNS} FROM {ks}.users WHERE id = ?")).await?;
+                read.set_consistency(scylla::statement::Consistency::LocalSerial);
+                read
+            },
             scan_usernames: prepare(s, format!("SELECT username, user_id, claimed_at FROM {ks}.users_by_username")).await?,
             scan_emails: prepare(s, format!("SELECT email, user_id, claimed_at FROM {ks}.users_by_email")).await?,
             lookup_username: prepare(s, format!("SELECT user_id FROM {ks}.users_by_username WHERE username = ?")).await?,
             lookup_email: prepare(s, format!("SELECT user_id FROM {ks}.users_by_email WHERE email = ?")).await?,
             create_user: prepare(s, format!("INSERT INTO {ks}.users ({COLUMNS}, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1) IF NOT EXISTS")).await?,
-            update_user: prepare(s, format!("UPDATE {ks}.users SET username = ?, email = ?, secondary_emails = ?, password_hash = ?, admin = ?, time_zone = ?, version = ? WHERE id = ? IF version = ?")).await?,
+            update_user: prepare(s, format!("UPDATE {ks}.users SET username = ?, email = ?, secondary_emails = ?, password_hash = ?, admin = ?, time_zone = ?, version = ? WHERE id = ? IF version = ? AND username = ?")).await?,
             get_user: prepare(s, format!("SELECT {COLUMNS} FROM {ks}.users WHERE id = ?")).await?,
             get_version: prepare(s, format!("SELECT {COLUMNS}, version FROM {ks}.users WHERE id = ?")).await?,
             delete_user: prepare(s, format!("DELETE FROM {ks}.users WHERE id = ? IF EXISTS")).await?,
@@ -124,39 +138,70 @@ fn from_row(row: UserRow) -> Result<User, StoreError> {
 }
 
 impl ScyllaStore {
-    /// Claims each address for `id`; returns those this call claimed (an address the
-    /// account holds already is not among them). On a conflict it releases what it
-    /// claimed and fails.
+    /// Claims each address for `id`; returns those this call claimed, each with its
+    /// `claimed_at` (the token its release needs). An address the account holds already
+    /// has its claim renewed instead (so that a concurrent update which took it cannot
+    /// release it from under this one) and is not returned. On a conflict it releases
+    /// what it claimed and fails.
     async fn claim_emails<'a>(
         &self,
         id: UserId,
         emails: impl Iterator<Item = &'a Email>,
-    ) -> Result<Vec<&'a Email>, StoreError> {
+    ) -> Result<Vec<(&'a Email, DateTime<Utc>)>, StoreError> {
+        let st = &self.accounts;
         let mut claimed = Vec::new();
         for email in emails {
+            let at = now_ms();
             let cas = self
-                .cas(
-                    &self.accounts.claim_email,
-                    (email.as_str(), id.0, Utc::now()),
-                )
+                .cas(&st.claim_email, (email.as_str(), id.0, at))
                 .await?;
             if cas.applied {
-                claimed.push(email);
+                claimed.push((email, at));
                 continue;
             }
-            if matches!(cas.column("user_id"), Some(CqlValue::Uuid(owner)) if *owner == id.0) {
+            let ours =
+                matches!(cas.column("user_id"), Some(CqlValue::Uuid(owner)) if *owner == id.0);
+            if ours
+                && self
+                    .lwt(&st.refresh_email, (at, email.as_str(), id.0))
+                    .await?
+            {
                 continue;
             }
-            self.release_emails(id, &claimed).await?;
+            self.release_claims(id, &claimed).await?;
             return Err(StoreError::Conflict("email"));
         }
         Ok(claimed)
     }
 
-    async fn release_emails(&self, id: UserId, emails: &[&Email]) -> Result<(), StoreError> {
+    /// Releases claims this call took, unless renewed since (see `claim_emails`).
+    async fn release_claims(
+        &self,
+        id: UserId,
+        claims: &[(&Email, DateTime<Utc>)],
+    ) -> Result<(), StoreError> {
+        for (email, at) in claims {
+            let key = (email.as_str(), id.0, *at);
+            self.lwt(&self.accounts.release_email_claim, key).await?;
+        }
+        Ok(())
+    }
+
+    /// Releases the account's claims on addresses it no longer lists, each as it reads
+    /// it now: a claim renewed meanwhile (the address added back) stays.
+    async fn release_unlisted(&self, id: UserId, emails: &[&Email]) -> Result<(), StoreError> {
         for email in emails {
-            self.lwt(&self.accounts.release_email, (email.as_str(), id.0))
-                .await?;
+            let rows = self
+                .run(&self.accounts.get_email_claim, (email.as_str(),))
+                .await?
+                .into_rows_result()
+                .map_err(err)?;
+            let claim: Option<(Uuid, Option<DateTime<Utc>>)> =
+                rows.maybe_first_row().map_err(err)?;
+            if let Some((owner, at)) = claim.filter(|(owner, _)| *owner == id.0) {
+                let key = (email.as_str(), owner, at);
+                self.lwt(&self.accounts.release_email_claim, key).await?;
+            }
         }
         Ok(())
     }
@@ -200,12 +245,13 @@ impl AccountStore for ScyllaStore {
         let st = &self.accounts;
         let name = user.username.as_str();
         if !self
-            .lwt(&st.claim_username, (name, user.id.0, Utc::now()))
+            .lwt(&st.claim_username, (name, user.id.0, now_ms()))
             .await?
         {
             return Err(StoreError::Conflict("username"));
         }
         if let Err(e) = self.claim_emails(user.id, user.emails()).await {
+            // A fresh account holds no address already, so nothing was renewed.
             self.lwt(&st.release_username, (name, user.id.0)).await?;
             return Err(e);
         }
@@ -288,24 +334,28 @@ impl AccountStore for ScyllaStore {
             version.unwrap_or(0) + 1,
             after.id.0,
             version,
+            // Never null on a stored account: the condition fails on a deleted one
+            // instead of writing a row of these columns alone.
+            before.username.as_str(),
         );
-        let cas = self.cas(&st.update_user, values).await?;
-        if !cas.applied {
-            // Another update landed first: give back the addresses claimed here, except
-            // those the record it wrote lists (it claimed them too, for this account).
-            let listed = listed_emails(&cas);
-            let ours: Vec<&Email> = claimed
-                .into_iter()
-                .filter(|e| !listed.iter().any(|l| l == e.as_str()))
-                .collect();
-            self.release_emails(after.id, &ours).await?;
+        if !self.lwt(&st.update_user, values).await? {
+            // Another write landed first. Give back the addresses claimed here, except
+            // those the account now lists (read through Paxos, so that write is seen).
+            let now = self
+                .select_users(&st.get_user_serial, (after.id.0,))
+                .await?
+                .pop();
+            let listed = |e: &Email| now.as_ref().is_some_and(|u| u.emails().any(|l| l == e));
+            let ours: Vec<(&Email, DateTime<Utc>)> =
+                claimed.into_iter().filter(|(e, _)| !listed(e)).collect();
+            self.release_claims(after.id, &ours).await?;
             return Err(StoreError::Changed);
         }
         let gone: Vec<&Email> = before
             .emails()
             .filter(|e| !after.emails().any(|a| a == *e))
             .collect();
-        self.release_emails(after.id, &gone).await
+        self.release_unlisted(after.id, &gone).await
     }
 
     async fn delete_user(&self, user: &User) -> Result<(), StoreError> {
@@ -380,17 +430,11 @@ impl AccountStore for ScyllaStore {
     }
 }
 
-/// The addresses a row lists, as a failed compare-and-set sent it back.
-fn listed_emails(cas: &Cas) -> Vec<String> {
-    let text = |v: &CqlValue| match v {
-        CqlValue::Text(t) | CqlValue::Ascii(t) => Some(t.clone()),
-        _ => None,
-    };
-    let mut listed: Vec<String> = cas.column("email").and_then(text).into_iter().collect();
-    if let Some(CqlValue::List(items)) = cas.column("secondary_emails") {
-        listed.extend(items.iter().filter_map(text));
-    }
-    listed
+/// Now, to the millisecond: what a `timestamp` column keeps, so a claim's `claimed_at`
+/// compares equal to the value it was written with.
+fn now_ms() -> DateTime<Utc> {
+    let now = Utc::now();
+    DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now)
 }
 
 /// What the reconciler does with one claim.

@@ -1,8 +1,10 @@
-//! The events catalogue in Scylla. Index partitions are ordered by (starts_at, id); pages
-//! are read with tuple slices, so a cursor resumes exactly where the last page ended.
+//! The events catalogue in Scylla. Index partitions are bucketed by time (the day, or the
+//! month, of the start) and ordered by (starts_at, id); pages are read with tuple slices,
+//! so a cursor resumes exactly where the last page ended. A page walks the buckets of its
+//! window in order, reading more of them at once each round it is not yet full.
 
 use async_trait::async_trait;
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use scylla::client::session::Session;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
@@ -35,6 +37,48 @@ struct IndexReads {
     after: PreparedStatement,
 }
 
+/// Buckets read at once at most, as a page walks its window.
+const MAX_BUCKETS_AT_ONCE: i32 = 32;
+
+/// How an index is bucketed in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Span {
+    Day,
+    Month,
+}
+
+impl Span {
+    /// The bucket of `t`: days, or months, since the epoch.
+    fn of(self, t: DateTime<Utc>) -> i32 {
+        match self {
+            Span::Day => day_of(t),
+            Span::Month => (t.year() - 1970) * 12 + i32::try_from(t.month0()).unwrap_or(0),
+        }
+    }
+
+    /// When bucket `b` starts.
+    fn start(self, b: i32) -> DateTime<Utc> {
+        let start = match self {
+            Span::Day => DateTime::from_timestamp(i64::from(b) * 86_400, 0),
+            Span::Month => chrono::NaiveDate::from_ymd_opt(
+                1970 + b.div_euclid(12),
+                u32::try_from(b.rem_euclid(12)).unwrap_or(0) + 1,
+                1,
+            )
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .map(|t| t.and_utc()),
+        };
+        start.unwrap_or(DateTime::<Utc>::MAX_UTC)
+    }
+}
+
+/// A partition of an index: the day, or a topic or cell and a month.
+#[derive(Debug, Clone, Copy)]
+enum Partition<'a> {
+    Day(i32),
+    Keyed(&'a str, i32),
+}
+
 pub(super) struct Statements {
     write: PreparedStatement,
     get: PreparedStatement,
@@ -53,7 +97,7 @@ pub(super) struct Statements {
 async fn reads(s: &Session, ks: &str, table: &str, key: &str) -> Result<IndexReads, StoreError> {
     let q = |op: &str| {
         format!(
-            "SELECT starts_at, id FROM {ks}.{table} WHERE {key} = ? AND (starts_at, id) {op} (?, ?) AND (starts_at, id) < (?, ?) LIMIT ?"
+            "SELECT starts_at, id FROM {ks}.{table} WHERE {key} AND (starts_at, id) {op} (?, ?) AND (starts_at, id) < (?, ?) LIMIT ?"
         )
     };
     Ok(IndexReads {
@@ -76,13 +120,15 @@ impl Statements {
             delete: prepare(s, format!("DELETE FROM {ks}.events WHERE id = ?")).await?,
             add_topic: prepare(
                 s,
-                format!("INSERT INTO {ks}.events_by_topic (topic, starts_at, id) VALUES (?, ?, ?)"),
+                format!(
+                    "INSERT INTO {ks}.events_by_topic_month (topic, month, starts_at, id) VALUES (?, ?, ?, ?)"
+                ),
             )
             .await?,
             remove_topic: prepare(
                 s,
                 format!(
-                    "DELETE FROM {ks}.events_by_topic WHERE topic = ? AND starts_at = ? AND id = ?"
+                    "DELETE FROM {ks}.events_by_topic_month WHERE topic = ? AND month = ? AND starts_at = ? AND id = ?"
                 ),
             )
             .await?,
@@ -101,20 +147,20 @@ impl Statements {
             add_cell: prepare(
                 s,
                 format!(
-                    "INSERT INTO {ks}.events_by_geohash (cell, starts_at, id) VALUES (?, ?, ?)"
+                    "INSERT INTO {ks}.events_by_geohash_month (cell, month, starts_at, id) VALUES (?, ?, ?, ?)"
                 ),
             )
             .await?,
             remove_cell: prepare(
                 s,
                 format!(
-                    "DELETE FROM {ks}.events_by_geohash WHERE cell = ? AND starts_at = ? AND id = ?"
+                    "DELETE FROM {ks}.events_by_geohash_month WHERE cell = ? AND month = ? AND starts_at = ? AND id = ?"
                 ),
             )
             .await?,
-            by_topic: reads(s, ks, "events_by_topic", "topic").await?,
-            by_day: reads(s, ks, "events_by_day", "day").await?,
-            by_cell: reads(s, ks, "events_by_geohash", "cell").await?,
+            by_topic: reads(s, ks, "events_by_topic_month", "topic = ? AND month = ?").await?,
+            by_day: reads(s, ks, "events_by_day", "day = ?").await?,
+            by_cell: reads(s, ks, "events_by_geohash_month", "cell = ? AND month = ?").await?,
         })
     }
 }
@@ -122,22 +168,23 @@ impl Statements {
 /// One index row of an event.
 #[derive(Debug, Clone, PartialEq)]
 enum IndexRow {
-    Topic(String, DateTime<Utc>, Uuid),
+    Topic(String, i32, DateTime<Utc>, Uuid),
     Day(i32, DateTime<Utc>, Uuid),
-    Cell(String, DateTime<Utc>, Uuid),
+    Cell(String, i32, DateTime<Utc>, Uuid),
 }
 
 fn index_rows(event: &Event) -> Vec<IndexRow> {
     let (t, id) = (event.starts_at, event.id.0);
+    let month = Span::Month.of(t);
     let topics = event
         .topics
         .as_slice()
         .iter()
-        .map(|topic| IndexRow::Topic(topic.clone(), t, id));
+        .map(|topic| IndexRow::Topic(topic.clone(), month, t, id));
     let cells = event
         .cells()
         .into_iter()
-        .map(|cell| IndexRow::Cell(cell, t, id));
+        .map(|cell| IndexRow::Cell(cell, month, t, id));
     topics
         .chain([IndexRow::Day(day_of(t), t, id)])
         .chain(cells)
@@ -158,7 +205,9 @@ impl IndexRow {
 
     fn values(&self) -> Box<dyn scylla::serialize::row::SerializeRow + Send + Sync> {
         match self.clone() {
-            Self::Topic(key, t, id) | Self::Cell(key, t, id) => Box::new((key, t, id)),
+            Self::Topic(key, month, t, id) | Self::Cell(key, month, t, id) => {
+                Box::new((key, month, t, id))
+            }
             Self::Day(day, t, id) => Box::new((day, t, id)),
         }
     }
@@ -246,10 +295,12 @@ impl ScyllaStore {
         Ok(())
     }
 
+    /// Up to `limit` rows of one partition from `lower` (a position, exclusive or not)
+    /// to `to`.
     async fn index_ids(
         &self,
         reads: &IndexReads,
-        key: impl scylla::serialize::value::SerializeValue + Copy,
+        partition: Partition<'_>,
         lower: (DateTime<Utc>, Uuid, bool),
         to: DateTime<Utc>,
         limit: usize,
@@ -257,15 +308,68 @@ impl ScyllaStore {
         let (start, start_id, exclusive) = lower;
         let statement = if exclusive { &reads.after } else { &reads.from };
         let limit = i32::try_from(limit).unwrap_or(i32::MAX);
-        let rows = self
-            .run(statement, (key, start, start_id, to, Uuid::nil(), limit))
-            .await?
-            .into_rows_result()
-            .map_err(err)?;
+        let bounds = (start, start_id, to, Uuid::nil(), limit);
+        let result = match partition {
+            Partition::Day(day) => {
+                let (a, b, c, d, e) = bounds;
+                self.run(statement, (day, a, b, c, d, e)).await?
+            }
+            Partition::Keyed(key, month) => {
+                let (a, b, c, d, e) = bounds;
+                self.run(statement, (key, month, a, b, c, d, e)).await?
+            }
+        };
+        let rows = result.into_rows_result().map_err(err)?;
         rows.rows::<(DateTime<Utc>, Uuid)>()
             .map_err(err)?
             .map(|r| r.map_err(err))
             .collect()
+    }
+
+    /// Up to `limit` rows of an index from `lower` to `to`, walking its buckets in order:
+    /// one at first, then twice as many at once each round the page is not full (up to
+    /// [`MAX_BUCKETS_AT_ONCE`]), so a sparse window costs a few rounds, not one per bucket.
+    async fn walk(
+        &self,
+        reads: &IndexReads,
+        span: Span,
+        key: Option<&str>,
+        lower: (DateTime<Utc>, Uuid, bool),
+        to: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<(DateTime<Utc>, Uuid)>, StoreError> {
+        let mut ids = Vec::new();
+        if lower.0 >= to {
+            return Ok(ids);
+        }
+        let (first, last) = (
+            span.of(lower.0),
+            span.of(to - chrono::TimeDelta::milliseconds(1)),
+        );
+        let (mut next, mut width) = (first, 1);
+        while ids.len() < limit && next <= last {
+            let end = next.saturating_add(width - 1).min(last);
+            let want = limit - ids.len();
+            let reads = (next..=end).map(|b| {
+                let partition = match key {
+                    Some(key) => Partition::Keyed(key, b),
+                    None => Partition::Day(b),
+                };
+                let from = if b == first {
+                    lower
+                } else {
+                    (span.start(b), Uuid::nil(), false)
+                };
+                self.index_ids(reads, partition, from, to, want)
+            });
+            // Buckets in order, each in order: the first `limit` rows are the page.
+            for rows in futures_util::future::try_join_all(reads).await? {
+                ids.extend(rows.into_iter().take(limit - ids.len()));
+            }
+            next = end.saturating_add(1);
+            width = (width * 2).min(MAX_BUCKETS_AT_ONCE);
+        }
+        Ok(ids)
     }
 }
 
@@ -310,26 +414,16 @@ impl EventStore for ScyllaStore {
         let st = &self.events;
         let ids = match index {
             EventIndex::Topic(topic) => {
-                self.index_ids(&st.by_topic, topic, lower, to, limit)
+                self.walk(&st.by_topic, Span::Month, Some(topic), lower, to, limit)
                     .await?
             }
-            EventIndex::Cell(cell) => self.index_ids(&st.by_cell, cell, lower, to, limit).await?,
+            EventIndex::Cell(cell) => {
+                self.walk(&st.by_cell, Span::Month, Some(cell), lower, to, limit)
+                    .await?
+            }
             EventIndex::Time => {
-                // Walk the day partitions in order until the page is full.
-                let mut ids = Vec::new();
-                let mut day_start = lower.0;
-                while ids.len() < limit && day_start < to {
-                    let day = day_of(day_start);
-                    ids.extend(
-                        self.index_ids(&st.by_day, day, lower, to, limit - ids.len())
-                            .await?,
-                    );
-                    let next =
-                        DateTime::from_timestamp(i64::from(day + 1) * 86_400, 0).unwrap_or(to);
-                    lower = (next, Uuid::nil(), false);
-                    day_start = next.max(day_start + Duration::milliseconds(1));
-                }
-                ids
+                self.walk(&st.by_day, Span::Day, None, lower, to, limit)
+                    .await?
             }
         };
         let mut page = IndexPage {
@@ -349,5 +443,33 @@ impl EventStore for ScyllaStore {
             .await?;
         page.events = found.into_iter().flatten().collect();
         Ok(page)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_start_where_their_first_instant_falls() {
+        for t in [
+            "1970-01-01T00:00:00Z",
+            "2026-12-01T00:00:00Z",
+            "2026-11-30T23:59:59.999Z",
+            "2028-02-29T12:00:00Z",
+            "1969-12-31T23:59:59Z",
+        ] {
+            let t = DateTime::parse_from_rfc3339(t).unwrap().to_utc();
+            for span in [Span::Day, Span::Month] {
+                let b = span.of(t);
+                assert!(span.start(b) <= t, "{span:?} {t}");
+                assert!(t < span.start(b + 1), "{span:?} {t}");
+                assert_eq!(span.of(span.start(b)), b);
+            }
+        }
+        let december = DateTime::parse_from_rfc3339("2026-12-15T00:00:00Z")
+            .unwrap()
+            .to_utc();
+        assert_eq!(Span::Month.of(december), 56 * 12 + 11);
     }
 }

@@ -1,4 +1,10 @@
-//! Image metadata in Scylla.
+//! Image metadata in Scylla. Every write to an `images` row is a lightweight transaction
+//! (created `IF NOT EXISTS`, changed and published on a condition, deleted `IF EXISTS`),
+//! so Paxos and plain writes never mix on one row: with clock skew between coordinators
+//! a plain write could land "before" a Paxos one it followed, and a retag racing a
+//! delete could leave a row of tags alone. The index rows are plain writes, ordered
+//! around the row's so that a crash leaves extra index rows (readers skip rows whose
+//! image is gone or is not what the index says), never an image its index misses.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -63,6 +69,7 @@ pub(super) struct Statements {
     delete_draft_by_expiry: PreparedStatement,
     drafts_expiring: PreparedStatement,
     publish: PreparedStatement,
+    unpublish: PreparedStatement,
     /// The oldest hour of draft expiry that may still hold rows (see `expired_drafts`).
     sweep_from: AtomicI64,
 }
@@ -73,7 +80,7 @@ impl Statements {
             insert: prepare(
                 s,
                 format!(
-                    "INSERT INTO {ks}.images ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    "INSERT INTO {ks}.images ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS"
                 ),
             )
             .await?,
@@ -120,7 +127,7 @@ impl Statements {
                 format!("UPDATE {ks}.images SET blurhash = ? WHERE id = ? IF EXISTS"),
             )
             .await?,
-            delete: prepare(s, format!("DELETE FROM {ks}.images WHERE id = ?")).await?,
+            delete: prepare(s, format!("DELETE FROM {ks}.images WHERE id = ? IF EXISTS")).await?,
             delete_by_sha1: prepare(
                 s,
                 format!("DELETE FROM {ks}.images_by_sha1 WHERE sha1 = ? AND id = ?"),
@@ -187,11 +194,19 @@ impl Statements {
                 ),
             )
             .await?,
+            // Only the draft that was read (its expiry) is published.
             publish: prepare(
                 s,
                 format!(
-                    "UPDATE {ks}.images SET draft_expires_at = null, claim = null, owner = ?, \
-                     tags = ? WHERE id = ?"
+                    "UPDATE {ks}.images SET draft_expires_at = null, claim = null, owner = ?, tags = ? WHERE id = ? IF draft_expires_at = ?"
+                ),
+            )
+            .await?,
+            // Undoes a publish, for an attach that could not publish all its drafts.
+            unpublish: prepare(
+                s,
+                format!(
+                    "UPDATE {ks}.images SET draft_expires_at = ?, claim = ?, owner = ?, tags = ? WHERE id = ? IF owner = ? AND draft_expires_at = null"
                 ),
             )
             .await?,
@@ -382,13 +397,16 @@ impl ImageStore for ScyllaStore {
                 .and_then(|d| d.claim)
                 .map(|c| CqlValue::Blob(c.0.to_vec())),
         ];
+        // The index rows first: a crash before the row leaves rows readers skip.
         let mut writes = Writes::new();
-        writes.add(&st.insert, row);
         st.index(&mut writes, image, true);
-        self.session
-            .batch(&writes.batch, writes.values)
-            .await
-            .map_err(err)?;
+        self.write(writes).await?;
+        if !self.lwt(&st.insert, row).await? {
+            return Err(StoreError::Corrupt(format!(
+                "image id {} is taken",
+                image.id
+            )));
+        }
         Ok(())
     }
 
@@ -436,7 +454,8 @@ impl ImageStore for ScyllaStore {
             }
             None => self.run(&self.images.by_owner, (owner.0, limit(n))).await?,
         };
-        self.images_with_ids(ids_of(result)?).await
+        let found = self.images_with_ids(ids_of(result)?).await?;
+        Ok(published_only(found))
     }
 
     async fn set_image_tags(&self, id: ImageId, tags: &Tags) -> Result<Option<Image>, StoreError> {
@@ -487,18 +506,19 @@ impl ImageStore for ScyllaStore {
         Ok(Some(image))
     }
 
+    /// The row, then its index rows: a crash between leaves index rows of an image that
+    /// is gone, which readers skip (and which keep its file: a leak, never a loss).
     async fn delete_image(&self, id: ImageId) -> Result<Option<Image>, StoreError> {
         let Some(image) = self.get_image(id).await? else {
             return Ok(None);
         };
         let st = &self.images;
+        if !self.lwt(&st.delete, (id.0,)).await? {
+            return Ok(None);
+        }
         let mut writes = Writes::new();
-        writes.add(&st.delete, vec![uuid(id.0)]);
         st.index(&mut writes, &image, false);
-        self.session
-            .batch(&writes.batch, writes.values)
-            .await
-            .map_err(err)?;
+        self.write(writes).await?;
         Ok(Some(image))
     }
 
@@ -525,13 +545,15 @@ impl ImageStore for ScyllaStore {
             }
             None => self.run(&self.images.by_tag, (tag, limit(n))).await?,
         };
-        let ids = ids_of(result)?;
-        self.images_with_ids(ids).await
+        let found = self.images_with_ids(ids_of(result)?).await?;
+        Ok(published_only(found))
     }
 
-    /// Checked image by image, then written in one logged batch: atomic (all rows or
-    /// none) but not isolated. A draft expires for attach at `now`, and the sweeper
-    /// removes only drafts expired a while (`SWEEP_GRACE`), so it never races this.
+    /// Each draft is published by a compare-and-set on the expiry that was read, so a
+    /// draft deleted or attached elsewhere meanwhile is not. If one cannot be, those
+    /// published by this call are put back as they were, and nothing is attached. The
+    /// published index rows go first and the draft ones last (see the module's note).
+    /// A crash midway can leave some drafts published: attaching again finishes it.
     async fn attach_images(
         &self,
         ids: &[ImageId],
@@ -540,7 +562,8 @@ impl ImageStore for ScyllaStore {
         now: DateTime<Utc>,
     ) -> Result<Vec<Image>, StoreError> {
         let st = &self.images;
-        let mut writes = Writes::new();
+        // (the draft as read, the image as published), for each draft to publish.
+        let mut changes: Vec<(Image, Image)> = Vec::new();
         let mut attached = Vec::with_capacity(ids.len());
         for &id in ids {
             let image = self.get_image(id).await?.ok_or(StoreError::Changed)?;
@@ -552,26 +575,38 @@ impl ImageStore for ScyllaStore {
                 }
                 _ => return Err(StoreError::Changed),
             }
-            st.index(&mut writes, &image, false);
-            let mut image = image;
-            image.draft = None;
-            image.owner = Some(owner);
+            let mut published = image.clone();
+            published.draft = None;
+            published.owner = Some(owner);
             if let Some(tags) = tags {
-                image.tags = tags.clone();
+                published.tags = tags.clone();
             }
-            writes.add(
-                &st.publish,
-                vec![uuid(owner.0), tag_list(&image.tags), uuid(id.0)],
-            );
-            st.index(&mut writes, &image, true);
-            attached.push(image);
+            changes.push((image, published));
         }
-        if !writes.values.is_empty() {
-            self.session
-                .batch(&writes.batch, writes.values)
-                .await
-                .map_err(err)?;
+        let mut adds = Writes::new();
+        for (_, published) in &changes {
+            st.index(&mut adds, published, true);
         }
+        self.write(adds).await?;
+        for (i, (draft, published)) in changes.iter().enumerate() {
+            let expires = draft.draft.as_ref().and_then(|d| timestamp(d.expires_at));
+            let values = vec![
+                uuid(owner.0),
+                tag_list(&published.tags),
+                uuid(draft.id.0),
+                expires,
+            ];
+            if !self.lwt(&st.publish, values).await? {
+                self.unpublish(owner, &changes[..i]).await?;
+                return Err(StoreError::Changed);
+            }
+        }
+        let mut removals = Writes::new();
+        for (draft, _) in &changes {
+            st.index(&mut removals, draft, false);
+        }
+        self.write(removals).await?;
+        attached.extend(changes.into_iter().map(|(_, published)| published));
         Ok(attached)
     }
 
@@ -614,6 +649,12 @@ impl ImageStore for ScyllaStore {
     }
 }
 
+/// Drops drafts from what a published index returned: its rows are written before a
+/// publish lands (and stay if it never does).
+fn published_only(images: Vec<Image>) -> Vec<Image> {
+    images.into_iter().filter(|i| !i.is_draft()).collect()
+}
+
 /// The ids a query of one `id` column returned.
 fn ids_of(result: scylla::response::query_result::QueryResult) -> Result<Vec<Uuid>, StoreError> {
     let rows = result.into_rows_result().map_err(err)?;
@@ -626,6 +667,40 @@ fn ids_of(result: scylla::response::query_result::QueryResult) -> Result<Vec<Uui
 impl ScyllaStore {
     /// The images with these ids that still exist, in the same order: point reads,
     /// `POINT_READS` at a time.
+    /// Puts drafts this call published back as they were, then drops the index rows it
+    /// added for them.
+    async fn unpublish(&self, owner: UserId, changes: &[(Image, Image)]) -> Result<(), StoreError> {
+        let st = &self.images;
+        let mut drops = Writes::new();
+        for (draft, published) in changes {
+            let d = draft.draft.as_ref();
+            let values = vec![
+                d.and_then(|d| timestamp(d.expires_at)),
+                d.and_then(|d| d.claim)
+                    .map(|c| CqlValue::Blob(c.0.to_vec())),
+                draft.owner.and_then(|o| uuid(o.0)),
+                tag_list(&draft.tags),
+                uuid(draft.id.0),
+                uuid(owner.0),
+            ];
+            self.lwt(&st.unpublish, values).await?;
+            st.index(&mut drops, published, false);
+        }
+        self.write(drops).await
+    }
+
+    /// Runs a batch of index writes, if it has any.
+    async fn write(&self, writes: Writes) -> Result<(), StoreError> {
+        if writes.values.is_empty() {
+            return Ok(());
+        }
+        self.session
+            .batch(&writes.batch, writes.values)
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
     async fn images_with_ids(&self, ids: Vec<Uuid>) -> Result<Vec<Image>, StoreError> {
         use futures_util::{StreamExt, TryStreamExt};
         let found: Vec<Option<Image>> = futures_util::stream::iter(ids)

@@ -49,6 +49,10 @@ pub const SCHEMA: &[(&str, &str)] = &[
         "007_account_versions.cql",
         include_str!("../../../schema/007_account_versions.cql"),
     ),
+    (
+        "008_time_buckets.cql",
+        include_str!("../../../schema/008_time_buckets.cql"),
+    ),
 ];
 
 /// Point reads in flight at once when an index page is turned into its records.

@@ -1,7 +1,7 @@
 //! The mail queue in Scylla: a partition per node and minute of the job's making
 //! (`mail_jobs`) read from the node's floor (`mail_floors`), and the dead letters
 //! (`dead_letters`, a shelf per month, listed in `dead_letter_months`). See
-//! `schema/005_mail.cql`.
+//! `schema/008_time_buckets.cql`.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Datelike, Utc};

@@ -110,6 +110,7 @@ impl ScheduleStore for ScyllaStore {
     /// from the start of its partition, through the tombstones of forgotten minutes.
     async fn due_buckets(&self, until_minute: i64) -> Result<Vec<Bucket>, StoreError> {
         let now_minute = Utc::now().timestamp().div_euclid(60);
+        self.due_floors.reset_if_due(WHOLE_READ_EVERY);
         let reads = (0..DUE_SHARDS).map(|shard| async move {
             let key = (
                 i16::try_from(shard).map_err(err)?,
@@ -303,10 +304,19 @@ mod tests {
 
 /// Per shard, the lowest minute `due_buckets` still reads from: the oldest bucket it
 /// found listed, or now, less [`DUE_FLOOR_MARGIN`]. Buckets below it were forgotten (or
-/// never existed), so their tombstones are never read again. Kept in memory: a node that
-/// starts reads each shard once from its start.
+/// never existed), so their tombstones are not read at every tick. Kept in memory: a
+/// node reads each shard from its start when it starts and then hourly
+/// ([`WHOLE_READ_EVERY`]), which finds a bucket written below a floor (by a node whose
+/// clock runs minutes behind) late rather than never.
 #[derive(Debug)]
-pub struct DueFloors(Vec<std::sync::atomic::AtomicI64>);
+pub struct DueFloors {
+    floors: Vec<std::sync::atomic::AtomicI64>,
+    /// When the floors were last lowered to read every shard whole.
+    reset_at: std::sync::Mutex<std::time::Instant>,
+}
+
+/// How often every shard is read from its start.
+const WHOLE_READ_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Minutes below now (or below the oldest listed bucket) a shard's floor stays: room for
 /// a reminder created on a node whose clock runs behind, due in its own next minute.
@@ -314,17 +324,18 @@ const DUE_FLOOR_MARGIN: i64 = 2;
 
 impl Default for DueFloors {
     fn default() -> Self {
-        Self(
-            (0..DUE_SHARDS)
+        Self {
+            floors: (0..DUE_SHARDS)
                 .map(|_| std::sync::atomic::AtomicI64::new(i64::MIN))
                 .collect(),
-        )
+            reset_at: std::sync::Mutex::new(std::time::Instant::now()),
+        }
     }
 }
 
 impl DueFloors {
     fn get(&self, shard: u16) -> i64 {
-        self.0
+        self.floors
             .get(usize::from(shard))
             .map_or(i64::MIN, |f| f.load(std::sync::atomic::Ordering::Relaxed))
     }
@@ -332,8 +343,19 @@ impl DueFloors {
     /// After a read of `shard` whose oldest bucket was `oldest` (if any), at `now`.
     fn raise(&self, shard: u16, oldest: Option<i64>, now: i64) {
         let floor = oldest.map_or(now, |m| m.min(now)) - DUE_FLOOR_MARGIN;
-        if let Some(f) = self.0.get(usize::from(shard)) {
+        if let Some(f) = self.floors.get(usize::from(shard)) {
             f.fetch_max(floor, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Lowers every floor to the start once `every` has passed since it last did.
+    fn reset_if_due(&self, every: std::time::Duration) {
+        let mut at = self.reset_at.lock().unwrap_or_else(|e| e.into_inner());
+        if at.elapsed() >= every {
+            *at = std::time::Instant::now();
+            for f in &self.floors {
+                f.store(i64::MIN, std::sync::atomic::Ordering::Relaxed);
+            }
         }
     }
 }
@@ -359,5 +381,9 @@ mod floor_tests {
         floors.raise(0, Some(10), 600);
         assert_eq!(floors.get(0), 598, "it never goes down");
         assert_eq!(floors.get(1), i64::MIN, "shards are apart");
+        floors.reset_if_due(std::time::Duration::from_secs(3600));
+        assert_eq!(floors.get(0), 598, "not yet");
+        floors.reset_if_due(std::time::Duration::ZERO);
+        assert_eq!(floors.get(0), i64::MIN, "read whole again");
     }
 }
