@@ -82,11 +82,12 @@ pub struct Actors {
 }
 
 impl Actors {
-    /// Where this node's notices go: the hub, the sample, the relay.
+    /// Where this node's notices go: the hub, the sample, the scheduler, the relay.
     pub fn notices(&self) -> relay::Notices {
         relay::Notices {
             hub: self.hub.clone(),
             image_pool: self.image_pool.clone(),
+            scheduler: self.scheduler.clone(),
             relay: self.relay.clone(),
         }
     }

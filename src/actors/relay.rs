@@ -23,9 +23,10 @@ use uuid::Uuid;
 
 use super::hub::HubMsg;
 use super::image_pool::ImagePoolMsg;
+use super::scheduler::SchedulerMsg;
 use super::{ActorSlot, Alarm};
 use crate::domain::v7_floor;
-use crate::domain::{FeedEntry, Notice};
+use crate::domain::{FeedEntry, Notice, ReminderUpdate};
 use crate::store::SharedStore;
 
 /// How far before now each read of the feed starts: room for clock skew between nodes,
@@ -40,12 +41,13 @@ const READ_PAGE: usize = 500;
 /// Notices waiting to be appended, at most; past it the oldest are dropped.
 const MAX_PENDING: usize = 10_000;
 
-/// Where notices go on this node: the hub, the sample, and the relay for the others.
-/// Cheap to clone.
+/// Where notices go on this node: the hub, the sample, and the relay for the others;
+/// the scheduler hears of other nodes' reminders. Cheap to clone.
 #[derive(Clone, Default)]
 pub struct Notices {
     pub hub: ActorSlot<HubMsg>,
     pub image_pool: ActorSlot<ImagePoolMsg>,
+    pub scheduler: ActorSlot<SchedulerMsg>,
     pub relay: ActorSlot<RelayMsg>,
 }
 
@@ -55,6 +57,30 @@ impl Notices {
         self.deliver(&notice);
         if let Some(relay) = self.relay.get() {
             let _ = relay.send_message(RelayMsg::Publish(notice));
+        }
+    }
+
+    /// Tells this node what another node published: as [`Notices::deliver`], and the
+    /// scheduler of reminders made, moved or done there (its own it hears of directly),
+    /// so a node holding the lease of a reminder's bucket loads it at once, not at its
+    /// next tick.
+    fn relayed(&self, notice: &Notice) {
+        self.deliver(notice);
+        if let (Notice::Reminder { update, reminder }, Some(scheduler)) =
+            (notice, self.scheduler.get())
+        {
+            let msg = match update {
+                ReminderUpdate::Scheduled | ReminderUpdate::Rescheduled => {
+                    SchedulerMsg::Scheduled {
+                        id: reminder.id,
+                        remind_at: reminder.remind_at,
+                    }
+                }
+                ReminderUpdate::Sent | ReminderUpdate::Failed | ReminderUpdate::Cancelled => {
+                    SchedulerMsg::Cancelled(reminder.id)
+                }
+            };
+            let _ = scheduler.send_message(msg);
         }
     }
 
@@ -223,7 +249,7 @@ async fn poll(state: &mut RelayState) {
                 continue;
             }
             metrics::counter!("corral_push_feed_relayed_total").increment(1);
-            state.args.notices.deliver(&entry.notice);
+            state.args.notices.relayed(&entry.notice);
         }
         if !full {
             // Read up to now: the next read need not reach further back than its own

@@ -977,3 +977,58 @@ async fn a_mail_queued_but_not_delivered_at_shutdown_goes_out_after_restart() {
     assert_eq!(mails_for(&sink, &id).len(), 1);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_reminder_made_on_one_node_in_a_bucket_another_holds_fires_on_time() {
+    let sink = SmtpSink::start().await;
+    let port = sink.port();
+    // Neither node ticks again for 100 s once started: a reminder is loaded on time only
+    // if the node holding its bucket hears of it.
+    let slow = move |s: &mut Settings| {
+        via(port)(s);
+        s.reminders.tick_ms = 100_000;
+        s.reminders.lookahead_secs = 120;
+        s.reminders.lease_secs = 300;
+    };
+    let a = TestApp::spawn_with(slow).await;
+    let b = TestApp::spawn_sharing(&a, |s| {
+        slow(s);
+        s.node.id = "node-b".into();
+    })
+    .await;
+    let event = a.create_event("Marathon", starts()).await;
+    let ahead = Duration::from_secs(6);
+    // B holds every bucket of the minute the reminder falls in (and the next, should it
+    // cross one), as if it had claimed them first.
+    let minute = corral::domain::reminder::minute_of(Utc::now() + ahead);
+    for shard in 0..corral::domain::reminder::DUE_SHARDS {
+        for minute in [minute, minute + 1] {
+            let now = Utc::now();
+            let until = now + chrono::Duration::seconds(300);
+            let bucket = corral::domain::Bucket { minute, shard };
+            let claim = a.store.claim_bucket(bucket, "node-b", until, now).await;
+            assert!(matches!(claim, Ok(corral::store::Claim::Granted { .. })));
+        }
+    }
+
+    let (id, due) = remind(&a, &a.token, &event, ahead, None).await;
+    let mail = |m: &Received| m.header("Message-ID").is_some_and(|h| h.contains(&id));
+    let deadline = due + Duration::from_secs(5);
+    while !sink.received().iter().any(mail) {
+        assert!(
+            Instant::now() < deadline,
+            "the reminder did not fire within 5 s of its time"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        Instant::now() + Duration::from_millis(500) >= due,
+        "not early"
+    );
+    let id: ReminderId = id.parse().unwrap();
+    while a.store.get_reminder(id).await.unwrap().map(|r| r.state) != Some(ReminderState::Sent) {
+        assert!(Instant::now() < deadline, "never recorded as sent");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    b.stop().await;
+}
