@@ -68,7 +68,9 @@ macro_rules! areas {
     };
 }
 
-areas!(images, drafts, accounts, events, reminders, mail, feed);
+areas!(
+    images, drafts, accounts, events, reminders, leases, mail, feed
+);
 
 fn event(n: i64, topics: &str, at: (f64, f64)) -> Event {
     let starts_at = Utc
@@ -1303,4 +1305,42 @@ async fn scylla(area: &str) -> Option<ScyllaStore> {
     // The second run records every file but the first (which always runs) as done.
     assert_eq!(again.already.len(), corral::store::scylla::SCHEMA.len() - 1);
     Some(ScyllaStore::connect(&target).await.expect("connect"))
+}
+
+/// Eight nodes claim one bucket at once, twice (a fresh bucket, then its lease expired):
+/// each time exactly one is granted and the others are told who holds it.
+async fn leases(store: &dyn Store) {
+    let bucket = corral::domain::Bucket {
+        minute: 32_600_000,
+        shard: 3,
+    };
+    let t = |s: i64| {
+        Utc.timestamp_millis_opt(1_950_000_000_000 + s * 1000)
+            .unwrap()
+    };
+    for (now, until) in [(t(0), t(30)), (t(31), t(60))] {
+        let nodes: Vec<String> = (0..8)
+            .map(|n| format!("node-{n}-{}", now.timestamp()))
+            .collect();
+        let claims = futures_util::future::join_all(
+            nodes
+                .iter()
+                .map(|node| store.claim_bucket(bucket, node, until, now)),
+        )
+        .await;
+        let granted: Vec<&String> = nodes
+            .iter()
+            .zip(&claims)
+            .filter(|(_, c)| matches!(c, Ok(Claim::Granted { .. })))
+            .map(|(node, _)| node)
+            .collect();
+        assert_eq!(granted.len(), 1, "{claims:?}");
+        for claim in &claims {
+            match claim {
+                Ok(Claim::Granted { .. }) => {}
+                Ok(Claim::Held { by }) => assert_eq!(by, granted[0]),
+                Err(e) => panic!("claim failed: {e}"),
+            }
+        }
+    }
 }
