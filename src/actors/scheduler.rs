@@ -378,6 +378,11 @@ async fn render(
         store.drop_due(due).await?;
         return Ok(None);
     };
+    // A `sending` reminder whose mail was lost still has its due row; one without it has
+    // fired already (a timer loaded from another node's late notice, say): leave it.
+    if reminder.state == ReminderState::Sending && !store.due_in(due.bucket).await?.contains(due) {
+        return Ok(None);
+    }
     let job = state.args.composer.reminder(&reminder, &event, &user);
     Ok(Some((job, reminder.state)))
 }

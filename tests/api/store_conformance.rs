@@ -222,6 +222,19 @@ async fn events(store: &dyn Store) {
         page_all(store, EventIndex::Topic("micro"), 499, 501, 1).await,
         close.iter().map(|e| e.id).collect::<Vec<_>>()
     );
+    // A change of start below the millisecond (a client echoing back what it sent)
+    // keeps the event in its indexes.
+    let stored = store.get_event(close[0].id).await.unwrap().unwrap();
+    let mut nudged = stored.clone();
+    nudged.starts_at = base + chrono::Duration::microseconds(901);
+    nudged.title = "nudged".into();
+    store.update_event(&stored, &nudged).await.unwrap();
+    assert!(
+        page_all(store, EventIndex::Topic("micro"), 499, 501, 5)
+            .await
+            .contains(&stored.id)
+    );
+    close[0] = nudged;
     for e in &close {
         store.delete_event(e).await.unwrap();
     }

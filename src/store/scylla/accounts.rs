@@ -57,6 +57,7 @@ pub(super) struct Statements {
     release_username: PreparedStatement,
     release_email: PreparedStatement,
     release_email_claim: PreparedStatement,
+    release_username_claim: PreparedStatement,
     refresh_email: PreparedStatement,
     get_email_claim: PreparedStatement,
     get_user_serial: PreparedStatement,
@@ -86,6 +87,7 @@ impl Statements {
             release_email: prepare(s, format!("DELETE FROM {ks}.users_by_email WHERE email = ? IF user_id = ?")).await?,
             // A claim is released by the call that took it (or last renewed it) only.
             release_email_claim: prepare(s, format!("DELETE FROM {ks}.users_by_email WHERE email = ? IF user_id = ? AND claimed_at = ?")).await?,
+            release_username_claim: prepare(s, format!("DELETE FROM {ks}.users_by_username WHERE username = ? IF user_id = ? AND claimed_at = ?")).await?,
             refresh_email: prepare(s, format!("UPDATE {ks}.users_by_email SET claimed_at = ? WHERE email = ? IF user_id = ?")).await?,
             get_email_claim: prepare(s, format!("SELECT user_id, claimed_at FROM {ks}.users_by_email WHERE email = ?")).await?,
             get_user_serial: {
@@ -187,9 +189,15 @@ impl ScyllaStore {
         Ok(())
     }
 
-    /// Releases the account's claims on addresses it no longer lists, each as it reads
-    /// it now: a claim renewed meanwhile (the address added back) stays.
-    async fn release_unlisted(&self, id: UserId, emails: &[&Email]) -> Result<(), StoreError> {
+    /// The account's claims on `emails` with their tokens, read before the update that
+    /// drops them, so that releasing them after it spares a claim renewed meanwhile (the
+    /// address added back by a later update).
+    async fn claims_of<'a>(
+        &self,
+        id: UserId,
+        emails: &[&'a Email],
+    ) -> Result<Vec<(&'a Email, Option<DateTime<Utc>>)>, StoreError> {
+        let mut claims = Vec::new();
         for email in emails {
             let rows = self
                 .run(&self.accounts.get_email_claim, (email.as_str(),))
@@ -198,12 +206,11 @@ impl ScyllaStore {
                 .map_err(err)?;
             let claim: Option<(Uuid, Option<DateTime<Utc>>)> =
                 rows.maybe_first_row().map_err(err)?;
-            if let Some((owner, at)) = claim.filter(|(owner, _)| *owner == id.0) {
-                let key = (email.as_str(), owner, at);
-                self.lwt(&self.accounts.release_email_claim, key).await?;
+            if let Some((_, at)) = claim.filter(|(owner, _)| *owner == id.0) {
+                claims.push((*email, at));
             }
         }
-        Ok(())
+        Ok(claims)
     }
 
     async fn lookup(
@@ -322,6 +329,11 @@ impl AccountStore for ScyllaStore {
             .emails()
             .filter(|e| !before.emails().any(|b| b == *e))
             .collect();
+        let gone: Vec<&Email> = before
+            .emails()
+            .filter(|e| !after.emails().any(|a| a == *e))
+            .collect();
+        let to_release = self.claims_of(after.id, &gone).await?;
         let claimed = self.claim_emails(after.id, added.into_iter()).await?;
         let secondary: Vec<&str> = after.secondary_emails.iter().map(Email::as_str).collect();
         let values = (
@@ -351,11 +363,11 @@ impl AccountStore for ScyllaStore {
             self.release_claims(after.id, &ours).await?;
             return Err(StoreError::Changed);
         }
-        let gone: Vec<&Email> = before
-            .emails()
-            .filter(|e| !after.emails().any(|a| a == *e))
-            .collect();
-        self.release_unlisted(after.id, &gone).await
+        for (email, at) in to_release {
+            let key = (email.as_str(), after.id.0, at);
+            self.lwt(&st.release_email_claim, key).await?;
+        }
+        Ok(())
     }
 
     async fn delete_user(&self, user: &User) -> Result<(), StoreError> {
@@ -488,8 +500,9 @@ impl ScyllaStore {
         let st = &self.accounts;
         let mut done = Reconciled::default();
         for (scan, release, username) in [
-            (&st.scan_usernames, &st.release_username, true),
-            (&st.scan_emails, &st.release_email, false),
+            // Released with the token read, so a claim renewed since the scan stays.
+            (&st.scan_usernames, &st.release_username_claim, true),
+            (&st.scan_emails, &st.release_email_claim, false),
         ] {
             let mut claims = self
                 .session
@@ -502,7 +515,7 @@ impl ScyllaStore {
                 done.claims += 1;
                 let row = self.get_user(UserId(owner)).await?;
                 if judge(&key, username, claimed_at, row.as_ref(), Utc::now()) == Verdict::Release
-                    && self.lwt(release, (key.as_str(), owner)).await?
+                    && self.lwt(release, (key.as_str(), owner, claimed_at)).await?
                 {
                     tracing::warn!(claim = %key, account = %owner, "released a claim no account lists");
                     done.released += 1;

@@ -174,7 +174,11 @@ enum IndexRow {
 }
 
 fn index_rows(event: &Event) -> Vec<IndexRow> {
-    let (t, id) = (event.starts_at, event.id.0);
+    // To the millisecond, as the table keeps it: a start that differs only below a
+    // millisecond is the same row, and must not be removed and re-added as another.
+    let t = DateTime::from_timestamp_millis(event.starts_at.timestamp_millis())
+        .unwrap_or(event.starts_at);
+    let id = event.id.0;
     let month = Span::Month.of(t);
     let topics = event
         .topics
