@@ -263,8 +263,14 @@ async fn scheduled(
         at_ms: remind_at.timestamp_millis(),
         reminder: id,
     };
-    // Beyond the lookahead, a later tick loads it.
-    if due.bucket.minute <= state.lookahead_minute(now) && hold(state, due.bucket, now).await? {
+    // Beyond the lookahead, a later tick loads it. A notice for a minute already past
+    // (one relayed late) is left to the tick too: its bucket is still listed if the row
+    // is there, and a lease taken on a bucket already forgotten would never be dropped.
+    let fresh = due.bucket.minute >= minute_of(now) - 1;
+    if fresh
+        && due.bucket.minute <= state.lookahead_minute(now)
+        && hold(state, due.bucket, now).await?
+    {
         state.add(due);
     }
     Ok(())

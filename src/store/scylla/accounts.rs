@@ -363,9 +363,13 @@ impl AccountStore for ScyllaStore {
             self.release_claims(after.id, &ours).await?;
             return Err(StoreError::Changed);
         }
+        // The update stands: a release that fails leaves an orphan claim for the
+        // reconciler, not an error for a change that was made.
         for (email, at) in to_release {
             let key = (email.as_str(), after.id.0, at);
-            self.lwt(&st.release_email_claim, key).await?;
+            if let Err(error) = self.lwt(&st.release_email_claim, key).await {
+                tracing::warn!(%error, account = %after.id.0, "could not release a dropped address; `corral migrate` will");
+            }
         }
         Ok(())
     }
@@ -514,6 +518,16 @@ impl ScyllaStore {
             while let Some((key, owner, claimed_at)) = claims.try_next().await.map_err(err)? {
                 done.claims += 1;
                 let row = self.get_user(UserId(owner)).await?;
+                if judge(&key, username, claimed_at, row.as_ref(), Utc::now()) != Verdict::Release {
+                    continue;
+                }
+                // Confirmed through Paxos: an account write that timed out may be
+                // accepted but not yet committed, which a plain read does not see and
+                // the next write to the row would complete, listing a released claim.
+                let row = self
+                    .select_users(&st.get_user_serial, (owner,))
+                    .await?
+                    .pop();
                 if judge(&key, username, claimed_at, row.as_ref(), Utc::now()) == Verdict::Release
                     && self.lwt(release, (key.as_str(), owner, claimed_at)).await?
                 {
